@@ -1,0 +1,77 @@
+"""Backend registry and selection.
+
+Backends are imported lazily by name; a backend whose module is missing or fails to
+import is reported unavailable with the reason, never silently skipped.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from .base import Backend, BackendUnavailableError
+
+# name -> (module, class); the order is the automatic preference.
+_SOURCES = {
+    "cuda": (".cuda_backend", "CudaBackend"),
+    "triton": (".triton_backend", "TritonBackend"),
+    "reference": (".reference_backend", "ReferenceBackend"),
+}
+NAMES = tuple(_SOURCES)
+_instances: dict[str, Backend | str] = {}
+
+
+def _load(name: str) -> Backend | str:
+    """The backend instance, or a string saying why it could not be loaded."""
+    if name not in _instances:
+        module, cls = _SOURCES[name]
+        try:
+            _instances[name] = getattr(importlib.import_module(module, __name__), cls)()
+        except ImportError as e:
+            _instances[name] = f"not installed ({e})"
+    return _instances[name]
+
+
+def status() -> dict[str, str | None]:
+    """name -> None if the backend can run here, else the reason it cannot."""
+    out = {}
+    for name in NAMES:
+        b = _load(name)
+        out[name] = b if isinstance(b, str) else b.availability()
+    return out
+
+
+def get(name: str) -> Backend:
+    """The named backend, or BackendUnavailableError saying why it cannot run."""
+    if name not in _SOURCES:
+        raise ValueError(f"backend must be one of {NAMES} or None, got {name!r}")
+    b = _load(name)
+    reason = b if isinstance(b, str) else b.availability()
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {name!r} cannot run: {reason}")
+    return b
+
+
+def select(name: str | None, q, k, v) -> Backend:
+    """Resolve ``backend=`` (or $JFA_BACKEND) for these inputs.
+
+    An explicit name must run and support the inputs (ValueError otherwise); None picks
+    the first backend in NAMES that is available and supports them.
+    """
+    name = name if name is not None else (os.environ.get("JFA_BACKEND") or None)
+    if name is not None:
+        b = get(name)
+        reason = b.unsupported(q, k, v)
+        if reason is not None:
+            raise ValueError(f"backend {name!r} does not support these inputs: {reason}")
+        return b
+    reasons = []
+    for n in NAMES:
+        b = _load(n)
+        why = b if isinstance(b, str) else (b.availability() or b.unsupported(q, k, v))
+        if why is None:
+            return b
+        reasons.append(f"{n}: {why}")
+    raise ValueError("no backend supports these inputs: " + "; ".join(reasons))
+
+
+__all__ = ["Backend", "BackendUnavailableError", "NAMES", "get", "select", "status"]

@@ -1,0 +1,124 @@
+"""Named mask factories (DESIGN §4). Each returns a cached SegmentMask."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .pattern import FramePattern, _positive_int
+from .segments import CAUSAL, FULL, NONE, SegmentMask
+
+
+def _check_window_sink(window, sink):
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int):
+            raise TypeError(f"window must be an int or None, got {type(window).__name__}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1 (chunks, counting the query's own), got {window}")
+    if isinstance(sink, bool) or not isinstance(sink, int):
+        raise TypeError(f"sink must be an int, got {type(sink).__name__}")
+    if sink < 0:
+        raise ValueError(f"sink must be >= 0, got {sink}")
+
+
+def _check_pattern(p):
+    if not isinstance(p, FramePattern):
+        raise TypeError(f"pattern must be a FramePattern, got {type(p).__name__}")
+
+
+def _visible(qc: int, kc: int, window, sink) -> bool:
+    """Chunk-level rule for a key chunk kc <= qc: inside the window or a sink."""
+    return window is None or kc > qc - window or kc < sink
+
+
+def _block_causal_rule(n: int, window, sink):
+    return [[FULL if kc <= qc and _visible(qc, kc, window, sink) else NONE for kc in range(n)]
+            for qc in range(n)]
+
+
+def full(sq: int, sk: int) -> SegmentMask:
+    """Every query sees every key."""
+    _positive_int("sq", sq)
+    _positive_int("sk", sk)
+    return _full(sq, sk)
+
+
+@lru_cache(maxsize=256)
+def _full(sq, sk):
+    return SegmentMask((sq,), (sk,), ((FULL,),), name="full")
+
+
+def block_causal(pattern: FramePattern, window: int | None = None, sink: int = 0) -> SegmentMask:
+    """q sees k iff chunk(k) <= chunk(q), within the window of chunks or a sink chunk."""
+    _check_pattern(pattern)
+    _check_window_sink(window, sink)
+    return _block_causal(pattern, window, sink)
+
+
+@lru_cache(maxsize=256)
+def _block_causal(p, window, sink):
+    sizes = p.chunk_sizes
+    return SegmentMask(sizes, sizes, _block_causal_rule(len(sizes), window, sink), name="block_causal")
+
+
+def teacher_forcing(pattern: FramePattern, window: int | None = None, sink: int = 0) -> SegmentMask:
+    """[clean | noisy] packed: clean rows are block-causal over clean keys; the noisy
+    copy of chunk b sees clean chunks < b (same window/sink rule) and its own noisy chunk."""
+    _check_pattern(pattern)
+    _check_window_sink(window, sink)
+    return _teacher_forcing(pattern, window, sink)
+
+
+@lru_cache(maxsize=256)
+def _teacher_forcing(p, window, sink):
+    n = p.num_chunks
+    clean = _block_causal_rule(n, window, sink)
+    rule = [row + [NONE] * n for row in clean]
+    for b in range(n):
+        to_clean = [FULL if kc < b and _visible(b, kc, window, sink) else NONE for kc in range(n)]
+        to_noisy = [FULL if kc == b else NONE for kc in range(n)]
+        rule.append(to_clean + to_noisy)
+    sizes = p.chunk_sizes * 2
+    return SegmentMask(sizes, sizes, rule, name="teacher_forcing")
+
+
+def kv_cache(pattern: FramePattern, query_chunk: int, window: int | None = None, sink: int = 0) -> SegmentMask:
+    """Rows of chunk ``query_chunk`` of block_causal; keys are all tokens of chunks 0..query_chunk."""
+    _check_pattern(pattern)
+    _check_window_sink(window, sink)
+    if isinstance(query_chunk, bool) or not isinstance(query_chunk, int):
+        raise TypeError(f"query_chunk must be an int, got {type(query_chunk).__name__}")
+    if not 0 <= query_chunk < pattern.num_chunks:
+        raise ValueError(f"query_chunk must be in [0, {pattern.num_chunks}), got {query_chunk}")
+    return _kv_cache(pattern, query_chunk, window, sink)
+
+
+@lru_cache(maxsize=256)
+def _kv_cache(p, qc, window, sink):
+    sizes = p.chunk_sizes
+    row = [FULL if _visible(qc, kc, window, sink) else NONE for kc in range(qc + 1)]
+    return SegmentMask((sizes[qc],), sizes[: qc + 1], (row,), name="kv_cache")
+
+
+def from_segments(q_sizes, k_sizes, rule) -> SegmentMask:
+    """Any segment grid: rule[i][j] in {0: none, 1: full, 2: causal (top-left aligned)}."""
+    q_sizes, k_sizes = tuple(q_sizes), tuple(k_sizes)
+    for name, sizes in (("q_sizes", q_sizes), ("k_sizes", k_sizes)):
+        if not sizes:
+            raise ValueError(f"{name} must hold at least one segment")
+        for s in sizes:
+            _positive_int(f"{name} entries", s)
+    try:
+        rule = tuple(tuple(int(r) for r in row) for row in rule)
+    except TypeError as e:
+        raise TypeError("rule must be a 2-D sequence of ints") from e
+    if len(rule) != len(q_sizes) or any(len(row) != len(k_sizes) for row in rule):
+        raise ValueError(f"rule must have shape ({len(q_sizes)}, {len(k_sizes)}) = "
+                         f"(len(q_sizes), len(k_sizes)), got {[len(r) for r in rule]} row lengths")
+    bad = {r for row in rule for r in row} - {NONE, FULL, CAUSAL}
+    if bad:
+        raise ValueError(f"rule values must be in {{0, 1, 2}}, got {sorted(bad)}")
+    return _from_segments(q_sizes, k_sizes, rule)
+
+
+@lru_cache(maxsize=256)
+def _from_segments(q_sizes, k_sizes, rule):
+    return SegmentMask(q_sizes, k_sizes, rule, name="segments")

@@ -1,0 +1,128 @@
+"""The one mask representation every builder produces: a grid of token segments.
+
+Queries are cut into segments ``q_sizes`` and keys into ``k_sizes``; ``rule[i][j]``
+says what query segment i sees of key segment j: 0 nothing, 1 everything, 2 the
+top-left aligned causal triangle ``(q - q_start) >= (k - k_start)``. Every frame
+and chunk mask of DESIGN §4 is such a grid with O(chunks) segments, so counts and
+tile descriptions cost O(segments²) or O(tiles), never O(Sq·Sk).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+NONE, FULL, CAUSAL = 0, 1, 2
+
+
+class SegmentMask:
+    """A block-structured attention mask; see the module docstring."""
+
+    def __init__(self, q_sizes, k_sizes, rule, name: str = "segments",
+                 zero_tangent_q=(), zero_tangent_k=()):
+        self.q_sizes = tuple(int(s) for s in q_sizes)
+        self.k_sizes = tuple(int(s) for s in k_sizes)
+        self.rule = tuple(tuple(int(r) for r in row) for row in rule)
+        self.name = name
+        # Speed hint for the JVP: token ranges [start, end) whose tangents the caller
+        # promises are zero (e.g. the clean half of teacher forcing). Never changes results.
+        self.zero_tangent_q = tuple(tuple(r) for r in zero_tangent_q)
+        self.zero_tangent_k = tuple(tuple(r) for r in zero_tangent_k)
+        self._q_starts = np.concatenate([[0], np.cumsum(self.q_sizes)]).astype(np.int64)
+        self._k_starts = np.concatenate([[0], np.cumsum(self.k_sizes)]).astype(np.int64)
+        self._rule = np.asarray(self.rule, dtype=np.int8).reshape(len(self.q_sizes), len(self.k_sizes))
+        self._tiles = {}
+        self._token_maps = {}
+
+    # ---- identity -------------------------------------------------------------------
+    def key(self):
+        return (self.q_sizes, self.k_sizes, self.rule, self.zero_tangent_q, self.zero_tangent_k)
+
+    def __eq__(self, other):
+        return isinstance(other, SegmentMask) and self.key() == other.key()
+
+    def __hash__(self):
+        return hash(self.key())
+
+    def __repr__(self):
+        return (f"SegmentMask({self.name}, sq={self.sq}, sk={self.sk}, "
+                f"segments={len(self.q_sizes)}x{len(self.k_sizes)}, pairs={self.num_pairs})")
+
+    def with_zero_tangents(self, q_ranges=(), k_ranges=()):
+        """The same mask with a promise that tangents in these token ranges are zero."""
+        for name, ranges, n in (("q_ranges", q_ranges, self.sq), ("k_ranges", k_ranges, self.sk)):
+            for r in ranges:
+                if len(r) != 2 or not (0 <= r[0] <= r[1] <= n):
+                    raise ValueError(f"{name} entries must be (start, end) with 0 <= start <= end <= {n}, got {r}")
+        return SegmentMask(self.q_sizes, self.k_sizes, self.rule, self.name, q_ranges, k_ranges)
+
+    # ---- sizes and counts -----------------------------------------------------------
+    @property
+    def sq(self) -> int:
+        return int(self._q_starts[-1])
+
+    @property
+    def sk(self) -> int:
+        return int(self._k_starts[-1])
+
+    @property
+    def num_pairs(self) -> int:
+        """Exact number of allowed (query, key) pairs."""
+        return int(self.prefix_counts(np.array([self.sq]), np.array([self.sk]))[0, 0])
+
+    def prefix_counts(self, row_cuts: np.ndarray, col_cuts: np.ndarray) -> np.ndarray:
+        """C[a, b] = allowed pairs in rows [0, row_cuts[a]) x cols [0, col_cuts[b]).
+
+        Returned as float64 holding exact integers (exact below 2**53 pairs).
+
+        Rows r cover a prefix of each query segment i of length clip(r - start_i, 0, size_i),
+        likewise for columns, so the full-rule part is a product of two small matrices
+        (float64 is exact for integers below 2**53) and each causal segment pair adds a
+        closed-form triangle count.
+        """
+        a = np.clip(row_cuts[:, None] - self._q_starts[None, :-1], 0, np.asarray(self.q_sizes))
+        b = np.clip(col_cuts[:, None] - self._k_starts[None, :-1], 0, np.asarray(self.k_sizes))
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        total = a @ (self._rule == FULL).astype(np.float64) @ b.T
+        for i, j in zip(*np.nonzero(self._rule == CAUSAL)):
+            ai, bj = a[:, i, None], b[None, :, j]
+            total += np.where(ai <= bj, ai * (ai + 1) / 2, bj * (bj + 1) / 2 + (ai - bj) * bj)
+        return total
+
+    # ---- per-token view, for kernels and the reference ---------------------------------
+    def token_maps(self, device="cpu"):
+        """Per-token segment ids and causal offsets: (q_seg, q_pos, k_seg, k_pos, rule), int32.
+
+        allowed(i, j) = rule[q_seg[i], k_seg[j]] == 1, or == 2 and q_pos[i] >= k_pos[j].
+        O(Sq + Sk) memory; cached per device.
+        """
+        device = torch.device(device)
+        if device not in self._token_maps:
+            def maps(sizes, starts):
+                seg = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+                pos = (np.arange(starts[-1]) - starts[:-1][seg]).astype(np.int32)
+                return torch.from_numpy(seg).to(device), torch.from_numpy(pos).to(device)
+            q_seg, q_pos = maps(self.q_sizes, self._q_starts)
+            k_seg, k_pos = maps(self.k_sizes, self._k_starts)
+            rule = torch.from_numpy(self._rule.astype(np.int32)).to(device)
+            self._token_maps[device] = (q_seg, q_pos, k_seg, k_pos, rule)
+        return self._token_maps[device]
+
+    def dense_rows(self, start: int, end: int, device="cpu") -> torch.Tensor:
+        """Boolean (end - start, Sk) block of the mask: rows [start, end)."""
+        q_seg, q_pos, k_seg, k_pos, rule = self.token_maps(device)
+        r = rule[q_seg[start:end]][:, k_seg]
+        return (r == FULL) | ((r == CAUSAL) & (q_pos[start:end, None] >= k_pos[None, :]))
+
+    def dense(self, device="cpu") -> torch.Tensor:
+        """Boolean (Sq, Sk) mask. For tests and pictures only: it is S x S."""
+        return self.dense_rows(0, self.sq, device)
+
+    # ---- tile description -----------------------------------------------------------
+    def tiles(self, block_m: int = 128, block_n: int = 128, device="cpu"):
+        """Cached :class:`~jvp_flash_attn.masks.tiles.TileDescription` for these tile sizes."""
+        from .tiles import TileDescription
+
+        key = (int(block_m), int(block_n), str(torch.device(device)))
+        if key not in self._tiles:
+            self._tiles[key] = TileDescription.build(self, block_m, block_n, device)
+        return self._tiles[key]

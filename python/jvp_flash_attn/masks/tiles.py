@@ -1,0 +1,95 @@
+"""Compact tile description that the kernels walk instead of an S x S mask.
+
+For a tiling of the (Sq, Sk) plane into block_m x block_n tiles, every tile is
+EMPTY (never visited), FULL (visited without masking arithmetic) or PARTIAL
+(masked element-wise with the per-token maps). The forward and JVP kernels walk
+a query tile's key tiles (CSR over query tiles); the backward's dK/dV kernel walks
+a key tile's query tiles (CSR over key tiles).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+
+def _csr(selected: np.ndarray):
+    """Row pointers and column indices (int32) of the True entries, row by row."""
+    ptr = np.zeros(selected.shape[0] + 1, dtype=np.int32)
+    np.cumsum(np.count_nonzero(selected, axis=1), out=ptr[1:])
+    idx = (np.flatnonzero(selected) % selected.shape[1]).astype(np.int32)
+    return ptr, idx
+
+
+@dataclass(frozen=True)
+class TileDescription:
+    block_m: int
+    block_n: int
+    sq: int
+    sk: int
+    num_q_tiles: int
+    num_k_tiles: int
+    state: np.ndarray          # (num_q_tiles, num_k_tiles) int8 of EMPTY/PARTIAL/FULL, host only
+    # CSR over query tiles: for query tile t, key tiles idx[ptr[t]:ptr[t+1]] (ascending).
+    q_full_ptr: torch.Tensor
+    q_full_idx: torch.Tensor
+    q_part_ptr: torch.Tensor
+    q_part_idx: torch.Tensor
+    # CSR over key tiles: for key tile u, query tiles idx[ptr[u]:ptr[u+1]] (ascending).
+    k_full_ptr: torch.Tensor
+    k_full_idx: torch.Tensor
+    k_part_ptr: torch.Tensor
+    k_part_idx: torch.Tensor
+    # Per-token maps for PARTIAL tiles (see SegmentMask.token_maps).
+    q_seg: torch.Tensor
+    q_pos: torch.Tensor
+    k_seg: torch.Tensor
+    k_pos: torch.Tensor
+    rule: torch.Tensor
+
+    @staticmethod
+    def build(mask, block_m: int, block_n: int, device="cpu") -> "TileDescription":
+        for name, b in (("block_m", block_m), ("block_n", block_n)):
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                raise ValueError(f"{name} must be a positive int, got {b!r}")
+        sq, sk = mask.sq, mask.sk
+        row_cuts = np.minimum(np.arange(0, sq + block_m, block_m), sq)
+        col_cuts = np.minimum(np.arange(0, sk + block_n, block_n), sk)
+        row_cuts = row_cuts[: -(-sq // block_m) + 1]
+        col_cuts = col_cuts[: -(-sk // block_n) + 1]
+        c = mask.prefix_counts(row_cuts, col_cuts)
+        allowed = c[1:, 1:] - c[:-1, 1:] - c[1:, :-1] + c[:-1, :-1]
+        area = np.diff(row_cuts).astype(np.float64)[:, None] * np.diff(col_cuts)[None, :]
+        full = allowed == area
+        part = (allowed != 0) & ~full
+        state = full.view(np.int8) * FULL + part.view(np.int8) * PARTIAL
+        dev = torch.device(device)
+        as_t = lambda a: torch.from_numpy(a).to(dev)
+        qf, qfi = _csr(full)
+        qp, qpi = _csr(part)
+        kf, kfi = _csr(np.ascontiguousarray(full.T))
+        kp, kpi = _csr(np.ascontiguousarray(part.T))
+        q_seg, q_pos, k_seg, k_pos, rule = mask.token_maps(dev)
+        return TileDescription(
+            block_m, block_n, sq, sk, state.shape[0], state.shape[1], state,
+            as_t(qf), as_t(qfi), as_t(qp), as_t(qpi), as_t(kf), as_t(kfi), as_t(kp), as_t(kpi),
+            q_seg, q_pos, k_seg, k_pos, rule)
+
+    @property
+    def num_full(self) -> int:
+        return int(self.q_full_idx.numel())
+
+    @property
+    def num_partial(self) -> int:
+        return int(self.q_part_idx.numel())
+
+    def max_tiles_per_q_tile(self) -> int:
+        counts = (self.state != EMPTY).sum(axis=1)
+        return int(counts.max()) if counts.size else 0
+
+    def dense_tiles(self) -> torch.Tensor:
+        """(num_q_tiles, num_k_tiles) int8 states, for tests and pictures."""
+        return torch.from_numpy(self.state.copy())
