@@ -83,7 +83,7 @@ def attention(q, k, v, mask: SegmentMask | None = None, scale: float | None = No
 
 @torch.no_grad()
 def forward(q, k, v, mask=None, scale=None):
-    """(o, lse): o (B, Sq, Hq, Dv) in q's dtype, lse (B, Hq, Sq) float32."""
+    """(o, lse): o (B, Sq, Hq, Dv) in q's dtype, lse (B, Hq, Sq) float32 (float64 for float64 inputs)."""
     o, _, lse = _forward_impl(q, k, v, None, None, None, mask, scale)
     return o, lse
 
@@ -107,7 +107,8 @@ def _forward_impl(q, k, v, tq, tk, tv, mask, scale):
     b, sq, hq, _ = q.shape
     o = q.new_empty(b, hq, sq, v.shape[-1])
     to = torch.empty_like(o) if jvp else None
-    lse = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    # float32 like the kernels, float64 when the inputs are float64 (the oracle must stay exact)
+    lse = torch.empty(b, hq, sq, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
     for r0, r1 in _blocks(q, k.shape[1]):
         qb = _heads_first(q[:, r0:r1])
         s = _masked_scores(qb, kh, mask.dense_rows(r0, r1, q.device), scale)

@@ -1,0 +1,60 @@
+"""Shared test set-up: hypothesis profiles, the independent naive oracle, the tolerance rule."""
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", max_examples=12, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def naive_attention(q, k, v, allowed, scale=None):
+    """Dense softmax attention written without any of the package's code: (o, lse).
+
+    q (B,Sq,Hq,D), k (B,Sk,Hk,D), v (B,Sk,Hk,Dv), allowed (Sq,Sk) bool. Rows with no allowed
+    key give o = 0 and lse = -inf. Plain ops, so autograd and forward AD differentiate it.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    groups = q.shape[2] // k.shape[2]
+    qh = q.permute(0, 2, 1, 3)
+    kh = k.permute(0, 2, 1, 3).repeat_interleave(groups, dim=1)
+    vh = v.permute(0, 2, 1, 3).repeat_interleave(groups, dim=1)
+    s = torch.einsum("bhqd,bhkd->bhqk", qh, kh) * scale
+    s = s.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    empty = ~allowed.any(-1, keepdim=True)
+    p = torch.softmax(torch.where(empty, torch.zeros_like(s), s), dim=-1) * (~empty)
+    return torch.einsum("bhqk,bhkd->bhqd", p, vh).permute(0, 2, 1, 3), lse
+
+
+def max_err(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300)).item()
+
+
+def assert_within_rule(name, out, ref64, ref_lowp, floor=1e-5):
+    """DESIGN §5: error vs the float64 oracle <= 2 x the error of the reference run in the
+    same dtype, plus a small floor. -inf entries (empty rows' lse) must match exactly."""
+    inf = torch.isinf(ref64)
+    assert torch.equal(torch.isinf(out), inf), f"{name}: infinities differ from the oracle"
+    out, ref64, ref_lowp = (torch.where(inf, torch.zeros_like(x, dtype=torch.float64), x.double())
+                            for x in (out, ref64, ref_lowp))
+    assert not torch.isnan(out).any(), f"{name}: NaN in output"
+    err, base = max_err(out, ref64), max_err(ref_lowp, ref64)
+    assert err <= 2 * base + floor, (f"{name}: max error {err:.3e} > 2 x {base:.3e} + {floor:g} "
+                                     f"(rel {rel_err(out, ref64):.2e})")
+
+
+@pytest.fixture
+def rng():
+    """A fresh generator per test, seeded from the test's randomness so failures reproduce."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"random seed {seed}")  # shown by pytest when the test fails
+    return torch.Generator().manual_seed(seed)
