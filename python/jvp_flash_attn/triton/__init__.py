@@ -6,5 +6,6 @@ Importing this package imports Triton; set TRITON_INTERPRET=1 before importing i
 the kernels on the CPU.
 """
 from .attn_fwd import attn_fwd
+from .attn_jvp import attn_jvp
 
-__all__ = ["attn_fwd"]
+__all__ = ["attn_fwd", "attn_jvp"]
