@@ -99,8 +99,9 @@ class Attention(nn.Module):
         """
         B, S, _ = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, -1).unbind(2)
-        q = Rope3D.apply(self.q_norm(q), cos, sin)
-        k = Rope3D.apply(self.k_norm(k), cos, sin)
+        # The norms' float32 weights would promote q, k under autocast; keep v's dtype.
+        q = Rope3D.apply(self.q_norm(q), cos, sin).to(v.dtype)
+        k = Rope3D.apply(self.k_norm(k), cos, sin).to(v.dtype)
         kv = (k, v)
         if context is not None:
             k, v = torch.cat([context[0], k], 1), torch.cat([context[1], v], 1)

@@ -1,0 +1,323 @@
+"""Command line for every stage: teachers, the Fréchet encoder, sampling and evaluation.
+
+    python -m causal_rcm_min.train --preset tiny --stage all --out runs/tiny
+    python -m causal_rcm_min.train --preset small --stage teacher_causal train.steps=5000
+    torchrun --nproc_per_node 4 -m causal_rcm_min.train --preset small --stage teacher_causal
+
+Each stage writes under ``<out>/<stage>/``; checkpoints carry the whole config, and
+``--resume`` continues a training stage from its last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from . import encoder as fd_encoder
+from .config import Config, apply_overrides, preset
+from .data import sample_clips, to_model
+from .evaluate import frechet_distance, score_clips
+from .log import Logger
+from .losses import objective
+from .model import CausalVideoDiT
+from .sample import chunk_schedules, sample_full, sample_streaming
+from .viz import plot_by_frame, plot_curves, save_filmstrip, save_gif
+
+TEACHERS = {  # stage -> flow-matching objective
+    "teacher_causal": "teacher_forcing",
+    "teacher_causal_df": "diffusion_forcing",
+    "teacher_bidirectional": "bidirectional",
+}
+STAGES = (*TEACHERS, "encoder", "sample", "evaluate", "all")
+
+
+# ---- distributed -----------------------------------------------------------------------
+def setup_distributed():
+    """(rank, world, device); starts a process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+# ---- checkpoints -----------------------------------------------------------------------
+def save_checkpoint(path, cfg: Config, stage, step, model, ema, opt, history):
+    tmp = path + ".tmp"
+    torch.save({"config": cfg.to_dict(), "stage": stage, "objective": TEACHERS[stage], "step": step,
+                "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                "history": history}, tmp)
+    os.replace(tmp, path)
+
+
+def load_teacher(path: str, device) -> tuple[CausalVideoDiT, Config, dict]:
+    """The EMA model of a teacher checkpoint, rebuilt from the config stored inside it."""
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint {path} does not exist; train its stage first")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    cfg = Config.from_dict(ckpt["config"])
+    model = CausalVideoDiT(cfg.model, cfg.data).to(device)
+    model.load_state_dict(ckpt["ema"])
+    return model.eval(), cfg, ckpt
+
+
+# ---- stages ----------------------------------------------------------------------------
+def train_teacher(cfg: Config, stage: str, resume: bool, rank: int, world: int, device) -> dict:
+    out = os.path.join(cfg.out_dir, stage)
+    log = Logger(out, rank, "train")
+    tc = cfg.train
+    if tc.batch_size % world:
+        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the world size {world}")
+    torch.manual_seed(tc.seed + rank)
+    model = CausalVideoDiT(cfg.model, cfg.data).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+    step, history = 0, []
+    ckpt_path = os.path.join(out, "ckpt.pt")
+    if resume:
+        if not os.path.exists(ckpt_path):
+            raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["opt"])
+        step, history = ckpt["step"], ckpt["history"]
+        log.history = list(history)
+        log.info(f"resumed {stage} at step {step}")
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if world > 1 else model
+    loss_fn = objective(TEACHERS[stage])
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if tc.amp and device.type == "cuda" else contextlib.nullcontext()
+    params = sum(p.numel() for p in model.parameters())
+    log.info(f"{stage}: {params / 1e6:.2f}M parameters, objective {TEACHERS[stage]}, world {world}, device {device}")
+    local_batch = tc.batch_size // world
+    t0, start_step, running = time.time(), step, []
+    bar = tqdm(total=tc.steps, initial=step, desc=stage, disable=rank != 0, leave=False)
+    while step < tc.steps:
+        clips = sample_clips(local_batch, cfg.data, seed=tc.seed * 1_000_003 + step * world + rank, device=device)
+        for group in opt.param_groups:
+            group["lr"] = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup))
+        with amp:
+            loss = loss_fn(net, to_model(clips.frames), clips.cond,
+                           clips.actions if cfg.data.action_mode else None, tc)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - tc.ema_decay)
+        step += 1
+        running.append(loss.detach())
+        bar.update(1)
+        over_time = tc.max_minutes > 0 and (time.time() - t0) / 60 > tc.max_minutes
+        if world > 1:   # every rank stops at the same step
+            flag = torch.tensor([float(over_time)], device=device)
+            dist.all_reduce(flag)
+            over_time = flag.item() > 0
+        done = step >= tc.steps or over_time
+        if step % tc.log_every == 0 or done:
+            mean_loss = torch.stack(running).mean()
+            if world > 1:
+                dist.all_reduce(mean_loss)
+                mean_loss /= world
+            running = []
+            log.log(step, loss=mean_loss.item(), grad_norm=grad_norm.item(), lr=opt.param_groups[0]["lr"])
+            if not math.isfinite(mean_loss.item()):
+                raise FloatingPointError(f"{stage}: loss is {mean_loss.item()} at step {step}")
+        if rank == 0 and (step % tc.ckpt_every == 0 or done):
+            save_checkpoint(ckpt_path, cfg, stage, step, model, ema, opt, log.history)
+        if done:
+            break
+    bar.close()
+    elapsed = time.time() - t0
+    metrics = {"stage": stage, "objective": TEACHERS[stage], "steps": step, "parameters": params,
+               "seconds": elapsed, "steps_per_s": (step - start_step) / max(elapsed, 1e-9),
+               "final_loss": log.history[-1]["loss"] if log.history else None, "world_size": world,
+               "stopped_on_time": step < tc.steps}
+    if rank == 0:
+        with open(os.path.join(out, "train_metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+        plot_curves(log.history, os.path.join(out, "loss.png"), keys=("loss", "grad_norm"))
+    log.close()
+    return metrics
+
+
+def encoder_path(cfg: Config) -> str:
+    return os.path.join(cfg.out_dir, "encoder", "encoder.pt")
+
+
+def run_encoder(cfg: Config, device):
+    log = Logger(os.path.join(cfg.out_dir, "encoder"), 0, "train")
+    t0 = time.time()
+    fd_encoder.load_or_train(encoder_path(cfg), cfg.data, cfg.eval, device, log)
+    log.info(f"encoder ready in {time.time() - t0:.1f}s at {encoder_path(cfg)}")
+
+
+def run_sample(cfg: Config, device) -> str:
+    """Sample the teacher named by ``sample.teacher``, conditioned on real clips' scenes and actions."""
+    sc = cfg.sample
+    if sc.teacher not in TEACHERS:
+        raise ValueError(f"sample.teacher must be one of {sorted(TEACHERS)}, got {sc.teacher!r}")
+    model, tcfg, _ = load_teacher(os.path.join(cfg.out_dir, sc.teacher, "ckpt.pt"), device)
+    data = tcfg.data
+    real = sample_clips(sc.num_samples, data, seed=sc.seed, device=device)
+    gen = torch.Generator(device=device).manual_seed(sc.seed)
+    schedules = chunk_schedules(sc.steps, sc.t_shift)
+    outs, t0 = [], time.time()
+    for i in tqdm(range(0, sc.num_samples, sc.batch_size), desc="sample", leave=False):
+        cond = real.cond[i:i + sc.batch_size]
+        actions = real.actions[i:i + sc.batch_size] if data.action_mode else None
+        if sc.teacher == "teacher_bidirectional":
+            outs.append(sample_full(model, cond, actions, data.num_frames, schedules[0], sc.cfg_scale,
+                                    sc.solver, gen))
+        else:
+            outs.append(sample_streaming(model, cond, actions, data.num_frames, schedules, sc.cfg_scale,
+                                         sc.solver, sc.noisy_context, gen))
+    frames = torch.cat(outs)
+    seconds = time.time() - t0
+    out = os.path.join(cfg.out_dir, sc.teacher, "samples")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "samples.pt")
+    torch.save({"frames": frames.half().cpu(), "sample": cfg.to_dict()["sample"], "data": tcfg.to_dict()["data"],
+                "seconds": seconds}, path)
+    n = min(sc.num_filmstrip, sc.num_samples)
+    save_filmstrip(frames[:n], os.path.join(out, "generated.png"))
+    save_gif(frames[:n], os.path.join(out, "generated.gif"))
+    save_filmstrip(real.frames[:n], os.path.join(out, "real.png"))
+    save_gif(real.frames[:n], os.path.join(out, "real.gif"))
+    return path
+
+
+def _json_safe(x):
+    """NaN (a metric with nothing to measure, e.g. no sprite detected) becomes null."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return None if isinstance(x, float) and x != x else x
+
+
+def _markdown(name: str, results: dict) -> str:
+    gen, real = results["generated"]["mean"], results["real"]["mean"]
+    lines = [f"# {name}", "", f"Samples: {results['num_samples']} clips; sampler: {json.dumps(results['sampler'])}", "",
+             "| metric | generated | real data |", "|---|---|---|"]
+    lines += [f"| {k} | {gen[k]:.4g} | {real[k]:.4g} |" for k in gen]
+    lines += [f"| frechet_distance | {results['frechet_distance']:.4g} | {results['frechet_distance_real_floor']:.4g} |",
+              "", "Per-frame values are in results.json and by_frame.png; real data is the floor each metric "
+              "reaches with the ground-truth world (the Fréchet floor compares two independent real sets)."]
+    return "\n".join(lines) + "\n"
+
+
+def run_evaluate(cfg: Config, device) -> dict:
+    """Score the teacher's samples and real clips with the same metrics; write results.json/.md and plots."""
+    sc, ec = cfg.sample, cfg.eval
+    out = os.path.join(cfg.out_dir, sc.teacher)
+    path = os.path.join(out, "samples", "samples.pt")
+    if not os.path.exists(path):
+        raise ValueError(f"no samples at {path}; run the sample stage first")
+    saved = torch.load(path, map_location=device, weights_only=False)
+    tcfg = Config.from_dict({**cfg.to_dict(), "data": saved["data"]})
+    data = tcfg.data
+    frames = saved["frames"].float().to(device)
+    real = sample_clips(frames.shape[0], data, seed=saved["sample"]["seed"], device=device)
+    agent = real.colours[:, 0] if data.action_mode else None
+    actions = real.actions if data.action_mode else None
+    gen_scores = score_clips(frames, real.cond, data, actions, agent)
+    real_scores = score_clips(real.frames, real.cond, data, actions, agent)
+    enc = fd_encoder.load_or_train(encoder_path(tcfg), data, ec, device)
+    reference = sample_clips(ec.num_real, data, seed=ec.real_seed, device=device)
+    f_ref = fd_encoder.clip_features(enc, reference.frames)
+    results = {
+        "teacher": sc.teacher, "num_samples": frames.shape[0], "sampler": saved["sample"],
+        "sampling_seconds": saved["seconds"],
+        "frechet_distance": frechet_distance(fd_encoder.clip_features(enc, frames), f_ref),
+        "frechet_distance_real_floor": frechet_distance(fd_encoder.clip_features(enc, real.frames), f_ref),
+        "generated": gen_scores, "real": real_scores,
+    }
+    train_metrics = os.path.join(out, "train_metrics.json")
+    if os.path.exists(train_metrics):
+        with open(train_metrics) as f:
+            results["training"] = json.load(f)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(_json_safe(results), f, indent=2)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(_markdown(sc.teacher, results))
+    plot_by_frame({"generated": gen_scores["by_frame"], "real": real_scores["by_frame"]},
+                  os.path.join(out, "by_frame.png"))
+    return results
+
+
+# ---- command line ----------------------------------------------------------------------
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny", help="tiny | small")
+    ap.add_argument("--stage", required=True, help=" | ".join(STAGES))
+    ap.add_argument("--out", default=None, help="output directory (default: the preset's out_dir)")
+    ap.add_argument("--resume", action="store_true", help="continue a training stage from its checkpoint")
+    ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100 model.frames_per_chunk=1")
+    return ap.parse_args(argv)
+
+
+def build_config(args) -> Config:
+    cfg = apply_overrides(preset(args.preset), args.overrides)
+    if args.out is not None:
+        cfg.out_dir = args.out
+    return cfg
+
+
+def run_stage(cfg: Config, stage: str, resume: bool = False):
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    rank, world, device = setup_distributed()
+    if stage == "all":
+        for s in ("encoder", *TEACHERS):
+            run_stage(cfg, s, resume)
+        for teacher in TEACHERS:
+            c = copy.deepcopy(cfg)
+            c.sample.teacher = teacher
+            run_stage(c, "sample")
+            run_stage(c, "evaluate")
+    elif stage in TEACHERS:
+        train_teacher(cfg, stage, resume, rank, world, device)
+    elif rank == 0:    # the remaining stages are single-process
+        if stage == "encoder":
+            run_encoder(cfg, device)
+        elif stage == "sample":
+            run_sample(cfg, device)
+        elif stage == "evaluate":
+            results = run_evaluate(cfg, device)
+            print(json.dumps({"teacher": results["teacher"], "frechet_distance": results["frechet_distance"],
+                              **results["generated"]["mean"]}, indent=1))
+        else:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = build_config(args)
+    t0 = time.time()
+    run_stage(cfg, args.stage, args.resume)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"stage {args.stage} done in {time.time() - t0:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
