@@ -1,0 +1,199 @@
+// pybind11 module jvp_flash_attn._cuda: torch-free entry points. Every argument is a plain
+// Python value: device pointers as ints, shapes, (batch, row, head) element strides, the
+// softmax scale, the tile description's device pointers, and the CUDA stream handle as an int.
+// All checks on tensors, allocation and autograd live in python/jvp_flash_attn/backends/cuda_backend.py.
+#include <cuda_runtime.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "jfa/params.h"
+#include "jfa/registry.h"
+#include "jfa/tile_shapes.h"
+
+namespace py = pybind11;
+
+namespace jfa {
+
+std::map<VariantKey, LaunchFn>& registry() {
+    static std::map<VariantKey, LaunchFn> r;
+    return r;
+}
+
+namespace {
+
+const char* direction_name(int d) {
+    switch (static_cast<Direction>(d)) {
+        case Direction::kFwd: return "fwd";
+        case Direction::kJvp: return "jvp";
+        case Direction::kBwd: return "bwd";
+    }
+    return "?";
+}
+
+const char* dtype_name(int d) { return static_cast<DType>(d) == DType::kBF16 ? "bf16" : "fp16"; }
+
+DType parse_dtype(const std::string& s) {
+    if (s == "bf16") return DType::kBF16;
+    if (s == "fp16") return DType::kF16;
+    throw std::invalid_argument("dtype must be 'bf16' or 'fp16', got '" + s + "'");
+}
+
+py::object item(const py::dict& d, const char* key) {
+    if (!d.contains(key)) throw std::invalid_argument(std::string("missing argument '") + key + "'");
+    return d[key];
+}
+int64_t get_int(const py::dict& d, const char* key) { return item(d, key).cast<int64_t>(); }
+template <class T>
+T* get_ptr(const py::dict& d, const char* key) {
+    return reinterpret_cast<T*>(static_cast<uintptr_t>(item(d, key).cast<uint64_t>()));
+}
+Strides get_strides(const py::dict& d, const char* key) {
+    auto t = item(d, key).cast<std::tuple<int64_t, int64_t, int64_t>>();
+    return Strides{std::get<0>(t), std::get<1>(t), std::get<2>(t)};
+}
+
+void require_gpu() {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        cudaGetLastError();  // clear the sticky-free error so later calls report their own
+        throw std::runtime_error(std::string("jvp_flash_attn CUDA extension: no CUDA GPU is available (") +
+                                 (e != cudaSuccess ? cudaGetErrorString(e) : "0 devices") + ")");
+    }
+}
+
+void fill_tiles(const py::dict& d, TileLists& lists, int& num_tiles, int& block_m, int& block_n) {
+    lists.full_ptr = get_ptr<const int32_t>(d, "full_ptr");
+    lists.full_idx = get_ptr<const int32_t>(d, "full_idx");
+    lists.part_ptr = get_ptr<const int32_t>(d, "part_ptr");
+    lists.part_idx = get_ptr<const int32_t>(d, "part_idx");
+    num_tiles = static_cast<int>(get_int(d, "num_tiles"));
+    block_m = static_cast<int>(get_int(d, "block_m"));
+    block_n = static_cast<int>(get_int(d, "block_n"));
+}
+
+AttnParams common_params(const py::dict& d) {
+    AttnParams p;
+    p.batch = static_cast<int>(get_int(d, "batch"));
+    p.seqlen_q = static_cast<int>(get_int(d, "seqlen_q"));
+    p.seqlen_k = static_cast<int>(get_int(d, "seqlen_k"));
+    p.heads_q = static_cast<int>(get_int(d, "heads_q"));
+    p.heads_k = static_cast<int>(get_int(d, "heads_k"));
+    p.head_dim_qk = static_cast<int>(get_int(d, "head_dim_qk"));
+    p.head_dim_v = static_cast<int>(get_int(d, "head_dim_v"));
+    p.scale = item(d, "scale").cast<float>();
+    if (p.heads_k <= 0 || p.heads_q % p.heads_k != 0) throw std::invalid_argument("heads_q must be a multiple of heads_k");
+    p.q = get_ptr<const void>(d, "q");
+    p.k = get_ptr<const void>(d, "k");
+    p.v = get_ptr<const void>(d, "v");
+    p.q_stride = get_strides(d, "q_stride");
+    p.k_stride = get_strides(d, "k_stride");
+    p.v_stride = get_strides(d, "v_stride");
+    p.lse = get_ptr<float>(d, "lse");
+    fill_tiles(item(d, "q_tiles").cast<py::dict>(), p.q_tiles, p.num_q_tiles, p.q_tiles_block_m, p.q_tiles_block_n);
+    const py::dict maps = item(d, "maps").cast<py::dict>();
+    p.maps.q_seg = get_ptr<const int32_t>(maps, "q_seg");
+    p.maps.q_pos = get_ptr<const int32_t>(maps, "q_pos");
+    p.maps.k_seg = get_ptr<const int32_t>(maps, "k_seg");
+    p.maps.k_pos = get_ptr<const int32_t>(maps, "k_pos");
+    p.maps.rule = get_ptr<const int32_t>(maps, "rule");
+    p.maps.num_k_segments = static_cast<int>(get_int(maps, "num_k_segments"));
+    return p;
+}
+
+void run(Direction dir, const AttnParams& p, const py::dict& d) {
+    require_gpu();
+    const DType dt = parse_dtype(item(d, "dtype").cast<std::string>());
+    const VariantKey key{static_cast<int>(dir), static_cast<int>(dt), p.head_dim_qk, p.head_dim_v};
+    const auto it = registry().find(key);
+    if (it == registry().end()) {
+        throw std::invalid_argument(std::string("this build has no ") + direction_name(static_cast<int>(dir)) +
+                                    " kernel for " + dtype_name(static_cast<int>(dt)) + " with head dims (" +
+                                    std::to_string(p.head_dim_qk) + ", " + std::to_string(p.head_dim_v) + ")");
+    }
+    const auto stream = reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(get_int(d, "stream")));
+    it->second(p, stream);
+}
+
+void forward(const py::dict& d) {
+    AttnParams p = common_params(d);
+    p.o = get_ptr<void>(d, "o");
+    p.o_stride = get_strides(d, "o_stride");
+    run(Direction::kFwd, p, d);
+}
+
+void forward_jvp(const py::dict& d) {
+    AttnParams p = common_params(d);
+    p.o = get_ptr<void>(d, "o");
+    p.o_stride = get_strides(d, "o_stride");
+    p.tq = get_ptr<const void>(d, "tq");
+    p.tk = get_ptr<const void>(d, "tk");
+    p.tv = get_ptr<const void>(d, "tv");
+    p.to = get_ptr<void>(d, "to");
+    p.tq_stride = get_strides(d, "tq_stride");
+    p.tk_stride = get_strides(d, "tk_stride");
+    p.tv_stride = get_strides(d, "tv_stride");
+    p.to_stride = get_strides(d, "to_stride");
+    run(Direction::kJvp, p, d);
+}
+
+void backward(const py::dict& d) {
+    AttnParams p = common_params(d);
+    p.o = get_ptr<void>(d, "o");
+    p.o_stride = get_strides(d, "o_stride");
+    p.do_ = get_ptr<const void>(d, "do");
+    p.do_stride = get_strides(d, "do_stride");
+    p.dq = get_ptr<void>(d, "dq");
+    p.dk = get_ptr<void>(d, "dk");
+    p.dv = get_ptr<void>(d, "dv");
+    p.dq_stride = get_strides(d, "dq_stride");
+    p.dk_stride = get_strides(d, "dk_stride");
+    p.dv_stride = get_strides(d, "dv_stride");
+    p.delta = get_ptr<float>(d, "delta");
+    fill_tiles(item(d, "k_tiles").cast<py::dict>(), p.k_tiles, p.num_k_tiles, p.k_tiles_block_m, p.k_tiles_block_n);
+    run(Direction::kBwd, p, d);
+}
+
+py::list variants() {
+    py::list out;
+    for (const auto& kv : registry()) {
+        const auto& [dir, dt, dqk, dv] = kv.first;
+        out.append(py::make_tuple(direction_name(dir), dtype_name(dt), dqk, dv));
+    }
+    return out;
+}
+
+py::dict tile_shapes() {
+    auto shape = [](const TileShape& s) { return py::make_tuple(s.block_m, s.block_n); };
+    py::dict d;
+    d["fwd"] = shape(kFwdTiles);
+    d["jvp"] = shape(kJvpTiles);
+    d["bwd_q"] = shape(kBwdQTiles);
+    d["bwd_kv"] = shape(kBwdKVTiles);
+    return d;
+}
+
+int device_count() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+}  // namespace
+}  // namespace jfa
+
+PYBIND11_MODULE(_cuda, m) {
+    m.doc() = "jvp_flash_attn compiled core: torch-free masked attention forward, backward and fused forward+JVP";
+    m.def("forward", &jfa::forward, "o, lse = attention(q, k, v); arguments in one dict of ints/floats");
+    m.def("forward_jvp", &jfa::forward_jvp, "o, to, lse in one fused pass; arguments in one dict");
+    m.def("backward", &jfa::backward, "dq, dk, dv (dk/dv summed over GQA groups); arguments in one dict");
+    m.def("variants", &jfa::variants, "(direction, dtype, head_dim_qk, head_dim_v) of every compiled kernel");
+    m.def("tile_shapes", &jfa::tile_shapes, "(block_m, block_n) of the tile description each walk needs");
+    m.def("device_count", &jfa::device_count, "visible CUDA devices (0 when none or no driver)");
+}

@@ -1,0 +1,141 @@
+"""The compiled core's build for setup.py: nvcc compiles the generated instantiation files
+(in parallel, jobs bounded by cores and memory), the host compiler builds the pybind11 module,
+and the two link against the static CUDA runtime, so the module needs no torch and no CUDA
+libraries at run time beyond the driver.
+
+Environment:
+  JFA_CUDA_ARCHS     ';'-separated SM targets, default "80;90" (e.g. "90" for a quick build)
+  JFA_CUDA_VARIANTS  'full' (default) or 'ci' (bf16, head dim 128 only), see generate_kernels.py
+  JFA_CUDA_JOBS      parallel nvcc jobs (default: min(cores, available memory / 3 GiB))
+  JFA_CUDA_LINEINFO  1 adds -lineinfo (for compute-sanitizer and profilers)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from setuptools import Extension
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import generate_kernels  # noqa: E402
+
+GIB = 1 << 30
+JOB_MEMORY = 3 * GIB  # peak memory of one nvcc job on these kernels, with margin
+
+
+def cuda_home() -> str:
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        guess = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.exists(os.path.join(guess, "include", "cuda_runtime.h")):
+            return guess
+    return "/usr/local/cuda"
+
+
+def nvcc_path(home: str) -> str:
+    path = os.path.join(home, "bin", "nvcc")
+    return path if os.path.exists(path) else (shutil.which("nvcc") or path)
+
+
+def cuda_lib_dir(home: str) -> str:
+    for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib"), os.path.join("targets", "sbsa-linux", "lib")):
+        if os.path.exists(os.path.join(home, sub, "libcudart_static.a")):
+            return os.path.join(home, sub)
+    return os.path.join(home, "lib64")
+
+
+def archs() -> list[str]:
+    raw = os.environ.get("JFA_CUDA_ARCHS", "80;90")
+    out = [a.strip() for a in raw.replace(",", ";").split(";") if a.strip()]
+    for a in out:
+        if not a.isdigit():
+            raise ValueError(f"JFA_CUDA_ARCHS entries must be SM numbers like 80 or 90, got {a!r}")
+    return out
+
+
+def gencode_flags(arch_list: list[str]) -> list[str]:
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in arch_list]
+    top = max(arch_list, key=int)
+    flags.append(f"-gencode=arch=compute_{top},code=compute_{top}")  # PTX for newer GPUs
+    return flags
+
+
+def default_jobs() -> int:
+    cores = os.cpu_count() or 1
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    by_mem = max(1, avail // JOB_MEMORY) if avail else cores
+    return max(1, min(cores, by_mem))
+
+
+def headers() -> list[str]:
+    d = os.path.join(HERE, "jfa")
+    return [os.path.join(d, f) for f in os.listdir(d) if f.endswith(".h")]
+
+
+class NvccBuildExt(build_ext):
+    """Compiles the CUDA sources with nvcc, then builds and links the module as usual."""
+
+    def build_extension(self, ext):
+        home = cuda_home()
+        nvcc = nvcc_path(home)
+        profile = os.environ.get("JFA_CUDA_VARIANTS", "full")
+        sources = generate_kernels.sources(profile)
+        arch_list = archs()
+        obj_dir = os.path.join(os.path.abspath(self.build_temp), "jfa_cuda", "_".join(arch_list) + "-" + profile)
+        os.makedirs(obj_dir, exist_ok=True)
+        flags = ["-std=c++17", "-O3", "--use_fast_math", "-Xcompiler", "-fPIC", "-I", HERE, *gencode_flags(arch_list)]
+        if os.environ.get("JFA_CUDA_LINEINFO") == "1":
+            flags.append("-lineinfo")
+        newest_header = max(os.path.getmtime(h) for h in headers())
+
+        def compile_one(src):
+            obj = os.path.join(obj_dir, os.path.basename(src)[:-3] + ".o")
+            if os.path.exists(obj) and os.path.getmtime(obj) >= max(os.path.getmtime(src), newest_header):
+                return obj
+            cmd = [nvcc, *flags, "-c", src, "-o", obj]
+            print("jvp-flash-attn: " + " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+            return obj
+
+        jobs = int(os.environ.get("JFA_CUDA_JOBS", default_jobs()))
+        print(f"jvp-flash-attn: compiling {len(sources)} CUDA sources for sm_{','.join(arch_list)} "
+              f"({profile} variants) with {jobs} jobs", flush=True)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            objects = list(pool.map(compile_one, sources))
+        ext.extra_objects = list(ext.extra_objects or []) + objects
+        ext.include_dirs = list(ext.include_dirs or []) + [os.path.join(home, "include")]
+        ext.library_dirs = list(ext.library_dirs or []) + [cuda_lib_dir(home)]
+        super().build_extension(ext)
+
+
+def extension() -> Extension:
+    import pybind11
+
+    return Extension(
+        "jvp_flash_attn._cuda",
+        sources=[os.path.relpath(os.path.join(HERE, "api.cpp"), ROOT)],
+        include_dirs=[pybind11.get_include(), HERE],
+        libraries=["cudart_static", "rt", "pthread", "dl"],
+        extra_compile_args=["-std=c++17", "-O2"],
+        language="c++",
+    )
+
+
+def setup_kwargs() -> dict:
+    return {"ext_modules": [extension()], "cmdclass": {"build_ext": NvccBuildExt}}

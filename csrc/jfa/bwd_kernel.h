@@ -1,0 +1,238 @@
+// Backward kernel bodies: a row-wise preprocess (delta = rowsum(dO o O)), dK/dV (one CTA per
+// key tile and kv head, walking the query tiles of every query head in its GQA group, so
+// dK/dV are summed over the group without atomics), and dQ (one CTA per query tile).
+// Both recompute P = exp(S - lse) from the forward's lse; with dP = dO V^T and
+// dS = P o (dP - delta):  dV = P^T dO,  dK = scale dS^T Q,  dQ = scale dS K.
+// No atomics: the result is deterministic.
+#pragma once
+
+#include "fwd_kernel.h"
+
+namespace jfa {
+
+// lse in the log2 domain for the kernels' exp2; rows with no allowed key (lse = -inf) and rows
+// past the end map to +inf so that exp2(s - lse2) is 0 for every one of their (masked) scores.
+__device__ __forceinline__ float lse_log2(const float* lse_row, int i, int sq) {
+    const float x = i < sq ? lse_row[i] : -INFINITY;
+    return x == -INFINITY ? INFINITY : x * kLog2e;
+}
+
+template <class Elem>
+__global__ void attention_bwd_delta_kernel(const AttnParams p) {
+    constexpr int kRowsPerBlock = 8;  // one warp per row
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
+    const int b = blockIdx.y / p.heads_q, h = blockIdx.y % p.heads_q;
+    if (row >= p.seqlen_q) return;
+    const Elem* o = head_ptr<Elem>(p.o, p.o_stride, b, h) + row * p.o_stride.row;
+    const Elem* d = head_ptr<Elem>(p.do_, p.do_stride, b, h) + row * p.do_stride.row;
+    float sum = 0.f;
+    for (int c = lane; c < p.head_dim_v; c += 32) sum += ElemOps<Elem>::to_float(o[c]) * ElemOps<Elem>::to_float(d[c]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) p.delta[static_cast<int64_t>(blockIdx.y) * p.seqlen_q + row] = sum;
+}
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const AttnParams p) {
+    using Elem = typename Tr::Elem;
+    constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV;
+    constexpr int kNBS = kBM / 8;    // n8 blocks of a (key x query) score slice
+    constexpr int kKS = kBM / 16;    // k16 steps over queries
+    using KTile = SmemTile<kBN, kDQK>;
+    using VTile = SmemTile<kBN, kDV>;
+    using QTile = SmemTile<kBM, kDQK>;
+    using OTile = SmemTile<kBM, kDV>;
+
+    extern __shared__ __align__(128) char smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int k_tile = blockIdx.x;
+    const int b = blockIdx.y / p.heads_k, hk = blockIdx.y % p.heads_k;
+    const int groups = p.heads_q / p.heads_k;
+    const int n0 = k_tile * kBN, krow0 = n0 + warp * Tr::kWarpRows;
+
+    const uint32_t s0 = smem_addr(smem);
+    const KTile sK{s0};
+    const VTile sV{s0 + KTile::kBytes};
+    auto stage_base = [&](int st) { return Tr::kKVBytes + st * Tr::kStageBytes; };
+    auto stage_q = [&](int st) { return QTile{s0 + stage_base(st)}; };
+    auto stage_do = [&](int st) { return OTile{s0 + stage_base(st) + QTile::kBytes}; };
+    auto stage_lse = [&](int st) { return reinterpret_cast<float*>(smem + stage_base(st) + QTile::kBytes + OTile::kBytes); };
+    auto stage_delta = [&](int st) { return stage_lse(st) + kBM; };
+
+    const TileWalk walk(p.k_tiles, k_tile);
+    const int total = groups * walk.num_total;
+    sK.template load_async<Tr::kThreads>(head_ptr<Elem>(p.k, p.k_stride, b, hk), p.k_stride.row, n0, p.seqlen_k, tid);
+    sV.template load_async<Tr::kThreads>(head_ptr<Elem>(p.v, p.v_stride, b, hk), p.v_stride.row, n0, p.seqlen_k, tid);
+    auto load_q = [&](int j, int st) {
+        const int h = hk * groups + j / walk.num_total;
+        const int m0 = walk.tile(j % walk.num_total) * kBM;
+        stage_q(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.q, p.q_stride, b, h), p.q_stride.row, m0,
+                                                      p.seqlen_q, tid);
+        stage_do(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.do_, p.do_stride, b, h), p.do_stride.row, m0,
+                                                       p.seqlen_q, tid);
+        const int64_t bh = static_cast<int64_t>(b) * p.heads_q + h;
+        for (int i = tid; i < kBM; i += Tr::kThreads) {
+            stage_lse(st)[i] = lse_log2(p.lse + bh * p.seqlen_q, m0 + i, p.seqlen_q);
+            stage_delta(st)[i] = m0 + i < p.seqlen_q ? p.delta[bh * p.seqlen_q + m0 + i] : 0.f;
+        }
+    };
+    if (total > 0) load_q(0, 0);
+    cp_async_commit();
+
+    float acc_dk[kDQK / 8][4], acc_dv[kDV / 8][4];
+    zero(acc_dk);
+    zero(acc_dv);
+    const float scale_log2 = p.scale * kLog2e;
+    const bool edge_k = n0 + kBN > p.seqlen_k;
+    const int t2 = 2 * (lane & 3);
+
+    for (int j = 0; j < total; ++j) {
+        const int st = j & 1;
+        if (j + 1 < total) {
+            load_q(j + 1, st ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const QTile sQ = stage_q(st);
+        const OTile sDO = stage_do(st);
+        const float* lse2 = stage_lse(st);
+        const float* delta = stage_delta(st);
+        const int i = j % walk.num_total;
+        const int m0 = walk.tile(i) * kBM;
+
+        // S^T = K Q^T for this warp's 16 keys x kBM queries, masked, then P^T.
+        float pt[kNBS][4];
+        zero(pt);
+        mma_abt<Elem, kNBS, kDQK / 16>(pt, sK, warp * 16, sQ, lane);
+        if (walk.partial(i)) {
+            mask_tile<true, true>(pt, p.maps, krow0, m0, lane, p.seqlen_q, p.seqlen_k);
+        } else if (edge_k || m0 + kBM > p.seqlen_q) {
+            mask_tile<false, true>(pt, p.maps, krow0, m0, lane, p.seqlen_q, p.seqlen_k);
+        }
+#pragma unroll
+        for (int nb = 0; nb < kNBS; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) pt[nb][e] = exp2f(pt[nb][e] * scale_log2 - lse2[nb * 8 + t2 + (e & 1)]);
+        }
+        // dP^T = V dO^T, then dS^T = P^T o (dP^T - delta).
+        float dst[kNBS][4];
+        zero(dst);
+        mma_abt<Elem, kNBS, kDV / 16>(dst, sV, warp * 16, sDO, lane);
+#pragma unroll
+        for (int nb = 0; nb < kNBS; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dst[nb][e] = pt[nb][e] * (dst[nb][e] - delta[nb * 8 + t2 + (e & 1)]);
+        }
+        uint32_t af[kKS][4];
+        c_to_a<Elem, kKS>(af, pt);
+        mma_ab_regs<Elem, kDV / 8, kKS>(acc_dv, af, sDO, lane);
+        c_to_a<Elem, kKS>(af, dst);
+        mma_ab_regs<Elem, kDQK / 8, kKS>(acc_dk, af, sQ, lane);
+        __syncthreads();
+    }
+
+    const float f_dk[2] = {p.scale, p.scale}, f_dv[2] = {1.f, 1.f};
+    store_rows<Elem, kDQK / 8>(head_ptr<Elem>(p.dk, p.dk_stride, b, hk), p.dk_stride.row, krow0, p.seqlen_k, acc_dk,
+                               f_dk, lane);
+    store_rows<Elem, kDV / 8>(head_ptr<Elem>(p.dv, p.dv_stride, b, hk), p.dv_stride.row, krow0, p.seqlen_k, acc_dv,
+                              f_dv, lane);
+}
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel(const AttnParams p) {
+    using Elem = typename Tr::Elem;
+    constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV;
+    constexpr int kNBS = kBN / 8;
+    constexpr int kKS = kBN / 16;
+    using QTile = SmemTile<kBM, kDQK>;
+    using OTile = SmemTile<kBM, kDV>;
+    using KTile = SmemTile<kBN, kDQK>;
+    using VTile = SmemTile<kBN, kDV>;
+
+    extern __shared__ __align__(128) char smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int q_tile = p.num_q_tiles - 1 - blockIdx.x;
+    const int b = blockIdx.y / p.heads_q, h = blockIdx.y % p.heads_q;
+    const int hk = h / (p.heads_q / p.heads_k);
+    const int q0 = q_tile * kBM, row0 = q0 + warp * Tr::kWarpRows;
+
+    const uint32_t s0 = smem_addr(smem);
+    const QTile sQ{s0};
+    const OTile sDO{s0 + QTile::kBytes};
+    auto stage_k = [&](int st) { return KTile{s0 + Tr::kQBytes + st * Tr::kStageBytes}; };
+    auto stage_v = [&](int st) { return VTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + KTile::kBytes}; };
+
+    const Elem* k = head_ptr<Elem>(p.k, p.k_stride, b, hk);
+    const Elem* v = head_ptr<Elem>(p.v, p.v_stride, b, hk);
+    const TileWalk walk(p.q_tiles, q_tile);
+    sQ.template load_async<Tr::kThreads>(head_ptr<Elem>(p.q, p.q_stride, b, h), p.q_stride.row, q0, p.seqlen_q, tid);
+    sDO.template load_async<Tr::kThreads>(head_ptr<Elem>(p.do_, p.do_stride, b, h), p.do_stride.row, q0, p.seqlen_q,
+                                          tid);
+    auto load_kv = [&](int i, int st) {
+        const int k0 = walk.tile(i) * kBN;
+        stage_k(st).template load_async<Tr::kThreads>(k, p.k_stride.row, k0, p.seqlen_k, tid);
+        stage_v(st).template load_async<Tr::kThreads>(v, p.v_stride.row, k0, p.seqlen_k, tid);
+    };
+    if (walk.num_total > 0) load_kv(0, 0);
+    cp_async_commit();
+
+    const int64_t bh_off = static_cast<int64_t>(blockIdx.y) * p.seqlen_q;
+    float lse2[2], delta[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + (lane >> 2) + 8 * r;
+        lse2[r] = lse_log2(p.lse + bh_off, row, p.seqlen_q);
+        delta[r] = row < p.seqlen_q ? p.delta[bh_off + row] : 0.f;
+    }
+    float acc_dq[kDQK / 8][4];
+    zero(acc_dq);
+    const float scale_log2 = p.scale * kLog2e;
+    const bool edge_q = q0 + kBM > p.seqlen_q;
+
+    for (int i = 0; i < walk.num_total; ++i) {
+        const int st = i & 1;
+        if (i + 1 < walk.num_total) {
+            load_kv(i + 1, st ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const KTile sK = stage_k(st);
+        const int k0 = walk.tile(i) * kBN;
+
+        float s[kNBS][4];
+        zero(s);
+        mma_abt<Elem, kNBS, kDQK / 16>(s, sQ, warp * 16, sK, lane);
+        if (walk.partial(i)) {
+            mask_tile<true, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
+        } else if (edge_q || k0 + kBN > p.seqlen_k) {
+            mask_tile<false, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
+        }
+        float dp[kNBS][4];
+        zero(dp);
+        mma_abt<Elem, kNBS, kDV / 16>(dp, sDO, warp * 16, stage_v(st), lane);
+#pragma unroll
+        for (int nb = 0; nb < kNBS; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float pe = exp2f(s[nb][e] * scale_log2 - lse2[e >> 1]);
+                dp[nb][e] = pe * (dp[nb][e] - delta[e >> 1]);
+            }
+        }
+        uint32_t af[kKS][4];
+        c_to_a<Elem, kKS>(af, dp);
+        mma_ab_regs<Elem, kDQK / 8, kKS>(acc_dq, af, sK, lane);
+        __syncthreads();
+    }
+    const float f[2] = {p.scale, p.scale};
+    store_rows<Elem, kDQK / 8>(head_ptr<Elem>(p.dq, p.dq_stride, b, h), p.dq_stride.row, row0, p.seqlen_q, acc_dq, f,
+                               lane);
+}
+
+}  // namespace jfa

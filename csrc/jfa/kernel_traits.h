@@ -1,0 +1,60 @@
+// Tile shapes per kernel. Every warp owns 16 rows of the tile it iterates with (query rows in
+// the forward, JVP and dQ kernels; key rows in the dK/dV kernel), so kBlockRows = 16 kNWarps.
+#pragma once
+
+#include "mma.h"
+#include "tile_shapes.h"
+
+namespace jfa {
+
+template <class Elem_, int kDQK_, int kDV_, int kBlockM_, int kBlockN_, int kNWarps_>
+struct Traits {
+    using Elem = Elem_;
+    static constexpr int kDQK = kDQK_;          // q/k head dim
+    static constexpr int kDV = kDV_;            // v head dim
+    static constexpr int kBlockM = kBlockM_;    // query rows per tile
+    static constexpr int kBlockN = kBlockN_;    // key rows per tile
+    static constexpr int kNWarps = kNWarps_;
+    static constexpr int kThreads = 32 * kNWarps;
+    static constexpr int kWarpRows = 16;        // rows of one m16n8k16 product
+    static_assert(kDQK % 64 == 0 && kDV % 64 == 0, "head dims are multiples of 64 (swizzled 128-byte rows)");
+    static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "tiles are multiples of the 16-row mma step");
+};
+
+// Forward and fused forward+JVP: the warps split the query tile.
+template <bool kJvp>
+constexpr TileShape fwd_tiles() { return kJvp ? kJvpTiles : kFwdTiles; }
+
+template <class Elem, int kDQK, int kDV, bool kJvp>
+struct FwdTraits : Traits<Elem, kDQK, kDV, fwd_tiles<kJvp>().block_m, fwd_tiles<kJvp>().block_n, fwd_tiles<kJvp>().warps> {
+    using Base = Traits<Elem, kDQK, kDV, fwd_tiles<kJvp>().block_m, fwd_tiles<kJvp>().block_n, fwd_tiles<kJvp>().warps>;
+    static_assert(Base::kBlockM == Base::kWarpRows * Base::kNWarps, "one 16-row slice per warp");
+    static constexpr int kStages = 2;           // key/value tiles in flight
+    static constexpr int kQBytes = (kJvp ? 2 : 1) * Base::kBlockM * kDQK * 2;
+    static constexpr int kStageBytes = (kJvp ? 2 : 1) * Base::kBlockN * (kDQK + kDV) * 2;
+    static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
+};
+
+// dK/dV: the warps split the key tile, and the kernel walks the query tiles of its key tile.
+template <class Elem, int kDQK, int kDV>
+struct BwdKVTraits : Traits<Elem, kDQK, kDV, kBwdKVTiles.block_m, kBwdKVTiles.block_n, kBwdKVTiles.warps> {
+    using Base = Traits<Elem, kDQK, kDV, kBwdKVTiles.block_m, kBwdKVTiles.block_n, kBwdKVTiles.warps>;
+    static_assert(Base::kBlockN == Base::kWarpRows * Base::kNWarps, "one 16-key slice per warp");
+    static constexpr int kStages = 2;
+    static constexpr int kKVBytes = Base::kBlockN * (kDQK + kDV) * 2;
+    static constexpr int kStageBytes = Base::kBlockM * (kDQK + kDV) * 2 + 2 * Base::kBlockM * 4;
+    static constexpr int kSmemBytes = kKVBytes + kStages * kStageBytes;
+};
+
+// dQ: the warps split the query tile, and the kernel walks the key tiles of its query tile.
+template <class Elem, int kDQK, int kDV>
+struct BwdQTraits : Traits<Elem, kDQK, kDV, kBwdQTiles.block_m, kBwdQTiles.block_n, kBwdQTiles.warps> {
+    using Base = Traits<Elem, kDQK, kDV, kBwdQTiles.block_m, kBwdQTiles.block_n, kBwdQTiles.warps>;
+    static_assert(Base::kBlockM == Base::kWarpRows * Base::kNWarps, "one 16-row slice per warp");
+    static constexpr int kStages = 2;
+    static constexpr int kQBytes = Base::kBlockM * (kDQK + kDV) * 2;
+    static constexpr int kStageBytes = Base::kBlockN * (kDQK + kDV) * 2;
+    static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
+};
+
+}  // namespace jfa

@@ -1,0 +1,71 @@
+// Launch templates: grid, block, dynamic shared memory and error checks per direction.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "bwd_kernel.h"
+#include "fwd_kernel.h"
+#include "registry.h"
+
+namespace jfa {
+
+inline void check_cuda(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) throw std::runtime_error(std::string("jvp_flash_attn CUDA: ") + what + ": " + cudaGetErrorString(e));
+}
+
+inline void check_tiles(int built_m, int built_n, int want_m, int want_n, const char* which) {
+    if (built_m != want_m || built_n != want_n) {
+        throw std::invalid_argument(std::string("jvp_flash_attn CUDA: ") + which + " tile description was built for " +
+                                    std::to_string(built_m) + "x" + std::to_string(built_n) + " tiles, the kernel uses " +
+                                    std::to_string(want_m) + "x" + std::to_string(want_n));
+    }
+}
+
+inline void check_grid_y(int y) {
+    if (y > 65535) throw std::invalid_argument("jvp_flash_attn CUDA: batch x heads must be at most 65535, got " + std::to_string(y));
+}
+
+template <class Kernel>
+void set_smem(Kernel kernel, int bytes) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+               "raising the dynamic shared memory limit");
+}
+
+template <class Elem, int kDQK, int kDV, bool kJvp>
+void launch_fwd(const AttnParams& p, cudaStream_t stream) {
+    using Tr = FwdTraits<Elem, kDQK, kDV, kJvp>;
+    check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, Tr::kBlockM, Tr::kBlockN, "query");
+    check_grid_y(p.batch * p.heads_q);
+    if (p.num_q_tiles == 0) return;
+    auto kernel = attention_fwd_kernel<Tr, kJvp>;
+    set_smem(kernel, Tr::kSmemBytes);
+    kernel<<<dim3(p.num_q_tiles, p.batch * p.heads_q), Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+    check_cuda(cudaGetLastError(), kJvp ? "launching the forward+JVP kernel" : "launching the forward kernel");
+}
+
+template <class Elem, int kDQK, int kDV>
+void launch_bwd(const AttnParams& p, cudaStream_t stream) {
+    using TrKV = BwdKVTraits<Elem, kDQK, kDV>;
+    using TrQ = BwdQTraits<Elem, kDQK, kDV>;
+    check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, TrQ::kBlockM, TrQ::kBlockN, "query");
+    check_tiles(p.k_tiles_block_m, p.k_tiles_block_n, TrKV::kBlockM, TrKV::kBlockN, "key");
+    check_grid_y(p.batch * p.heads_q);
+    if (p.seqlen_q == 0 || p.seqlen_k == 0) return;
+    constexpr int kDeltaRows = 8;
+    attention_bwd_delta_kernel<Elem><<<dim3((p.seqlen_q + kDeltaRows - 1) / kDeltaRows, p.batch * p.heads_q),
+                                       32 * kDeltaRows, 0, stream>>>(p);
+    check_cuda(cudaGetLastError(), "launching the backward preprocess kernel");
+    auto kv = attention_bwd_kv_kernel<TrKV>;
+    set_smem(kv, TrKV::kSmemBytes);
+    kv<<<dim3(p.num_k_tiles, p.batch * p.heads_k), TrKV::kThreads, TrKV::kSmemBytes, stream>>>(p);
+    check_cuda(cudaGetLastError(), "launching the dK/dV kernel");
+    auto q = attention_bwd_q_kernel<TrQ>;
+    set_smem(q, TrQ::kSmemBytes);
+    q<<<dim3(p.num_q_tiles, p.batch * p.heads_q), TrQ::kThreads, TrQ::kSmemBytes, stream>>>(p);
+    check_cuda(cudaGetLastError(), "launching the dQ kernel");
+}
+
+}  // namespace jfa

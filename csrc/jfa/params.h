@@ -1,0 +1,84 @@
+// The one struct the kernels see: raw device pointers, shapes, element strides, the
+// softmax scale and the mask's compact tile description. No torch types anywhere.
+#pragma once
+
+#include <cstdint>
+
+namespace jfa {
+
+// CSR lists over tiles (see python/jvp_flash_attn/masks/tiles.py): for tile t of the outer
+// axis, the inner tiles idx[ptr[t] .. ptr[t+1]) are FULL (no masking arithmetic) or PARTIAL
+// (masked element-wise from the per-token maps).
+struct TileLists {
+    const int32_t* full_ptr = nullptr;
+    const int32_t* full_idx = nullptr;
+    const int32_t* part_ptr = nullptr;
+    const int32_t* part_idx = nullptr;
+};
+
+// Per-token maps for PARTIAL tiles: allowed(i, j) = rule[q_seg[i], k_seg[j]] == 1, or == 2 and
+// q_pos[i] >= k_pos[j]. rule is (num_q_segments, num_k_segments) row-major.
+struct TokenMaps {
+    const int32_t* q_seg = nullptr;
+    const int32_t* q_pos = nullptr;
+    const int32_t* k_seg = nullptr;
+    const int32_t* k_pos = nullptr;
+    const int32_t* rule = nullptr;
+    int num_k_segments = 0;
+};
+
+// Element strides of a (B, S, H, D) tensor with unit stride on D.
+struct Strides {
+    int64_t batch = 0;
+    int64_t row = 0;
+    int64_t head = 0;
+};
+
+struct AttnParams {
+    // Shapes.
+    int batch = 0;
+    int seqlen_q = 0;
+    int seqlen_k = 0;
+    int heads_q = 0;
+    int heads_k = 0;      // heads_q % heads_k == 0; query head h reads kv head h / (heads_q / heads_k)
+    int head_dim_qk = 0;
+    int head_dim_v = 0;
+    float scale = 0.f;    // softmax scale applied to q k^T
+
+    // Forward / JVP inputs and outputs. 16-bit element pointers are void* so one struct
+    // serves fp16 and bf16; the kernel casts them to its element type.
+    const void* q = nullptr;
+    const void* k = nullptr;
+    const void* v = nullptr;
+    const void* tq = nullptr;
+    const void* tk = nullptr;
+    const void* tv = nullptr;
+    void* o = nullptr;
+    void* to = nullptr;
+    float* lse = nullptr;   // (B, Hq, Sq), contiguous
+    Strides q_stride, k_stride, v_stride, tq_stride, tk_stride, tv_stride, o_stride, to_stride;
+
+    // Backward. do_ and o are read; dq/dk/dv written; delta = rowsum(dO * O), fp32 (B, Hq, Sq).
+    const void* do_ = nullptr;
+    void* dq = nullptr;
+    void* dk = nullptr;
+    void* dv = nullptr;
+    float* delta = nullptr;
+    Strides do_stride, dq_stride, dk_stride, dv_stride;
+
+    // Tile description: q_tiles walks key tiles per query tile (forward, JVP, dQ);
+    // k_tiles walks query tiles per key tile (dK/dV).
+    TileLists q_tiles;
+    TileLists k_tiles;
+    TokenMaps maps;
+    int num_q_tiles = 0;    // query tiles of the q_tiles description (grid of fwd/JVP/dQ)
+    int num_k_tiles = 0;    // key tiles of the k_tiles description (grid of dK/dV)
+    // The (block_m, block_n) each description was built for; checked against the kernel's
+    // tile shape on launch.
+    int q_tiles_block_m = 0;
+    int q_tiles_block_n = 0;
+    int k_tiles_block_m = 0;
+    int k_tiles_block_n = 0;
+};
+
+}  // namespace jfa

@@ -1,0 +1,57 @@
+// Online softmax over key tiles for the two rows (g, g + 8) that a lane holds in a warp's
+// 16-row slice. Scores are kept in the log2 domain (scaled by scale * log2(e)) so exp2 is one
+// instruction. Row sums are per-lane partials and are reduced across the quad only at the end.
+#pragma once
+
+#include "mma.h"
+
+namespace jfa {
+
+struct OnlineSoftmax {
+    float m[2] = {-INFINITY, -INFINITY};  // running row max, log2 domain (quad-uniform)
+    float l[2] = {0.f, 0.f};              // per-lane partial of the running row sum
+
+    // Turn the raw scores s into unnormalised probabilities exp2(s * scale_log2 - m) for the
+    // new running max; returns the factor by which each row's old accumulators must shrink.
+    template <int kNB>
+    __device__ __forceinline__ void update(float (&s)[kNB][4], float scale_log2, float (&alpha)[2]) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nb = 0; nb < kNB; ++nb) {
+                s[nb][2 * r] *= scale_log2;
+                s[nb][2 * r + 1] *= scale_log2;
+                mx = fmaxf(mx, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
+            }
+            const float m_new = fmaxf(m[r], quad_max(mx));
+            // A row with no allowed key so far keeps m = -inf; subtract 0 instead so that
+            // exp2(-inf - m) is 0 rather than NaN.
+            const float m_use = m_new == -INFINITY ? 0.f : m_new;
+            alpha[r] = exp2f(m[r] - m_use);
+            m[r] = m_new;
+            float sum = 0.f;
+#pragma unroll
+            for (int nb = 0; nb < kNB; ++nb) {
+                s[nb][2 * r] = exp2f(s[nb][2 * r] - m_use);
+                s[nb][2 * r + 1] = exp2f(s[nb][2 * r + 1] - m_use);
+                sum += s[nb][2 * r] + s[nb][2 * r + 1];
+            }
+            l[r] = l[r] * alpha[r] + sum;
+        }
+    }
+};
+
+// Multiply row r's half of C fragments by f[r].
+template <int kNB>
+__device__ __forceinline__ void scale_rows(float (&acc)[kNB][4], const float (&f)[2]) {
+#pragma unroll
+    for (int nb = 0; nb < kNB; ++nb) {
+        acc[nb][0] *= f[0];
+        acc[nb][1] *= f[0];
+        acc[nb][2] *= f[1];
+        acc[nb][3] *= f[1];
+    }
+}
+
+}  // namespace jfa
