@@ -1,0 +1,262 @@
+"""Who computes what: each provider turns (op, inputs) into a zero-argument callable to time.
+
+Ops: ``fwd`` (o), ``bwd`` (dq, dk, dv from a stored forward, timed alone) and ``jvp``
+(o and its tangent to in one call). Every prepared op returns its outputs in our
+(B, S, H, D) layout through ``Prepared.outputs`` so the checks see one layout; the
+conversion is not timed.
+
+Providers:
+- ``cuda``, ``triton``, ``reference``: jfa.attention (fwd, bwd) and jfa.attention_jvp (jvp)
+  with that backend.
+- ``flex``: torch.compile(flex_attention) with the BlockMask of bench.flex (fwd, bwd; it has
+  no forward-AD rule, so no jvp).
+- ``sdpa``: F.scaled_dot_product_attention with the dense (Sq, Sk) boolean mask, backend
+  chosen by PyTorch (fwd, bwd), where the mask fits in memory.
+- ``math-jvp``: torch.func.jvp through SDPA's math backend with the dense mask (jvp), where
+  its S x S intermediates fit in memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import bench  # noqa: F401
+import jvp_flash_attn as jfa
+from bench import flex as flexmod
+
+OPS = ("fwd", "bwd", "jvp")
+
+
+@dataclass
+class Inputs:
+    """Random inputs of one measurement, (B, S, H, D); ``do`` is the output gradient."""
+
+    mask: object
+    scale: float
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    tq: torch.Tensor
+    tk: torch.Tensor
+    tv: torch.Tensor
+    do: torch.Tensor
+
+    @staticmethod
+    def draw(mask, batch, heads_q, heads_k, d_qk, d_v, dtype, device, generator=None):
+        def rnd(s, h, d):
+            x = torch.randn(batch, s, h, d, generator=generator, device=device, dtype=torch.float32)
+            return x.to(dtype)
+        sq, sk = mask.sq, mask.sk
+        return Inputs(mask, d_qk ** -0.5, rnd(sq, heads_q, d_qk), rnd(sk, heads_k, d_qk), rnd(sk, heads_k, d_v),
+                      rnd(sq, heads_q, d_qk), rnd(sk, heads_k, d_qk), rnd(sk, heads_k, d_v),
+                      rnd(sq, heads_q, d_v))
+
+
+@dataclass
+class Prepared:
+    fn: Callable[[], object]                    # what is timed
+    outputs: Callable[[object], tuple]          # fn's result -> outputs in (B, S, H, D)
+
+
+def _free_bytes(device) -> int | None:
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free
+
+
+def _fits(need: int, device, what: str) -> str | None:
+    free = _free_bytes(device)
+    if free is not None and need > 0.9 * free:
+        return f"{what} needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+    return None
+
+
+def _leaf(x):
+    return x.detach().requires_grad_(True)
+
+
+class Provider:
+    name = "base"
+    ops: tuple[str, ...] = ()
+
+    def availability(self, device) -> str | None:
+        """None if it can run on ``device``, else why not."""
+        return None
+
+    def unsupported(self, op, inp) -> str | None:
+        """None if it can run ``op`` on these inputs (memory, shapes), else why not."""
+        return None if op in self.ops else f"{self.name} has no {op}"
+
+    def prepare(self, op, inp: Inputs) -> Prepared:
+        raise NotImplementedError
+
+
+class JfaProvider(Provider):
+    """One of our backends through the public API."""
+
+    ops = OPS
+
+    def __init__(self, backend: str):
+        self.name = backend
+
+    def availability(self, device):
+        why = jfa.backends().get(self.name, f"unknown backend {self.name!r}")
+        if why is None and self.name != "reference" and device.type != "cuda" \
+                and not _triton_interpret(self.name):
+            return f"{self.name} needs a GPU here"
+        return why
+
+    def unsupported(self, op, inp):
+        why = super().unsupported(op, inp)
+        if why is None:
+            from jvp_flash_attn.backends import get
+            why = get(self.name).unsupported(inp.q, inp.k, inp.v)
+        return why
+
+    def prepare(self, op, inp):
+        mask, scale, be = inp.mask, inp.scale, self.name
+        if op == "fwd":
+            def fwd():
+                with torch.no_grad():
+                    return jfa.attention(inp.q, inp.k, inp.v, mask=mask, scale=scale, backend=be)
+            return Prepared(fwd, lambda o: (o,))
+        if op == "bwd":
+            q, k, v = _leaf(inp.q), _leaf(inp.k), _leaf(inp.v)
+            o = jfa.attention(q, k, v, mask=mask, scale=scale, backend=be)
+            return Prepared(lambda: torch.autograd.grad(o, (q, k, v), inp.do, retain_graph=True), tuple)
+        if op == "jvp":
+            def jvp():
+                with torch.no_grad():
+                    return jfa.attention_jvp(inp.q, inp.k, inp.v, inp.tq, inp.tk, inp.tv,
+                                             mask=mask, scale=scale, backend=be)
+            return Prepared(jvp, tuple)
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+
+
+def _triton_interpret(name) -> bool:
+    import os
+    return name == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _bhsd(x, grad=False):
+    x = x.transpose(1, 2).contiguous()
+    return x.requires_grad_(True) if grad else x
+
+
+def _bshd(x):
+    return x.transpose(1, 2)
+
+
+class FlexProvider(Provider):
+    name = "flex"
+    ops = ("fwd", "bwd")
+
+    def __init__(self):
+        self._block_masks = {}
+
+    def availability(self, device):
+        return flexmod.availability()
+
+    def block_mask(self, mask, device):
+        key = (mask, str(device))
+        if key not in self._block_masks:
+            self._block_masks[key] = flexmod.block_mask_for(mask, device)
+        return self._block_masks[key]
+
+    def prepare(self, op, inp):
+        bm = self.block_mask(inp.mask, inp.q.device)
+        grad = op == "bwd"
+        q, k, v = (_bhsd(x, grad) for x in (inp.q, inp.k, inp.v))
+        if op == "fwd":
+            def fwd():
+                with torch.no_grad():
+                    return flexmod.flex_bhsd(q, k, v, bm, inp.scale)
+            return Prepared(fwd, lambda o: (_bshd(o),))
+        if op == "bwd":
+            o = flexmod.flex_bhsd(q, k, v, bm, inp.scale)
+            do = _bhsd(inp.do)
+            return Prepared(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
+                            lambda g: tuple(_bshd(x) for x in g))
+        raise ValueError(f"flex has no {op!r}")
+
+
+class SdpaProvider(Provider):
+    """SDPA with a dense boolean mask; PyTorch picks the kernel (efficient attention on a GPU)."""
+
+    name = "sdpa"
+    ops = ("fwd", "bwd")
+
+    def unsupported(self, op, inp):
+        why = super().unsupported(op, inp)
+        if why is None:
+            sq, sk = inp.mask.sq, inp.mask.sk
+            # the bool mask, plus the additive mask in the input dtype that kernels build from it
+            why = _fits(sq * sk * (1 + inp.q.element_size()), inp.q.device, "the dense mask")
+        return why
+
+    def prepare(self, op, inp):
+        dense = inp.mask.dense(inp.q.device)
+        gqa = inp.q.shape[2] != inp.k.shape[2]
+        grad = op == "bwd"
+        q, k, v = (_bhsd(x, grad) for x in (inp.q, inp.k, inp.v))
+
+        def run():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=dense, scale=inp.scale, enable_gqa=gqa)
+        if op == "fwd":
+            def fwd():
+                with torch.no_grad():
+                    return run()
+            return Prepared(fwd, lambda o: (_bshd(o),))
+        if op == "bwd":
+            o = run()
+            do = _bhsd(inp.do)
+            return Prepared(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
+                            lambda g: tuple(_bshd(x) for x in g))
+        raise ValueError(f"sdpa has no {op!r}")
+
+
+class MathJvpProvider(Provider):
+    """torch.func.jvp through SDPA's math backend (the only SDPA backend with forward AD)."""
+
+    name = "math-jvp"
+    ops = ("jvp",)
+    BYTES_PER_SCORE = 16  # S x S intermediates of primal and tangent (scores, probabilities, products)
+
+    def unsupported(self, op, inp):
+        why = super().unsupported(op, inp)
+        if why is None:
+            b, sq, h, _ = inp.q.shape
+            why = _fits(b * h * sq * inp.mask.sk * self.BYTES_PER_SCORE + sq * inp.mask.sk,
+                        inp.q.device, "the S x S math JVP")
+        return why
+
+    def prepare(self, op, inp):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        if op != "jvp":
+            raise ValueError(f"math-jvp has no {op!r}")
+        dense = inp.mask.dense(inp.q.device)
+        gqa = inp.q.shape[2] != inp.k.shape[2]
+        primals = tuple(_bhsd(x) for x in (inp.q, inp.k, inp.v))
+        tangents = tuple(_bhsd(x) for x in (inp.tq, inp.tk, inp.tv))
+
+        def f(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=dense, scale=inp.scale, enable_gqa=gqa)
+
+        def jvp():
+            with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+                return torch.func.jvp(f, primals, tangents)
+        return Prepared(jvp, lambda r: (_bshd(r[0]), _bshd(r[1])))
+
+
+def all_providers() -> dict[str, Provider]:
+    ps = [JfaProvider("cuda"), JfaProvider("triton"), JfaProvider("reference"),
+          FlexProvider(), SdpaProvider(), MathJvpProvider()]
+    return {p.name: p for p in ps}
+
+
+NAMES = tuple(all_providers())

@@ -1,0 +1,345 @@
+"""Benchmark runner for DESIGN §6: ``python -m bench.run`` (or ``python bench/run.py``).
+
+Method
+------
+- Workloads W1-W8 (bench/workloads.py): bf16, B=1, H=12, D=128, 1560 tokens per frame,
+  21 frames, unless ``--scale`` shrinks the tokens per frame (same mask structure).
+- Inputs are drawn fresh from N(0, 1) for every measurement (seed printed), never zeros.
+- Correctness before any time: each (provider, op, workload) is first run on a small mask
+  of the same structure (``--check-tokens`` per frame) and every output (o; dq, dk, dv;
+  o, to) is compared with the float64 reference; then the full-size run's row-local
+  outputs (o, dq, to) are compared on three row slices with a float64 computation of those
+  rows. Rule (DESIGN §5): relative error <= 2 x the error of the reference in the same dtype
+  + 1e-4. A provider that fails is reported and not timed; the exit status is then 1.
+- Timing on a GPU: ``triton.testing.do_bench`` (CUDA events, L2 cleared before each call,
+  ``--warmup-ms`` of warm-up, ``--rep-ms`` of repeats), reporting the 20th, 50th and 80th
+  percentiles. On a CPU (smoke runs only): host clock, one warm-up call, then repeats.
+- ``bwd`` times the backward alone (autograd.grad of a stored forward, retain_graph);
+  ``jvp`` times one call returning o and its tangent; ``fwd`` runs under no_grad.
+- FLOPs count exact allowed pairs P = mask.num_pairs x B x H: forward 2 P (Dqk + Dv),
+  backward 2.5x, fused forward+JVP 3x (jvp_flash_attn.reference.flops). TFLOP/s uses p50.
+- Peak memory: torch.cuda.max_memory_allocated over drawing the inputs, preparing the op
+  (block masks, dense masks, the stored forward of bwd) and one call, in MiB.
+- Output under ``--out``: results.csv (one row per measurement with the machine header),
+  results.md (table with speedups against FlexAttention, skipped and failed cases with the
+  reason), results.png (TFLOP/s per workload, one panel per op).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import gc
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the package `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+import bench
+from bench import check, providers, workloads
+from bench.providers import Inputs
+from jvp_flash_attn.reference import flops
+
+CHECK_TOKENS = 52          # tokens per frame of the small same-structure check mask
+SMALL_CHECK_PAIRS = 1 << 22  # at or below Sq*Sk, the full-size run is checked whole
+QUANTILES = (0.2, 0.5, 0.8)
+CSV_FIELDS = ("op", "provider", "workload", "sq", "sk", "batch", "heads", "d_qk", "d_v", "dtype",
+              "pairs", "ms_p20", "ms_p50", "ms_p80", "tflops", "peak_mem_mib", "check",
+              "gpu", "torch", "triton", "cuda", "git_sha", "date", "scale")
+
+
+def log(msg: str):
+    print(msg, flush=True)
+
+
+# ---- machine header ---------------------------------------------------------------------
+def _git_sha() -> str:
+    if os.environ.get("JFA_GIT_SHA"):
+        return os.environ["JFA_GIT_SHA"]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=bench.ROOT, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=bench.ROOT).returncode != 0
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    return {"gpu": gpu, "torch": torch.__version__, "triton": triton_version,
+            "cuda": torch.version.cuda or "none", "git_sha": _git_sha(),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+# ---- timing -----------------------------------------------------------------------------
+def time_fn(fn, device, warmup_ms: float, rep_ms: float) -> list[float]:
+    """[p20, p50, p80] in milliseconds."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+        return [float(x) for x in do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))]
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < rep_ms / 1e3 and len(times) < 100):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = torch.quantile(torch.tensor(times, dtype=torch.float64), torch.tensor(QUANTILES, dtype=torch.float64))
+    return q.tolist()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+# ---- one measurement --------------------------------------------------------------------
+class Skip(Exception):
+    pass
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def _draw(w, mask, device, gen):
+    return Inputs.draw(mask, w.batch, w.heads, w.heads, w.d_qk, w.d_v, w.dtype, device, gen)
+
+
+def measure(prov, op, w, mask, check_mask, args, device, gen) -> dict:
+    """Check, then time one (provider, op, workload); raises Skip or CheckFailed."""
+    tag = f"[{w.id} {op} {prov.name}]"
+    whole = mask.sq * mask.sk <= SMALL_CHECK_PAIRS
+    notes = []
+    if not whole and args.check in ("small", "both"):
+        small = _draw(w, check_mask, device, gen)
+        why = prov.unsupported(op, small)
+        if why:
+            raise Skip(why)
+        prep = prov.prepare(op, small)
+        ok, msg = check.check_small(op, small, prep.outputs(prep.fn()))
+        log(f"{tag} check, small mask {check_mask.sq}x{check_mask.sk}: {msg}")
+        if not ok:
+            raise CheckFailed(f"small-mask check: {msg}")
+        notes.append("small ok")
+        del prep, small
+        _free(device)
+    inp = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    inp = _draw(w, mask, device, gen)
+    why = prov.unsupported(op, inp)
+    if why:
+        raise Skip(why)
+    prep = prov.prepare(op, inp)
+    outs = prep.outputs(prep.fn())
+    _sync(device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    if whole:
+        ok, msg = check.check_small(op, inp, outs)
+        label = f"whole output {mask.sq}x{mask.sk}"
+    elif args.check in ("rows", "both"):
+        ok, msg = check.check_rows(op, inp, outs)
+        label = "row slices"
+    else:
+        ok, msg = True, "not checked at full size"
+        label = "full size"
+    log(f"{tag} check, {label}: {msg}")
+    if not ok:
+        raise CheckFailed(f"{label} check: {msg}")
+    notes.append(f"{label.split()[0]} ok" if whole or args.check != "small" else "")
+    del outs
+    p20, p50, p80 = time_fn(prep.fn, device, args.warmup_ms, args.rep_ms)
+    f = flops(mask, w.batch, w.heads, w.d_qk, w.d_v, op)
+    row = {"op": op, "provider": prov.name, "workload": w.id, "sq": mask.sq, "sk": mask.sk,
+           "batch": w.batch, "heads": w.heads, "d_qk": w.d_qk, "d_v": w.d_v,
+           "dtype": str(w.dtype).replace("torch.", ""), "pairs": mask.num_pairs,
+           "ms_p20": p20, "ms_p50": p50, "ms_p80": p80, "tflops": f / (p50 * 1e-3) / 1e12,
+           "peak_mem_mib": peak, "check": "; ".join(n for n in notes if n)}
+    log(f"{tag} {p50:9.3f} ms (p20 {p20:.3f}, p80 {p80:.3f})  {row['tflops']:8.2f} TFLOP/s  "
+        f"peak {peak:.0f} MiB")
+    return row
+
+
+# ---- outputs ----------------------------------------------------------------------------
+def write_csv(path, rows, env, scale):
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({**r, **env, "scale": scale,
+                         **{k: f"{r[k]:.4f}" for k in ("ms_p20", "ms_p50", "ms_p80", "tflops")},
+                         "peak_mem_mib": f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] == r["peak_mem_mib"] else ""})
+
+
+def markdown(rows, skipped, failed, env, args) -> str:
+    flex = {(r["op"], r["workload"]): r["ms_p50"] for r in rows if r["provider"] == "flex"}
+    out = [f"# Benchmark, {env['date']}", "",
+           f"GPU {env['gpu']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
+           f"git {env['git_sha']}, scale {args.scale}. Method: top of bench/run.py. "
+           "TFLOP/s from exact allowed pairs at p50; 'vs flex' = FlexAttention p50 / this p50.", "",
+           "| op | workload | Sq x Sk | provider | ms p50 (p20-p80) | TFLOP/s | peak MiB | vs flex |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fx = flex.get((r["op"], r["workload"]))
+        vs = f"{fx / r['ms_p50']:.2f}x" if fx else ("n/a (no JVP)" if r["op"] == "jvp" else "-")
+        mem = f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] == r["peak_mem_mib"] else "-"
+        out.append(f"| {r['op']} | {r['workload']} | {r['sq']} x {r['sk']} | {r['provider']} | "
+                   f"{r['ms_p50']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | {r['tflops']:.1f} | {mem} | {vs} |")
+    if failed:
+        out += ["", "## Failed correctness checks (not timed)", ""]
+        out += [f"- {w} {op} {p}: {why}" for w, op, p, why in failed]
+    if skipped:
+        out += ["", "## Skipped", ""]
+        out += [f"- {w} {op} {p}: {why}" for w, op, p, why in skipped]
+    return "\n".join(out) + "\n"
+
+
+def chart(path, rows, env, ops):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = [op for op in ops if any(r["op"] == op for r in rows)]
+    fig, axes = plt.subplots(len(ops), 1, figsize=(11, 3.2 * max(1, len(ops))), squeeze=False)
+    for ax, op in zip(axes[:, 0], ops):
+        rs = [r for r in rows if r["op"] == op]
+        wls = sorted({r["workload"] for r in rs}, key=lambda s: int(s[1:]))
+        provs = list(dict.fromkeys(r["provider"] for r in rs))
+        width = 0.8 / len(provs)
+        for i, p in enumerate(provs):
+            vals = {r["workload"]: r["tflops"] for r in rs if r["provider"] == p}
+            xs = [j + (i - (len(provs) - 1) / 2) * width for j, wl in enumerate(wls) if wl in vals]
+            ax.bar(xs, [vals[wl] for wl in wls if wl in vals], width, label=p)
+        ax.set_xticks(range(len(wls)), wls)
+        ax.set_ylabel("TFLOP/s")
+        ax.set_title(f"{op}")
+        ax.legend(fontsize=8, ncol=len(provs))
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{env['gpu']}, torch {env['torch']}, triton {env['triton']}, git {env['git_sha']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- main -------------------------------------------------------------------------------
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Method: see the top of bench/run.py.")
+    ap.add_argument("--workloads", default="all", help="comma-separated ids, e.g. W1,W3 (default all)")
+    ap.add_argument("--ops", default="fwd,bwd,jvp", help="comma-separated from fwd,bwd,jvp")
+    ap.add_argument("--providers", default=None,
+                    help=f"comma-separated from {','.join(providers.NAMES)} "
+                         "(default: all on a GPU, reference,triton on a CPU)")
+    ap.add_argument("--out", default=None, help="output folder (default bench/results/run_<date>)")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="fraction of 1560 tokens per frame (e.g. 0.01 for a CPU smoke run)")
+    ap.add_argument("--device", default=None, help="cuda or cpu (default cuda when available)")
+    ap.add_argument("--check", choices=("both", "small", "rows"), default="both",
+                    help="correctness checks before timing (default both)")
+    ap.add_argument("--check-tokens", type=int, default=CHECK_TOKENS,
+                    help="tokens per frame of the small same-structure check mask")
+    ap.add_argument("--warmup-ms", type=float, default=50.0)
+    ap.add_argument("--rep-ms", type=float, default=400.0)
+    ap.add_argument("--seed", type=int, default=None, help="default: drawn at random and printed")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    bad = set(ops) - set(providers.OPS)
+    if bad:
+        raise SystemExit(f"--ops: unknown {sorted(bad)}; known: {','.join(providers.OPS)}")
+    wls = workloads.select(args.workloads)
+    registry = providers.all_providers()
+    names = args.providers or (",".join(providers.NAMES) if device.type == "cuda" else "reference,triton")
+    names = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise SystemExit(f"--providers: unknown {unknown}; known: {','.join(registry)}")
+    env = environment(device)
+    out = Path(args.out or bench.ROOT / "bench" / "results" / f"run_{env['date'][:10]}")
+    out.mkdir(parents=True, exist_ok=True)
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if "flex" in names:
+        import torch._dynamo.config as dc
+        for knob in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                     "accumulated_recompile_limit"):
+            if hasattr(dc, knob):
+                setattr(dc, knob, max(getattr(dc, knob), 256))
+    log(f"bench.run: {env['gpu']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
+        f"git {env['git_sha']}, seed {seed}, scale {args.scale}, out {out}")
+
+    active = []
+    skipped, failed, rows = [], [], []
+    for n in names:
+        why = registry[n].availability(device)
+        if why:
+            log(f"skip provider {n}: {why}")
+            skipped.append(("all", "all", n, why))
+        else:
+            active.append(registry[n])
+    check_scale = min(args.scale, args.check_tokens / workloads.TOKENS_PER_FRAME)
+    t_start = time.perf_counter()
+    for w in wls:
+        mask, check_mask = w.mask(args.scale), w.mask(check_scale)
+        log(f"== {w.id}: {w.description}; Sq {mask.sq}, Sk {mask.sk}, B {w.batch}, H {w.heads}, "
+            f"Dqk {w.d_qk}, Dv {w.d_v}, pairs {mask.num_pairs} ({mask.num_pairs / (mask.sq * mask.sk):.3f})")
+        for op in ops:
+            for prov in active:
+                if op not in prov.ops:
+                    continue
+                try:
+                    rows.append(measure(prov, op, w, mask, check_mask, args, device, gen))
+                except Skip as e:
+                    log(f"[{w.id} {op} {prov.name}] skipped: {e}")
+                    skipped.append((w.id, op, prov.name, str(e)))
+                except CheckFailed as e:
+                    log(f"[{w.id} {op} {prov.name}] CHECK FAILED, not timed: {e}")
+                    failed.append((w.id, op, prov.name, str(e)))
+                except Exception as e:  # an OOM or a provider's own error: report, go on
+                    why = (f"out of memory ({str(e).splitlines()[0][:160]})" if _is_oom(e)
+                           else f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+                    log(f"[{w.id} {op} {prov.name}] skipped: {why}")
+                    skipped.append((w.id, op, prov.name, why))
+                finally:
+                    _free(device)
+    write_csv(out / "results.csv", rows, env, args.scale)
+    (out / "results.md").write_text(markdown(rows, skipped, failed, env, args))
+    if rows:
+        chart(out / "results.png", rows, env, ops)
+    log(f"\n{len(rows)} measurements, {len(skipped)} skipped, {len(failed)} failed checks, "
+        f"{time.perf_counter() - t_start:.1f} s; wrote {out}/results.csv, results.md"
+        + (", results.png" if rows else ""))
+    log((out / "results.md").read_text())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
