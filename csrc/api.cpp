@@ -65,6 +65,10 @@ void require_gpu() {
     }
 }
 
+void check_device(cudaError_t e) {
+    if (e != cudaSuccess) throw std::runtime_error(std::string("jvp_flash_attn CUDA: selecting the device: ") + cudaGetErrorString(e));
+}
+
 void fill_tiles(const py::dict& d, TileLists& lists, int& num_tiles, int& block_m, int& block_n) {
     lists.full_ptr = get_ptr<const int32_t>(d, "full_ptr");
     lists.full_idx = get_ptr<const int32_t>(d, "full_idx");
@@ -114,6 +118,9 @@ void run(Direction dir, const AttnParams& p, const py::dict& d) {
                                     " kernel for " + dtype_name(static_cast<int>(dt)) + " with head dims (" +
                                     std::to_string(p.head_dim_qk) + ", " + std::to_string(p.head_dim_v) + ")");
     }
+    // This module links its own (static) CUDA runtime, whose current device is not the
+    // caller's: select the device the tensors live on before launching on their stream.
+    check_device(cudaSetDevice(static_cast<int>(get_int(d, "device"))));
     const auto stream = reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(get_int(d, "stream")));
     it->second(p, stream);
 }

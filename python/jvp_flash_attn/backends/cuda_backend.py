@@ -1,0 +1,185 @@
+"""The cuda backend: the compiled core (csrc/, module ``jvp_flash_attn._cuda``).
+
+The module is torch-free: it takes device pointers, shapes, element strides, the mask's tile
+description and a stream handle. Everything torch does (input layout, allocation, the stream,
+the tile descriptions) happens here, so one build serves every torch version.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+from ..masks import full
+from .base import Backend, BackendUnavailableError
+
+DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+_ALIGN_ELEMS = 8  # 16-byte async copies: base pointers and strides in multiples of 8 elements
+
+# Tests set this to fill outputs with NaN before the kernels run, so an unwritten element shows.
+POISON_OUTPUTS = os.environ.get("JFA_POISON_OUTPUTS") == "1"
+
+_module = None
+_module_error = None
+
+
+def load_module():
+    """The compiled module, or None (the reason is in ``module_error()``)."""
+    global _module, _module_error
+    if _module is None and _module_error is None:
+        try:
+            _module = importlib.import_module("jvp_flash_attn._cuda")
+        except ImportError as e:
+            _module_error = f"compiled extension not built ({e})"
+    return _module
+
+
+def module_error() -> str | None:
+    load_module()
+    return _module_error
+
+
+def _variants():
+    m = load_module()
+    return set() if m is None else {tuple(v) for v in m.variants()}
+
+
+def _aligned(x: torch.Tensor) -> torch.Tensor:
+    """x itself when its pointer and (batch, row, head) strides suit 16-byte copies, else a contiguous copy."""
+    ok = x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s % _ALIGN_ELEMS == 0 for s in x.stride()[:3])
+    return x if ok else x.contiguous()
+
+
+def _strides(x):
+    return (x.stride(0), x.stride(1), x.stride(2))
+
+
+def _empty(shape, like, poison_value=float("nan"), dtype=None):
+    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+    if POISON_OUTPUTS:
+        out.fill_(poison_value)
+    return out
+
+
+def _tile_args(desc):
+    return {
+        "full_ptr": desc.q_full_ptr.data_ptr(), "full_idx": desc.q_full_idx.data_ptr(),
+        "part_ptr": desc.q_part_ptr.data_ptr(), "part_idx": desc.q_part_idx.data_ptr(),
+        "num_tiles": desc.num_q_tiles, "block_m": desc.block_m, "block_n": desc.block_n,
+    }
+
+
+def _tile_args_by_key(desc):
+    return {
+        "full_ptr": desc.k_full_ptr.data_ptr(), "full_idx": desc.k_full_idx.data_ptr(),
+        "part_ptr": desc.k_part_ptr.data_ptr(), "part_idx": desc.k_part_idx.data_ptr(),
+        "num_tiles": desc.num_k_tiles, "block_m": desc.block_m, "block_n": desc.block_n,
+    }
+
+
+def _maps(desc):
+    return {
+        "q_seg": desc.q_seg.data_ptr(), "q_pos": desc.q_pos.data_ptr(),
+        "k_seg": desc.k_seg.data_ptr(), "k_pos": desc.k_pos.data_ptr(),
+        "rule": desc.rule.contiguous().data_ptr(), "num_k_segments": int(desc.rule.shape[1]),
+    }
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+
+    def availability(self):
+        if module_error() is not None:
+            return module_error()
+        if not torch.cuda.is_available() or load_module().device_count() == 0:
+            return "no CUDA GPU"
+        return None
+
+    def unsupported(self, q, k, v):
+        if q.dtype not in DTYPES:
+            return f"q's dtype must be one of {tuple(DTYPES)} for the cuda backend, got {q.dtype}"
+        if q.device.type != "cuda":
+            return f"q must be on a CUDA device for the cuda backend, got {q.device}"
+        dt, dqk, dv = DTYPES[q.dtype], q.shape[-1], v.shape[-1]
+        have = _variants()
+        for op in ("fwd", "jvp"):
+            if (op, dt, dqk, dv) not in have:
+                dims = sorted({(a, b) for (o, d, a, b) in have if o == op and d == dt})
+                return (f"head dims (q/k {dqk}, v {dv}) are not built for the cuda backend's {op} kernel "
+                        f"in {dt}; built: {dims}")
+        needs_grad = q.requires_grad or k.requires_grad or v.requires_grad
+        if needs_grad and ("bwd", dt, dqk, dv) not in have:
+            return f"no backward kernel for head dims (q/k {dqk}, v {dv}) in {dt} (the backward needs equal dims 64 or 128)"
+        return None
+
+    # ---- shared argument building -------------------------------------------------------
+    def _common(self, q, k, v, mask, scale, shape_key):
+        m = load_module()
+        if m is None:
+            raise BackendUnavailableError(f"backend 'cuda' cannot run: {module_error()}")
+        if mask is None:
+            mask = full(q.shape[1], k.shape[1])
+        if scale is None:
+            scale = q.shape[-1] ** -0.5
+        block_m, block_n = m.tile_shapes()[shape_key]
+        desc = mask.tiles(block_m, block_n, q.device)
+        b, sq, hq, dqk = q.shape
+        _, sk, hk, _ = k.shape
+        args = {
+            "batch": b, "seqlen_q": sq, "seqlen_k": sk, "heads_q": hq, "heads_k": hk,
+            "head_dim_qk": dqk, "head_dim_v": v.shape[-1], "scale": float(scale), "dtype": DTYPES[q.dtype],
+            "q": q.data_ptr(), "k": k.data_ptr(), "v": v.data_ptr(),
+            "q_stride": _strides(q), "k_stride": _strides(k), "v_stride": _strides(v),
+            "q_tiles": _tile_args(desc), "maps": _maps(desc),
+            "stream": torch.cuda.current_stream(q.device).cuda_stream, "device": q.device.index,
+        }
+        return m, args, mask
+
+    def forward(self, q, k, v, mask, scale):
+        q, k, v = (_aligned(x) for x in (q, k, v))
+        with torch.cuda.device(q.device):
+            m, args, _ = self._common(q, k, v, mask, scale, "fwd")
+            b, sq, hq, _ = q.shape
+            o = _empty((b, sq, hq, v.shape[-1]), q)
+            lse = _empty((b, hq, sq), q, dtype=torch.float32)
+            args.update(o=o.data_ptr(), o_stride=_strides(o), lse=lse.data_ptr())
+            m.forward(args)
+        return o, lse
+
+    def forward_jvp(self, q, k, v, tq, tk, tv, mask, scale):
+        q, k, v, tq, tk, tv = (_aligned(x) for x in (q, k, v, tq, tk, tv))
+        with torch.cuda.device(q.device):
+            m, args, _ = self._common(q, k, v, mask, scale, "jvp")
+            b, sq, hq, _ = q.shape
+            o = _empty((b, sq, hq, v.shape[-1]), q)
+            to = _empty((b, sq, hq, v.shape[-1]), q)
+            lse = _empty((b, hq, sq), q, dtype=torch.float32)
+            args.update(o=o.data_ptr(), o_stride=_strides(o), to=to.data_ptr(), to_stride=_strides(to),
+                        tq=tq.data_ptr(), tk=tk.data_ptr(), tv=tv.data_ptr(),
+                        tq_stride=_strides(tq), tk_stride=_strides(tk), tv_stride=_strides(tv), lse=lse.data_ptr())
+            m.forward_jvp(args)
+        return o, to, lse
+
+    def backward(self, q, k, v, o, lse, do, mask, scale):
+        q, k, v, o, do = (_aligned(x) for x in (q, k, v, o, do))
+        lse = lse.contiguous()
+        dt, dqk, dv_dim = DTYPES[q.dtype], q.shape[-1], v.shape[-1]
+        if ("bwd", dt, dqk, dv_dim) not in _variants():
+            raise NotImplementedError(f"the cuda backend has no backward kernel for head dims (q/k {dqk}, v {dv_dim}) "
+                                      f"in {dt}; use backend='triton' or 'reference'")
+        with torch.cuda.device(q.device):
+            m, args, mask = self._common(q, k, v, mask, scale, "bwd_q")
+            kv_m, kv_n = m.tile_shapes()["bwd_kv"]
+            kv_desc = mask.tiles(kv_m, kv_n, q.device)
+            b, sq, hq, _ = q.shape
+            dq = _empty(q.shape, q)
+            dk = _empty(k.shape, k)
+            dv = _empty(v.shape, v)
+            delta = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
+            args.update(o=o.data_ptr(), o_stride=_strides(o), lse=lse.data_ptr(), do=do.data_ptr(),
+                        do_stride=_strides(do), dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(),
+                        dq_stride=_strides(dq), dk_stride=_strides(dk), dv_stride=_strides(dv),
+                        delta=delta.data_ptr(), k_tiles=_tile_args_by_key(kv_desc))
+            m.backward(args)
+        return dq, dk, dv

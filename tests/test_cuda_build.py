@@ -1,0 +1,59 @@
+"""The compiled core without a GPU (CI): it builds, imports, reports its variants and tile
+shapes, and a call without a GPU raises a clear error instead of crashing."""
+import importlib
+
+import pytest
+import torch
+
+from jvp_flash_attn.backends import cuda_backend
+
+
+def _module_or_skip():
+    m = cuda_backend.load_module()
+    if m is None:
+        pytest.skip(cuda_backend.module_error())
+    return m
+
+
+def test_unbuilt_extension_is_reported_by_availability():
+    if cuda_backend.load_module() is not None:
+        pytest.skip("the extension is built here")
+    assert cuda_backend.CudaBackend().availability().startswith("compiled extension not built")
+
+
+def test_module_lists_its_variants_and_tile_shapes():
+    m = _module_or_skip()
+    variants = {tuple(v) for v in m.variants()}
+    assert ("fwd", "bf16", 128, 128) in variants  # every build profile, the CI one too
+    assert ("jvp", "bf16", 128, 128) in variants
+    assert ("bwd", "bf16", 128, 128) in variants
+    shapes = m.tile_shapes()
+    assert set(shapes) == {"fwd", "jvp", "bwd_q", "bwd_kv"}
+    for bm, bn in shapes.values():
+        assert bm % 16 == 0 and bn % 16 == 0
+
+
+def test_module_needs_no_torch():
+    """The core is bound with pybind11 alone: importing it must not pull torch's C++ library."""
+    m = _module_or_skip()
+    with open(m.__file__, "rb") as f:
+        blob = f.read()
+    assert b"libtorch" not in blob and b"libc10" not in blob
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_call_without_gpu_raises_clear_error():
+    m = _module_or_skip()
+    assert cuda_backend.CudaBackend().availability() == "no CUDA GPU"
+    tiles = dict(full_ptr=0, full_idx=0, part_ptr=0, part_idx=0, num_tiles=1, block_m=128, block_n=64)
+    maps = dict(q_seg=0, q_pos=0, k_seg=0, k_pos=0, rule=0, num_k_segments=1)
+    args = dict(batch=1, seqlen_q=128, seqlen_k=128, heads_q=1, heads_k=1, head_dim_qk=128, head_dim_v=128,
+                scale=0.1, dtype="bf16", q=0, k=0, v=0, o=0, lse=0, q_stride=(0, 0, 0), k_stride=(0, 0, 0),
+                v_stride=(0, 0, 0), o_stride=(0, 0, 0), q_tiles=tiles, maps=maps, stream=0, device=0)
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        m.forward(args)
+
+
+def test_registry_lists_cuda_first():
+    backends = importlib.import_module("jvp_flash_attn.backends")
+    assert backends.NAMES[0] == "cuda"

@@ -1,0 +1,139 @@
+"""The compiled core on a GPU: forward, fused forward+JVP and backward against the float64
+oracle under DESIGN §5's rule, with outputs poisoned (NaN) before every launch, fresh random
+inputs, awkward lengths (97, 1025, 1560), B > 1, GQA, Dv != Dqk, every mask family."""
+import pytest
+import torch
+
+import jvp_flash_attn as jfa
+from conftest import assert_within_rule, rel_err
+from jvp_flash_attn import masks, reference
+from jvp_flash_attn.backends import cuda_backend, get, select
+from jvp_flash_attn.masks import FramePattern
+
+_REASON = cuda_backend.CudaBackend().availability()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=f"cuda backend: {_REASON}")]
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(cuda_backend, "POISON_OUTPUTS", True)
+
+
+CASES = {  # id -> (mask, B, Hq, Hk, Dqk, Dv)
+    "B1-S97-H2-D64-full": (lambda: masks.full(97, 97), 1, 2, 2, 64, 64),
+    "B2-S1025-H4/2-D128-full": (lambda: masks.full(1025, 1025), 2, 4, 2, 128, 128),
+    "B1-S1560-H2-D128-bc_framewise": (lambda: masks.block_causal(FramePattern(156, 10)), 1, 2, 2, 128, 128),
+    "B2-S1560-H3/1-D64-tf_chunkwise": (lambda: masks.teacher_forcing(FramePattern(130, 6, 3)), 2, 3, 1, 64, 64),
+    "B1-S1950-H2-D128-bc_window2_sink1": (lambda: masks.block_causal(FramePattern(65, 30, 3), 2, 1), 1, 2, 2, 128, 128),
+    "B1-S390x1170-H2-D64-kv_cache": (lambda: masks.kv_cache(FramePattern(130, 9, 3), 2), 1, 2, 2, 64, 64),
+    "B1-S97x1025-H2-D64-segments_causal_empty": (
+        lambda: masks.from_segments([10, 60, 27], [500, 525], [[0, 0], [2, 1], [1, 2]]), 1, 2, 2, 64, 64),
+    "B1-S1025-H2-D64x128-tf_dv_gt_dqk": (lambda: masks.from_segments([512, 513], [1025], [[1], [2]]), 1, 2, 2, 64, 128),
+    "B1-S1025-H2-D128x64-bc_dv_lt_dqk": (lambda: masks.block_causal(FramePattern(205, 5)), 1, 2, 2, 128, 64),
+}
+
+
+def _inputs(case, dtype):
+    make_mask, b, hq, hk, d, dv = CASES[case]
+    mask = make_mask()
+    mk = lambda *s: torch.randn(*s, device="cuda", dtype=dtype)
+    x = (mk(b, mask.sq, hq, d), mk(b, mask.sk, hk, d), mk(b, mask.sk, hk, dv))
+    t = tuple(mk(*a.shape) for a in x)
+    return mask, x, t, mk(b, mask.sq, hq, dv)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_cuda_forward_jvp_backward_within_rule(case, dtype):
+    mask, x, t, do = _inputs(case, dtype)
+    be = get("cuda")
+    if be.unsupported(*x):
+        pytest.skip(be.unsupported(*x))
+    scale = x[0].shape[-1] ** -0.5
+    x64, t64, do64 = [a.double() for a in x], [a.double() for a in t], do.double()
+    o64, to64, lse64 = reference.forward_jvp(*x64, *t64, mask)
+    o_lp, to_lp, lse_lp = reference.forward_jvp(*x, *t, mask)
+
+    o, lse = be.forward(*x, mask, scale)
+    assert_within_rule("o", o, o64, o_lp)
+    assert_within_rule("lse", lse, lse64, lse_lp)
+    o_j, to, lse_j = be.forward_jvp(*x, *t, mask, scale)
+    assert_within_rule("o (fused jvp)", o_j, o64, o_lp)
+    assert_within_rule("to", to, to64, to_lp)
+    assert_within_rule("lse (fused jvp)", lse_j, lse64, lse_lp)
+    print(f"{case} {dtype}: rel o {rel_err(o, o64):.2e} to {rel_err(to, to64):.2e}")
+
+    if x[0].shape[-1] != x[2].shape[-1]:
+        with pytest.raises(NotImplementedError):
+            be.backward(*x, o, lse, do, mask, scale)
+        return
+    grads64 = reference.backward(*x64, o64, lse64, do64, mask)
+    grads_lp = reference.backward(*x, o_lp, lse_lp.float(), do, mask)
+    grads = be.backward(*x, o, lse, do, mask, scale)
+    for name, got, ref, lp in zip(("dq", "dk", "dv"), grads, grads64, grads_lp):
+        assert got.shape == ref.shape and got.dtype == dtype
+        assert_within_rule(name, got, ref, lp)
+    print(f"{case} {dtype}: rel dq {rel_err(grads[0], grads64[0]):.2e} dk {rel_err(grads[1], grads64[1]):.2e} "
+          f"dv {rel_err(grads[2], grads64[2]):.2e}")
+
+
+def test_cuda_non_contiguous_inputs_and_empty_rows():
+    """q/k/v as views of a packed qkv tensor (head-interleaved strides); a mask with query rows
+    that see nothing: o = 0, lse = -inf, zero gradient and tangent."""
+    mask = masks.from_segments([40, 57], [70, 27], [[0, 0], [1, 2]])
+    qkv = torch.randn(2, 97, 3, 2, 64, device="cuda", dtype=torch.bfloat16)
+    q, k, v = qkv.unbind(2)
+    t = tuple(torch.randn_like(a) for a in (q, k, v))
+    be = get("cuda")
+    o, to, lse = be.forward_jvp(q, k, v, *t, mask, 0.125)
+    o64, to64, lse64 = reference.forward_jvp(q.double(), k.double(), v.double(), *(a.double() for a in t), mask, 0.125)
+    o_lp, to_lp, lse_lp = reference.forward_jvp(q, k, v, *t, mask, 0.125)
+    assert_within_rule("o", o, o64, o_lp)
+    assert_within_rule("to", to, to64, to_lp)
+    assert torch.isneginf(lse[:, :, :40]).all() and (o[:, :40] == 0).all() and (to[:, :40] == 0).all()
+    do = torch.randn_like(o)
+    dq, dk, dv = be.backward(q, k, v, o, lse, do, mask, 0.125)
+    assert (dq[:, :40] == 0).all()
+    ref = reference.backward(q.double(), k.double(), v.double(), o64, lse64, do.double(), mask, 0.125)
+    ref_lp = reference.backward(q, k, v, o_lp, lse_lp.float(), do, mask, 0.125)
+    for name, got, r, lp in zip(("dq", "dk", "dv"), (dq, dk, dv), ref, ref_lp):
+        assert_within_rule(name, got, r, lp)
+
+
+def test_cuda_nan_propagates():
+    mask = masks.full(97, 97)
+    q, k, v = (torch.randn(1, 97, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q[0, 5, 1, 3] = float("nan")
+    o, _ = get("cuda").forward(q, k, v, mask, 0.125)
+    assert torch.isnan(o[0, 5, 1]).all() and not torch.isnan(o[0, 6]).any()
+
+
+def test_automatic_selection_picks_cuda_and_public_api_runs():
+    mask = masks.teacher_forcing(FramePattern(65, 6, 2))
+    x = [torch.randn(2, mask.sq, 4, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
+    x[1] = torch.randn(2, mask.sk, 2, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    x[2] = torch.randn(2, mask.sk, 2, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    assert select(None, *x).name == "cuda"
+    t = tuple(torch.randn_like(a) for a in x)
+    o, to = torch.func.jvp(lambda *a: jfa.attention(*a, mask=mask), tuple(a.detach() for a in x), t)
+    o2, to2 = jfa.attention_jvp(*(a.detach() for a in x), *t, mask=mask, backend="cuda")
+    assert torch.equal(o, o2) and torch.equal(to, to2)
+    out = jfa.attention(*x, mask=mask, backend="cuda")
+    out.float().square().sum().backward()
+    assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in x)
+
+
+def test_adjoint_identity_jvp_vs_backward():
+    """<jvp(t), g> == <t, vjp(g)> with the cuda kernels alone (no oracle)."""
+    mask = masks.block_causal(FramePattern(156, 10, 3))
+    mk = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16)
+    q, k, v = mk(2, mask.sq, 4, 128), mk(2, mask.sk, 2, 128), mk(2, mask.sk, 2, 128)
+    tq, tk, tv = mk(*q.shape), mk(*k.shape), mk(*v.shape)
+    be = get("cuda")
+    o, to, lse = be.forward_jvp(q, k, v, tq, tk, tv, mask, 128 ** -0.5)
+    g = mk(*o.shape)
+    dq, dk, dv = be.backward(q, k, v, o, lse, g, mask, 128 ** -0.5)
+    terms = [a.double() * b.double() for a, b in ((to, g), (tq, dq), (tk, dk), (tv, dv))]
+    lhs, rhs = terms[0].sum(), sum(x.sum() for x in terms[1:])
+    spread = sum(x.square().sum().sqrt() for x in terms)
+    assert abs(lhs - rhs) <= 0.05 * spread, (lhs.item(), rhs.item(), spread.item())
