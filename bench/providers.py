@@ -101,24 +101,24 @@ class JfaProvider(Provider):
     ops = OPS
 
     def __init__(self, backend: str):
-        self.name = backend
+        self.name = self.backend = backend
 
     def availability(self, device):
-        why = jfa.backends().get(self.name, f"unknown backend {self.name!r}")
-        if why is None and self.name != "reference" and device.type != "cuda" \
-                and not _triton_interpret(self.name):
-            return f"{self.name} needs a GPU here"
+        why = jfa.backends().get(self.backend, f"unknown backend {self.backend!r}")
+        if why is None and self.backend != "reference" and device.type != "cuda" \
+                and not _triton_interpret(self.backend):
+            return f"{self.backend} needs a GPU here"
         return why
 
     def unsupported(self, op, inp):
         why = super().unsupported(op, inp)
         if why is None:
             from jvp_flash_attn.backends import get
-            why = get(self.name).unsupported(inp.q, inp.k, inp.v)
+            why = get(self.backend).unsupported(inp.q, inp.k, inp.v)
         return why
 
     def prepare(self, op, inp):
-        mask, scale, be = inp.mask, inp.scale, self.name
+        mask, scale, be = inp.mask, inp.scale, self.backend
         if op == "fwd":
             def fwd():
                 with torch.no_grad():

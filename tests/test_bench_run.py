@@ -1,0 +1,90 @@
+"""CPU smoke of bench/run.py at a tiny scale: files are written, numbers are sane, and a wrong
+provider is caught by the correctness check before it is timed."""
+import csv
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import providers, run, workloads  # noqa: E402
+from jvp_flash_attn.reference import flops  # noqa: E402
+
+TINY = ["--scale", "0.005", "--device", "cpu", "--rep-ms", "5", "--warmup-ms", "1", "--seed", "7"]
+
+
+def _run(tmp_path, *extra):
+    rc = run.main([*TINY, "--out", str(tmp_path), *extra])
+    return rc, list(csv.DictReader(open(tmp_path / "results.csv")))
+
+
+def test_workloads_match_design():
+    sizes = {w.id: (w.mask().sq, w.mask().sk, w.heads, w.d_qk) for w in workloads.WORKLOADS.values()}
+    assert sizes == {"W1": (65520, 65520, 12, 128), "W2": (65520, 65520, 12, 128),
+                     "W3": (32760, 32760, 12, 128), "W4": (32760, 32760, 12, 128),
+                     "W5": (98280, 98280, 12, 128), "W6": (32760, 32760, 12, 128),
+                     "W7": (4680, 32760, 12, 128), "W8": (32760, 32760, 16, 64)}
+    w5 = workloads.WORKLOADS["W5"].mask(0.01)
+    assert w5.name == "block_causal" and w5.num_pairs < w5.sq * (w5.sq + 1) // 2  # windowed
+    assert workloads.WORKLOADS["W7"].mask(0.01).num_pairs == 48 * 336  # last chunk sees everything
+
+
+def test_smoke_reference(tmp_path, capsys):
+    rc, rows = _run(tmp_path, "--providers", "reference,cuda", "--workloads", "W1,W7", "--ops", "fwd,bwd,jvp")
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "skip provider cuda" in printed and "check, whole output" in printed
+    assert [(r["workload"], r["op"]) for r in rows] == [
+        (w, op) for w in ("W1", "W7") for op in ("fwd", "bwd", "jvp")]
+    for r in rows:
+        assert r["provider"] == "reference" and r["gpu"].startswith("cpu") and r["torch"] == torch.__version__
+        assert r["git_sha"] and r["date"] and r["scale"] == "0.005" and r["dtype"] == "bfloat16"
+        p20, p50, p80 = (float(r[k]) for k in ("ms_p20", "ms_p50", "ms_p80"))
+        assert 0 < p20 <= p50 <= p80 < 60_000
+        w = workloads.WORKLOADS[r["workload"]]
+        f = flops(w.mask(0.005), 1, w.heads, w.d_qk, w.d_v, r["op"])
+        assert math.isclose(float(r["tflops"]), f / (p50 * 1e-3) / 1e12, rel_tol=1e-2, abs_tol=1e-4)
+        assert int(r["pairs"]) == w.mask(0.005).num_pairs
+    md = (tmp_path / "results.md").read_text()
+    assert "| op | workload |" in md and md.count("| reference |") == 6 and "Skipped" in md
+    png = (tmp_path / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+class _Broken(providers.JfaProvider):
+    """The reference backend with its output nudged: the check must refuse to time it."""
+
+    def prepare(self, op, inp):
+        prep = super().prepare(op, inp)
+        return providers.Prepared(prep.fn, lambda r: tuple(x * 1.01 for x in prep.outputs(r)))
+
+
+def test_wrong_provider_is_not_timed(tmp_path, monkeypatch, capsys):
+    broken = _Broken("reference")
+    broken.name = "broken"
+    monkeypatch.setattr(providers, "all_providers", lambda: {"broken": broken})
+    rc, rows = _run(tmp_path, "--providers", "broken", "--workloads", "W3", "--ops", "fwd,jvp")
+    assert rc == 1 and rows == []
+    assert "CHECK FAILED" in capsys.readouterr().out
+    assert "Failed correctness checks" in (tmp_path / "results.md").read_text()
+
+
+def test_row_slice_check_catches_one_wrong_row():
+    """At sizes checked by row slices, a single wrong row in a slice fails the check."""
+    m = workloads.WORKLOADS["W4"].mask(0.01)
+    inp = providers.Inputs.draw(m, 1, 2, 2, 32, 32, torch.bfloat16, "cpu", torch.Generator().manual_seed(0))
+    prep = providers.JfaProvider("reference").prepare("jvp", inp)
+    o, to = prep.outputs(prep.fn())
+    assert run.check.check_rows("jvp", inp, (o, to))[0]
+    to = to.clone()
+    to[:, -1] += 1.0
+    assert not run.check.check_rows("jvp", inp, (o, to))[0]
+
+
+def test_unknown_names_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="unknown"):
+        run.main([*TINY, "--out", str(tmp_path), "--providers", "nope"])
+    with pytest.raises(ValueError, match="unknown id"):
+        run.main([*TINY, "--out", str(tmp_path), "--workloads", "W9"])
