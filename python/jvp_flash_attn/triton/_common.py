@@ -135,6 +135,22 @@ def set_config(direction: str, config: Config | None):
         _OVERRIDES[direction] = config
 
 
+_POISON = [False]
+
+
+def poison_outputs(on: bool):
+    """Tests: fill every buffer a launcher allocates with NaN, so an element the kernel
+    fails to write cannot pass as a plausible value."""
+    _POISON[0] = bool(on)
+
+
+def alloc(shape, dtype, device) -> torch.Tensor:
+    """A launcher's output buffer (NaN-filled when poisoning is on)."""
+    if _POISON[0]:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def pow2_at_least_16(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
+from ._common import (alloc, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
                       _split_ragged, _store_tile, check_int32_offsets, dot_precision, get_config,
                       pow2_at_least_16, visit_order)
 
@@ -256,14 +256,14 @@ def launch_bwd(q, k, v, o, lse, do,
     groups = hq // hk
     bd_qk, bd_v = pow2_at_least_16(d_qk), pow2_at_least_16(d_v)
     prec = dot_precision(q.dtype)
-    delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    delta = alloc((b, hq, sq), torch.float32, q.device)
     pre_m = 64
     _attn_bwd_preprocess_kernel[(triton.cdiv(sq, pre_m), b * hq)](
         o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
         hq, sq, D_V=d_v, BLOCK_M=pre_m, BLOCK_DV=bd_v)
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dq = alloc(q.shape, q.dtype, q.device)
+    dk = alloc(k.shape, k.dtype, k.device)
+    dv = alloc(v.shape, v.dtype, v.device)
     lse = lse.contiguous()
     _attn_bwd_dkdv_kernel[(k_order.numel(), b * hk)](
         q, k, v, do, lse, delta, dk, dv,

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile,
+from ._common import (alloc, LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile,
                       _mm, _mma, _split_ragged, _store_tile, check_int32_offsets,
                       dot_precision, get_config,
                       pow2_at_least_16, visit_order)
@@ -126,8 +126,8 @@ def launch_fwd(q, k, v, q_full_ptr, q_full_idx, q_part_ptr, q_part_idx, tile_ord
     """Launch on an explicit tile description (the custom op's body). -> (o, lse)."""
     b, sq, hq, d_qk = q.shape
     _, sk, hk, d_v = v.shape
-    o = torch.empty(b, sq, hq, d_v, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    o = alloc((b, sq, hq, d_v), q.dtype, q.device)
+    lse = alloc((b, hq, sq), torch.float32, q.device)
     grid = (tile_order.numel(), b * hq)
     _attn_fwd_kernel[grid](
         q, k, v, o, lse,

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm,
+from ._common import (alloc, LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm,
                       _mma, _split_ragged, _store_tile, check_int32_offsets, dot_precision,
                       get_config, pow2_at_least_16, visit_order)
 
@@ -157,9 +157,9 @@ def launch_jvp(q, k, v, tq, tk, tv, q_full_ptr, q_full_idx, q_part_ptr, q_part_i
     """Launch on an explicit tile description (the custom op's body). -> (o, to, lse)."""
     b, sq, hq, d_qk = q.shape
     _, sk, hk, d_v = v.shape
-    o = torch.empty(b, sq, hq, d_v, dtype=q.dtype, device=q.device)
-    to = torch.empty_like(o)
-    lse = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    o = alloc((b, sq, hq, d_v), q.dtype, q.device)
+    to = alloc((b, sq, hq, d_v), q.dtype, q.device)
+    lse = alloc((b, hq, sq), torch.float32, q.device)
     grid = (tile_order.numel(), b * hq)
     _attn_jvp_kernel[grid](
         q, k, v, tq, tk, tv, o, to, lse,
