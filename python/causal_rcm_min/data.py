@@ -78,8 +78,13 @@ def background(size: int, device=None, dtype=torch.float32) -> torch.Tensor:
 
 
 def bounds(cfg: DataConfig) -> tuple[float, float]:
-    """Range of a centroid that keeps every shape inside the frame."""
-    return cfg.sprite_radius, cfg.image_size - cfg.sprite_radius
+    """Range of a centroid that keeps every shape, with its anti-aliased rim, inside the frame.
+
+    The half-pixel margin covers the rim at the triangle's apex, where the half-plane
+    distance underestimates the true distance.
+    """
+    margin = cfg.sprite_radius + 0.5
+    return margin, cfg.image_size - margin
 
 
 def simulate(p0, v0, accel, lo: float, hi: float, vmax: float | None = None):

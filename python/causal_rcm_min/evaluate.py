@@ -22,7 +22,7 @@ from .config import DataConfig
 from .data import ACTION_DIRECTIONS, NUM_SLOTS, PALETTE, SHAPES, background, bounds, coverage, simulate
 
 COLOUR_TOL = 0.12      # RGB distance under which a pixel counts as background/colour blend
-MIN_COVERAGE = 0.2     # fainter blends are ignored: robust to noise, and symmetric, so centroids stay exact
+CORE_COVERAGE = 0.5    # pixels at least this covered anchor a sprite; fainter ones count only near an anchor
 MIN_AREA_FRACTION = 0.4  # a colour is detected when its area reaches this share of the smallest shape
 
 
@@ -43,13 +43,7 @@ def shape_areas(cfg: DataConfig, device="cpu") -> torch.Tensor:
     """Rendered area in pixels of each shape, (3,)."""
     size = int(4 * cfg.sprite_radius) + 4
     c = torch.full((len(SHAPES),), size / 2, device=device)
-    cov = coverage(torch.arange(len(SHAPES), device=device), c, c, size, cfg.sprite_radius)
-    return _counted(cov).sum((-1, -2))
-
-
-def _counted(c: torch.Tensor) -> torch.Tensor:
-    """Coverage as the detector counts it."""
-    return torch.where(c >= MIN_COVERAGE, c, torch.zeros_like(c))
+    return coverage(torch.arange(len(SHAPES), device=device), c, c, size, cfg.sprite_radius).sum((-1, -2))
 
 
 def _check_frames(frames, cfg: DataConfig):
@@ -77,11 +71,14 @@ def detect(frames: torch.Tensor, cfg: DataConfig) -> Detections:
     u = PALETTE.to(device)[:, :, None, None] - bg                            # (6, 3, H, W)
     c = ((d[:, :, None] * u).sum(3) / (u * u).sum(1)).clamp(0, 1)            # (B, F, 6, H, W)
     res = (d[:, :, None] - c[:, :, :, None] * u).norm(dim=3)                 # (B, F, 6, H, W)
-    c = _counted(c)
-    res = torch.where(c > 0, res, torch.full_like(res, float("inf")))
+    res = torch.where(c > 0.02, res, torch.full_like(res, float("inf")))
     best = res.argmin(2, keepdim=True)
     w = torch.where((res.gather(2, best) < COLOUR_TOL), c.gather(2, best), torch.zeros_like(best, dtype=c.dtype))
     w = torch.zeros_like(c).scatter_(2, best, w).permute(0, 2, 1, 3, 4)     # (B, 6, F, H, W)
+    # Faint pixels count only within 2 pixels of a well-covered one: a sprite's rim is
+    # kept whole (so centroids stay exact) while scattered noise is ignored.
+    near = torch.nn.functional.max_pool2d((w >= CORE_COVERAGE).float().flatten(0, 2), 5, stride=1, padding=2).view_as(w)
+    w = w * near
     off = w.sum(1) == 0                                                      # (B, F, H, W)
     bg_err = (d.abs().mean(2) * off).sum((-1, -2)) / off.sum((-1, -2)).clamp(min=1)
 
@@ -98,8 +95,8 @@ def detect(frames: torch.Tensor, cfg: DataConfig) -> Detections:
         b, k, f = (i[part] for i in idx)
         n = len(part)
         kinds = torch.arange(len(SHAPES), device=device).repeat(n)
-        tmpl = _counted(coverage(kinds, cx[b, k, f].repeat_interleave(len(SHAPES)),
-                        cy[b, k, f].repeat_interleave(len(SHAPES)), H, cfg.sprite_radius)).view(n, len(SHAPES), H, W)
+        tmpl = coverage(kinds, cx[b, k, f].repeat_interleave(len(SHAPES)),
+                        cy[b, k, f].repeat_interleave(len(SHAPES)), H, cfg.sprite_radius).view(n, len(SHAPES), H, W)
         shape[b, k, f] = (tmpl - w[b, k, f][:, None]).abs().sum((-1, -2)).argmin(1)
 
     # Clip-level scene: a colour is in the clip if seen in at least half the frames.
