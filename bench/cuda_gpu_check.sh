@@ -41,35 +41,42 @@ for mask, hq, hk, d, dv in ((masks.teacher_forcing(masks.FramePattern(37, 4, 2))
 torch.cuda.synchronize(); print("small cases ran")
 PY
   for tool in memcheck racecheck; do
-    timeout 150 compute-sanitizer --tool $tool --kernel-name regex:attention --print-limit 20 python3 /tmp/jfa_small.py \
+    timeout 150 compute-sanitizer --tool $tool --kernel-name kns=attention --print-limit 20 python3 /tmp/jfa_small.py \
       > "$OUT/sanitizer_$tool.log" 2>&1; echo "sanitizer $tool rc=$?"; tail -3 "$OUT/sanitizer_$tool.log"
   done
   ;;
-timing)
-  timeout ${TIMING_TIMEOUT:-240} python3 - > "$OUT/timing.log" 2>&1 <<'PY'
-import csv, os, time, torch
+timing|variants)
+  cat > /tmp/jfa_timing.py <<'PY'
+# Times the cuda backend (and FlexAttention when TIMING_FLEX=1) with CUDA events
+# (triton.testing.do_bench, median after warm-up); FLOPs count exact allowed pairs (DESIGN §6).
+import csv, os, torch
 import triton.testing as tt
-import jvp_flash_attn as jfa
 from jvp_flash_attn import masks, reference
-from jvp_flash_attn.backends import get
+from jvp_flash_attn.backends import get, cuda_backend
 from jvp_flash_attn.masks import FramePattern
-OUT = os.environ["OUT"]
-W = {"W1": masks.teacher_forcing(FramePattern(1560, 21)), "W2": masks.teacher_forcing(FramePattern(1560, 21, 3)),
-     "W3": masks.block_causal(FramePattern(1560, 21)), "W4": masks.block_causal(FramePattern(1560, 21, 3))}
+OUT, TAG = os.environ["OUT"], os.environ.get("TIMING_TAG", "default")
+ALL = {"W1": lambda: masks.teacher_forcing(FramePattern(1560, 21)), "W2": lambda: masks.teacher_forcing(FramePattern(1560, 21, 3)),
+       "W3": lambda: masks.block_causal(FramePattern(1560, 21)), "W4": lambda: masks.block_causal(FramePattern(1560, 21, 3))}
+W = {w: ALL[w]() for w in os.environ.get("TIMING_WORKLOADS", "W1 W2 W3 W4").split()}
 H, D = 12, 128
 be = get("cuda")
-rows = []
-def record(op, prov, w, ms, fl):
-    rows.append(dict(op=op, provider=prov, workload=w, ms=round(ms, 4), tflops=round(fl / ms / 1e9, 1)))
-    print(rows[-1], flush=True)
+print("tiles", TAG, cuda_backend.load_module().tile_shapes())
+path = os.path.join(OUT, "timing.csv"); new = not os.path.exists(path)
+f = open(path, "a", newline=""); wr = csv.writer(f)
+if new: wr.writerow(["op", "provider", "variant", "workload", "ms_p50", "tflops"])
+def record(op, prov, w, fn, fl):
+    ms = tt.do_bench(fn, warmup=50, rep=300, return_mode="median")
+    wr.writerow([op, prov, TAG, w, f"{ms:.4f}", f"{fl / ms / 1e9:.1f}"]); f.flush()
+    print(f"{op:4s} {prov:5s} {TAG:10s} {w} {ms:8.3f} ms {fl / ms / 1e9:6.1f} TFLOP/s", flush=True)
 for w, mask in W.items():
     mk = lambda: torch.randn(1, mask.sq, H, D, device="cuda", dtype=torch.bfloat16)
     q, k, v, tq, tk, tv, do = (mk() for _ in range(7))
     o, lse = be.forward(q, k, v, mask, D ** -0.5)
-    record("fwd", "cuda", w, tt.do_bench(lambda: be.forward(q, k, v, mask, D ** -0.5), warmup=50, rep=300), reference.flops(mask, 1, H, D, D, "fwd"))
-    record("jvp", "cuda", w, tt.do_bench(lambda: be.forward_jvp(q, k, v, tq, tk, tv, mask, D ** -0.5), warmup=50, rep=300), reference.flops(mask, 1, H, D, D, "jvp"))
-    record("bwd", "cuda", w, tt.do_bench(lambda: be.backward(q, k, v, o, lse, do, mask, D ** -0.5), warmup=50, rep=300), reference.flops(mask, 1, H, D, D, "bwd"))
-try:
+    fl = lambda op: reference.flops(mask, 1, H, D, D, op)
+    record("fwd", "cuda", w, lambda: be.forward(q, k, v, mask, D ** -0.5), fl("fwd"))
+    record("jvp", "cuda", w, lambda: be.forward_jvp(q, k, v, tq, tk, tv, mask, D ** -0.5), fl("jvp"))
+    record("bwd", "cuda", w, lambda: be.backward(q, k, v, o, lse, do, mask, D ** -0.5), fl("bwd"))
+if os.environ.get("TIMING_FLEX") == "1":
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     flex = torch.compile(flex_attention)
     for w, mask in W.items():
@@ -80,15 +87,28 @@ try:
         bm = create_block_mask(mm, None, None, mask.sq, mask.sk, device="cuda")
         mk = lambda: torch.randn(1, H, mask.sq, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         q, k, v = mk(), mk(), mk()
-        record("fwd", "flex", w, tt.do_bench(lambda: flex(q, k, v, block_mask=bm), warmup=50, rep=300), reference.flops(mask, 1, H, D, D, "fwd"))
-        out = flex(q, k, v, block_mask=bm); g = torch.randn_like(out)
-        record("bwd", "flex", w, tt.do_bench(lambda: torch.autograd.grad(out, (q, k, v), g, retain_graph=True), warmup=50, rep=300), reference.flops(mask, 1, H, D, D, "bwd"))
-except Exception as e:
-    print("flex failed:", repr(e)[:500])
-with open(os.path.join(OUT, "timing.csv"), "w", newline="") as f:
-    wr = csv.DictWriter(f, fieldnames=list(rows[0])); wr.writeheader(); wr.writerows(rows)
+        fl = lambda op: reference.flops(mask, 1, H, D, D, op)
+        record("fwd", "flex", w, lambda: flex(q, k, v, block_mask=bm), fl("fwd"))
+        g = torch.randn(1, H, mask.sq, D, device="cuda", dtype=torch.bfloat16)
+        def fwd_bwd():
+            out = flex(q, k, v, block_mask=bm)
+            return torch.autograd.grad(out, (q, k, v), g)
+        ms_fb = tt.do_bench(fwd_bwd, warmup=50, rep=300, return_mode="median")
+        ms_f = tt.do_bench(lambda: flex(q, k, v, block_mask=bm), warmup=50, rep=300, return_mode="median")
+        ms = ms_fb - ms_f  # backward alone = (forward + backward) - forward
+        wr.writerow(["bwd", "flex", TAG, w, f"{ms:.4f}", f"{fl('bwd') / ms / 1e9:.1f}"]); f.flush()
+        print(f"bwd  flex  {TAG:10s} {w} {ms:8.3f} ms {fl('bwd') / ms / 1e9:6.1f} TFLOP/s (fwd+bwd minus fwd)", flush=True)
 PY
-  echo "timing rc=$?"; grep -E "^\{|failed" "$OUT/timing.log"
+  if [ "$step" = timing ]; then
+    TIMING_FLEX=${TIMING_FLEX:-1} timeout ${TIMING_TIMEOUT:-240} python3 /tmp/jfa_timing.py 2>&1 | tee -a "$OUT/timing.log" | grep -E "TFLOP|Error"
+  else
+    # Tile-shape alternatives (JFA_TILES, see csrc/build_ext.py): rebuild (bf16 d128 only), time W3/W4.
+    for spec in ${VARIANTS:-"base:"}; do
+      tag=${spec%%:*}; tiles=${spec#*:}
+      JFA_TILES="$tiles" JFA_CUDA_ARCHS=90 JFA_CUDA_VARIANTS=ci timeout 120 python3 setup.py build_ext --inplace --force >> "$OUT/build.log" 2>&1 || { echo "build $tag failed"; continue; }
+      TIMING_TAG=$tag TIMING_WORKLOADS="${TIMING_WORKLOADS:-W3 W4}" timeout 120 python3 /tmp/jfa_timing.py 2>&1 | tee -a "$OUT/timing.log" | grep -E "TFLOP|Error"
+    done
+  fi
   ;;
 esac
 done

@@ -8,9 +8,12 @@ Environment:
   JFA_CUDA_VARIANTS  'full' (default) or 'ci' (bf16, head dim 128 only), see generate_kernels.py
   JFA_CUDA_JOBS      parallel nvcc jobs (default: min(cores, available memory / 3 GiB))
   JFA_CUDA_LINEINFO  1 adds -lineinfo (for compute-sanitizer and profilers)
+  JFA_TILES          tile-shape overrides for experiments, e.g. "fwd=128,128,8;bwd_kv=32,128,8"
+                     (keys fwd, jvp, bwd_q, bwd_kv; values block_m,block_n,warps; see jfa/tile_shapes.h)
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -83,6 +86,19 @@ def default_jobs() -> int:
     return max(1, min(cores, by_mem))
 
 
+def tile_defines() -> list[str]:
+    """-D flags from JFA_TILES (empty by default: the shapes in jfa/tile_shapes.h)."""
+    names = {"fwd": "JFA_FWD", "jvp": "JFA_JVP", "bwd_q": "JFA_BWD_Q", "bwd_kv": "JFA_BWD_KV"}
+    out = []
+    for item in filter(None, (x.strip() for x in os.environ.get("JFA_TILES", "").split(";"))):
+        key, _, value = item.partition("=")
+        nums = value.split(",")
+        if key not in names or len(nums) != 3 or not all(n.strip().isdigit() for n in nums):
+            raise ValueError(f"JFA_TILES entries look like fwd=128,64,8 (keys {sorted(names)}), got {item!r}")
+        out += [f"-D{names[key]}_{suffix}={n.strip()}" for suffix, n in zip("MNW", nums)]
+    return out
+
+
 def headers() -> list[str]:
     d = os.path.join(HERE, "jfa")
     return [os.path.join(d, f) for f in os.listdir(d) if f.endswith(".h")]
@@ -97,9 +113,11 @@ class NvccBuildExt(build_ext):
         profile = os.environ.get("JFA_CUDA_VARIANTS", "full")
         sources = generate_kernels.sources(profile)
         arch_list = archs()
-        obj_dir = os.path.join(os.path.abspath(self.build_temp), "jfa_cuda", "_".join(arch_list) + "-" + profile)
+        defines = tile_defines()
+        tag = "_".join(arch_list) + "-" + profile + ("-" + hashlib.md5(" ".join(defines).encode()).hexdigest()[:10] if defines else "")
+        obj_dir = os.path.join(os.path.abspath(self.build_temp), "jfa_cuda", tag)
         os.makedirs(obj_dir, exist_ok=True)
-        flags = ["-std=c++17", "-O3", "--use_fast_math", "-Xcompiler", "-fPIC", "-I", HERE, *gencode_flags(arch_list)]
+        flags = ["-std=c++17", "-O3", "--use_fast_math", "-Xcompiler", "-fPIC", "-I", HERE, *gencode_flags(arch_list), *defines]
         if os.environ.get("JFA_CUDA_LINEINFO") == "1":
             flags.append("-lineinfo")
         newest_header = max(os.path.getmtime(h) for h in headers())
@@ -120,6 +138,7 @@ class NvccBuildExt(build_ext):
             objects = list(pool.map(compile_one, sources))
         ext.extra_objects = list(ext.extra_objects or []) + objects
         ext.include_dirs = list(ext.include_dirs or []) + [os.path.join(home, "include")]
+        ext.extra_compile_args = list(ext.extra_compile_args or []) + defines
         ext.library_dirs = list(ext.library_dirs or []) + [cuda_lib_dir(home)]
         super().build_extension(ext)
 

@@ -10,9 +10,48 @@ struct TileShape {
     int warps;
 };
 
-constexpr TileShape kFwdTiles{128, 64, 8};
-constexpr TileShape kJvpTiles{128, 64, 8};
-constexpr TileShape kBwdQTiles{128, 64, 8};   // dQ: walks key tiles per query tile
-constexpr TileShape kBwdKVTiles{64, 128, 8};  // dK/dV: walks query tiles per key tile
+// Each default can be overridden at build time (JFA_TILES, see csrc/build_ext.py) to time
+// alternatives without editing code; the module reports the shapes it was built with.
+#ifndef JFA_FWD_M
+#define JFA_FWD_M 128
+#endif
+#ifndef JFA_FWD_N
+#define JFA_FWD_N 64
+#endif
+#ifndef JFA_FWD_W
+#define JFA_FWD_W 8
+#endif
+#ifndef JFA_JVP_M
+#define JFA_JVP_M 128
+#endif
+#ifndef JFA_JVP_N
+#define JFA_JVP_N 64
+#endif
+#ifndef JFA_JVP_W
+#define JFA_JVP_W 8
+#endif
+#ifndef JFA_BWD_Q_M
+#define JFA_BWD_Q_M 128
+#endif
+#ifndef JFA_BWD_Q_N
+#define JFA_BWD_Q_N 64
+#endif
+#ifndef JFA_BWD_Q_W
+#define JFA_BWD_Q_W 8
+#endif
+#ifndef JFA_BWD_KV_M
+#define JFA_BWD_KV_M 64
+#endif
+#ifndef JFA_BWD_KV_N
+#define JFA_BWD_KV_N 128
+#endif
+#ifndef JFA_BWD_KV_W
+#define JFA_BWD_KV_W 8
+#endif
+
+constexpr TileShape kFwdTiles{JFA_FWD_M, JFA_FWD_N, JFA_FWD_W};
+constexpr TileShape kJvpTiles{JFA_JVP_M, JFA_JVP_N, JFA_JVP_W};
+constexpr TileShape kBwdQTiles{JFA_BWD_Q_M, JFA_BWD_Q_N, JFA_BWD_Q_W};    // dQ: walks key tiles per query tile
+constexpr TileShape kBwdKVTiles{JFA_BWD_KV_M, JFA_BWD_KV_N, JFA_BWD_KV_W};  // dK/dV: walks query tiles per key tile
 
 }  // namespace jfa
