@@ -75,6 +75,16 @@ def _fits(need: int, device, what: str) -> str | None:
     return None
 
 
+def dense_mask(mask, device, rows: int = 2048) -> torch.Tensor:
+    """(Sq, Sk) bool mask built block of rows by block of rows, so building it needs about
+    one extra block of memory rather than several S x S temporaries."""
+    out = torch.empty(mask.sq, mask.sk, dtype=torch.bool, device=device)
+    for r0 in range(0, mask.sq, rows):
+        r1 = min(r0 + rows, mask.sq)
+        out[r0:r1] = mask.dense_rows(r0, r1, device)
+    return out
+
+
 def _leaf(x):
     return x.detach().requires_grad_(True)
 
@@ -199,7 +209,7 @@ class SdpaProvider(Provider):
         return why
 
     def prepare(self, op, inp):
-        dense = inp.mask.dense(inp.q.device)
+        dense = dense_mask(inp.mask, inp.q.device)
         gqa = inp.q.shape[2] != inp.k.shape[2]
         grad = op == "bwd"
         q, k, v = (_bhsd(x, grad) for x in (inp.q, inp.k, inp.v))
@@ -239,7 +249,7 @@ class MathJvpProvider(Provider):
 
         if op != "jvp":
             raise ValueError(f"math-jvp has no {op!r}")
-        dense = inp.mask.dense(inp.q.device)
+        dense = dense_mask(inp.mask, inp.q.device)
         gqa = inp.q.shape[2] != inp.k.shape[2]
         primals = tuple(_bhsd(x) for x in (inp.q, inp.k, inp.v))
         tangents = tuple(_bhsd(x) for x in (inp.tq, inp.tk, inp.tv))

@@ -22,7 +22,10 @@ Method
   (block masks, dense masks, the stored forward of bwd) and one call, in MiB.
 - Output under ``--out``: results.csv (one row per measurement with the machine header),
   results.md (table with speedups against FlexAttention, skipped and failed cases with the
-  reason), results.png (TFLOP/s per workload, one panel per op).
+  reason), results.png (TFLOP/s per workload, one panel per op). The CSV is written row by
+  row, and an interrupted run (Ctrl-C, ``timeout -s INT``) still writes the table and chart.
+- Exit status 1 if a check failed, one of our backends raised, or the run was interrupted;
+  errors of the other providers (e.g. FlexAttention has no CPU backward) are reported only.
 """
 from __future__ import annotations
 
@@ -184,17 +187,32 @@ def measure(prov, op, w, mask, check_mask, args, device, gen) -> dict:
 
 
 # ---- outputs ----------------------------------------------------------------------------
-def write_csv(path, rows, env, scale):
-    with open(path, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        wr.writeheader()
-        for r in rows:
-            wr.writerow({**r, **env, "scale": scale,
-                         **{k: f"{r[k]:.4f}" for k in ("ms_p20", "ms_p50", "ms_p80", "tflops")},
-                         "peak_mem_mib": f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] == r["peak_mem_mib"] else ""})
+class CsvLog:
+    """results.csv, one row appended and flushed per measurement, so a run that is stopped
+    (Ctrl-C, a time limit) keeps what it measured."""
+
+    def __init__(self, path, env, scale):
+        self.f = open(path, "w", newline="")
+        self.wr = csv.DictWriter(self.f, fieldnames=CSV_FIELDS)
+        self.wr.writeheader()
+        self.env, self.scale = env, scale
+
+    def add(self, r):
+        mem = r["peak_mem_mib"]
+        self.wr.writerow({**r, **self.env, "scale": self.scale,
+                          **{k: f"{r[k]:.4f}" for k in ("ms_p20", "ms_p50", "ms_p80", "tflops")},
+                          "peak_mem_mib": f"{mem:.0f}" if mem == mem else ""})
+        self.f.flush()
+
+    def close(self):
+        self.f.close()
 
 
-def markdown(rows, skipped, failed, env, args) -> str:
+def _num(x: float) -> str:
+    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
+
+
+def markdown(rows, skipped, failed, errors, env, args, interrupted=False) -> str:
     flex = {(r["op"], r["workload"]): r["ms_p50"] for r in rows if r["provider"] == "flex"}
     out = [f"# Benchmark, {env['date']}", "",
            f"GPU {env['gpu']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
@@ -207,10 +225,15 @@ def markdown(rows, skipped, failed, env, args) -> str:
         vs = f"{fx / r['ms_p50']:.2f}x" if fx else ("n/a (no JVP)" if r["op"] == "jvp" else "-")
         mem = f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] == r["peak_mem_mib"] else "-"
         out.append(f"| {r['op']} | {r['workload']} | {r['sq']} x {r['sk']} | {r['provider']} | "
-                   f"{r['ms_p50']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | {r['tflops']:.1f} | {mem} | {vs} |")
+                   f"{r['ms_p50']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | {_num(r['tflops'])} | {mem} | {vs} |")
+    if interrupted:
+        out += ["", "**Stopped before the end: the cases below the last row were not run.**"]
     if failed:
         out += ["", "## Failed correctness checks (not timed)", ""]
         out += [f"- {w} {op} {p}: {why}" for w, op, p, why in failed]
+    if errors:
+        out += ["", "## Errors (not timed)", ""]
+        out += [f"- {w} {op} {p}: {why}" for w, op, p, why in errors]
     if skipped:
         out += ["", "## Skipped", ""]
         out += [f"- {w} {op} {p}: {why}" for w, op, p, why in skipped]
@@ -297,7 +320,7 @@ def main(argv=None) -> int:
         f"git {env['git_sha']}, seed {seed}, scale {args.scale}, out {out}")
 
     active = []
-    skipped, failed, rows = [], [], []
+    skipped, failed, errors, rows = [], [], [], []
     for n in names:
         why = registry[n].availability(device)
         if why:
@@ -307,38 +330,53 @@ def main(argv=None) -> int:
             active.append(registry[n])
     check_scale = min(args.scale, args.check_tokens / workloads.TOKENS_PER_FRAME)
     t_start = time.perf_counter()
-    for w in wls:
-        mask, check_mask = w.mask(args.scale), w.mask(check_scale)
-        log(f"== {w.id}: {w.description}; Sq {mask.sq}, Sk {mask.sk}, B {w.batch}, H {w.heads}, "
-            f"Dqk {w.d_qk}, Dv {w.d_v}, pairs {mask.num_pairs} ({mask.num_pairs / (mask.sq * mask.sk):.3f})")
-        for op in ops:
-            for prov in active:
-                if op not in prov.ops:
-                    continue
-                try:
-                    rows.append(measure(prov, op, w, mask, check_mask, args, device, gen))
-                except Skip as e:
-                    log(f"[{w.id} {op} {prov.name}] skipped: {e}")
-                    skipped.append((w.id, op, prov.name, str(e)))
-                except CheckFailed as e:
-                    log(f"[{w.id} {op} {prov.name}] CHECK FAILED, not timed: {e}")
-                    failed.append((w.id, op, prov.name, str(e)))
-                except Exception as e:  # an OOM or a provider's own error: report, go on
-                    why = (f"out of memory ({str(e).splitlines()[0][:160]})" if _is_oom(e)
-                           else f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
-                    log(f"[{w.id} {op} {prov.name}] skipped: {why}")
-                    skipped.append((w.id, op, prov.name, why))
-                finally:
-                    _free(device)
-    write_csv(out / "results.csv", rows, env, args.scale)
-    (out / "results.md").write_text(markdown(rows, skipped, failed, env, args))
+    table = CsvLog(out / "results.csv", env, args.scale)
+    interrupted = False
+    try:
+        for w in wls:
+            mask, check_mask = w.mask(args.scale), w.mask(check_scale)
+            log(f"== {w.id}: {w.description}; Sq {mask.sq}, Sk {mask.sk}, B {w.batch}, H {w.heads}, "
+                f"Dqk {w.d_qk}, Dv {w.d_v}, pairs {mask.num_pairs} ({mask.num_pairs / (mask.sq * mask.sk):.3f})")
+            for op in ops:
+                for prov in active:
+                    if op not in prov.ops:
+                        continue
+                    case = (w.id, op, prov.name)
+                    try:
+                        rows.append(measure(prov, op, w, mask, check_mask, args, device, gen))
+                        table.add(rows[-1])
+                    except Skip as e:
+                        log(f"[{w.id} {op} {prov.name}] skipped: {e}")
+                        skipped.append((*case, str(e)))
+                    except CheckFailed as e:
+                        log(f"[{w.id} {op} {prov.name}] CHECK FAILED, not timed: {e}")
+                        failed.append((*case, str(e)))
+                    except Exception as e:  # an OOM is a skip; any other error is reported
+                        first = str(e).splitlines()[0][:300] if str(e) else ""
+                        if _is_oom(e):
+                            log(f"[{w.id} {op} {prov.name}] skipped: out of memory ({first[:160]})")
+                            skipped.append((*case, f"out of memory ({first[:160]})"))
+                        else:
+                            log(f"[{w.id} {op} {prov.name}] ERROR: {type(e).__name__}: {first}")
+                            errors.append((*case, f"{type(e).__name__}: {first}"))
+                    finally:
+                        _free(device)
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: writing what was measured")
+    finally:
+        table.close()
+    (out / "results.md").write_text(markdown(rows, skipped, failed, errors, env, args, interrupted))
     if rows:
         chart(out / "results.png", rows, env, ops)
     log(f"\n{len(rows)} measurements, {len(skipped)} skipped, {len(failed)} failed checks, "
-        f"{time.perf_counter() - t_start:.1f} s; wrote {out}/results.csv, results.md"
+        f"{len(errors)} errors, {time.perf_counter() - t_start:.1f} s; wrote {out}/results.csv, results.md"
         + (", results.png" if rows else ""))
     log((out / "results.md").read_text())
-    return 1 if failed else 0
+    # A wrong result anywhere, or an error in one of our own backends, fails the run;
+    # errors of the other providers (say FlexAttention's backward on a CPU) are reported only.
+    ours = {"cuda", "triton", "reference"}
+    return 1 if failed or any(p in ours for _, _, p, _ in errors) or interrupted else 0
 
 
 if __name__ == "__main__":
