@@ -168,6 +168,15 @@ class FlexProvider(Provider):
     def __init__(self):
         self._block_masks = {}
 
+    @staticmethod
+    def _allow_repeated_backward():
+        """The compiled backward donates the saved buffers by default, which forbids the
+        repeated ``retain_graph=True`` backward that times it alone; switch donation off
+        (a memory saving, not a different kernel) before the graph is compiled."""
+        import torch._functorch.config as fc
+        if hasattr(fc, "donated_buffer"):
+            fc.donated_buffer = False
+
     def availability(self, device):
         return flexmod.availability()
 
@@ -180,6 +189,8 @@ class FlexProvider(Provider):
     def prepare(self, op, inp):
         bm = self.block_mask(inp.mask, inp.q.device)
         grad = op == "bwd"
+        if grad:
+            self._allow_repeated_backward()
         q, k, v = (_bhsd(x, grad) for x in (inp.q, inp.k, inp.v))
         if op == "fwd":
             def fwd():

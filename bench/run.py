@@ -21,8 +21,8 @@ Method
 - Peak memory: torch.cuda.max_memory_allocated over drawing the inputs, preparing the op
   (block masks, dense masks, the stored forward of bwd) and one call, in MiB.
 - Output under ``--out``: results.csv (one row per measurement with the machine header),
-  results.md (table with speedups against FlexAttention, skipped and failed cases with the
-  reason), results.png (TFLOP/s per workload, one panel per op). The CSV is written row by
+  notes.csv (skipped cases, failed checks, errors, with the reason), results.md (table with
+  speedups against FlexAttention, then the notes), results.png (TFLOP/s per workload, one panel per op). The CSV is written row by
   row, and an interrupted run (Ctrl-C, ``timeout -s INT``) still writes the table and chart.
 - Exit status 1 if a check failed, one of our backends raised, or the run was interrupted;
   errors of the other providers (e.g. FlexAttention has no CPU backward) are reported only.
@@ -46,16 +46,13 @@ if __package__ in (None, ""):  # run as a script: make the package `bench` impor
 import torch
 
 import bench
-from bench import check, providers, workloads
+from bench import check, providers, report, workloads
 from bench.providers import Inputs
 from jvp_flash_attn.reference import flops
 
 CHECK_TOKENS = 52          # tokens per frame of the small same-structure check mask
 SMALL_CHECK_PAIRS = 1 << 22  # at or below Sq*Sk, the full-size run is checked whole
 QUANTILES = (0.2, 0.5, 0.8)
-CSV_FIELDS = ("op", "provider", "workload", "sq", "sk", "batch", "heads", "d_qk", "d_v", "dtype",
-              "pairs", "ms_p20", "ms_p50", "ms_p80", "tflops", "peak_mem_mib", "check",
-              "gpu", "torch", "triton", "cuda", "git_sha", "date", "scale")
 
 
 def log(msg: str):
@@ -193,78 +190,16 @@ class CsvLog:
 
     def __init__(self, path, env, scale):
         self.f = open(path, "w", newline="")
-        self.wr = csv.DictWriter(self.f, fieldnames=CSV_FIELDS)
+        self.wr = csv.DictWriter(self.f, fieldnames=report.CSV_FIELDS)
         self.wr.writeheader()
-        self.env, self.scale = env, scale
+        self.extra = {**env, "scale": scale}
 
     def add(self, r):
-        mem = r["peak_mem_mib"]
-        self.wr.writerow({**r, **self.env, "scale": self.scale,
-                          **{k: f"{r[k]:.4f}" for k in ("ms_p20", "ms_p50", "ms_p80", "tflops")},
-                          "peak_mem_mib": f"{mem:.0f}" if mem == mem else ""})
+        self.wr.writerow(report.csv_row({**r, **self.extra}))
         self.f.flush()
 
     def close(self):
         self.f.close()
-
-
-def _num(x: float) -> str:
-    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
-
-
-def markdown(rows, skipped, failed, errors, env, args, interrupted=False) -> str:
-    flex = {(r["op"], r["workload"]): r["ms_p50"] for r in rows if r["provider"] == "flex"}
-    out = [f"# Benchmark, {env['date']}", "",
-           f"GPU {env['gpu']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
-           f"git {env['git_sha']}, scale {args.scale}. Method: top of bench/run.py. "
-           "TFLOP/s from exact allowed pairs at p50; 'vs flex' = FlexAttention p50 / this p50.", "",
-           "| op | workload | Sq x Sk | provider | ms p50 (p20-p80) | TFLOP/s | peak MiB | vs flex |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        fx = flex.get((r["op"], r["workload"]))
-        vs = f"{fx / r['ms_p50']:.2f}x" if fx else ("n/a (no JVP)" if r["op"] == "jvp" else "-")
-        mem = f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] == r["peak_mem_mib"] else "-"
-        out.append(f"| {r['op']} | {r['workload']} | {r['sq']} x {r['sk']} | {r['provider']} | "
-                   f"{r['ms_p50']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | {_num(r['tflops'])} | {mem} | {vs} |")
-    if interrupted:
-        out += ["", "**Stopped before the end: the cases below the last row were not run.**"]
-    if failed:
-        out += ["", "## Failed correctness checks (not timed)", ""]
-        out += [f"- {w} {op} {p}: {why}" for w, op, p, why in failed]
-    if errors:
-        out += ["", "## Errors (not timed)", ""]
-        out += [f"- {w} {op} {p}: {why}" for w, op, p, why in errors]
-    if skipped:
-        out += ["", "## Skipped", ""]
-        out += [f"- {w} {op} {p}: {why}" for w, op, p, why in skipped]
-    return "\n".join(out) + "\n"
-
-
-def chart(path, rows, env, ops):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ops = [op for op in ops if any(r["op"] == op for r in rows)]
-    fig, axes = plt.subplots(len(ops), 1, figsize=(11, 3.2 * max(1, len(ops))), squeeze=False)
-    for ax, op in zip(axes[:, 0], ops):
-        rs = [r for r in rows if r["op"] == op]
-        wls = sorted({r["workload"] for r in rs}, key=lambda s: int(s[1:]))
-        provs = list(dict.fromkeys(r["provider"] for r in rs))
-        width = 0.8 / len(provs)
-        for i, p in enumerate(provs):
-            vals = {r["workload"]: r["tflops"] for r in rs if r["provider"] == p}
-            xs = [j + (i - (len(provs) - 1) / 2) * width for j, wl in enumerate(wls) if wl in vals]
-            ax.bar(xs, [vals[wl] for wl in wls if wl in vals], width, label=p)
-        ax.set_xticks(range(len(wls)), wls)
-        ax.set_ylabel("TFLOP/s")
-        ax.set_title(f"{op}")
-        ax.legend(fontsize=8, ncol=len(provs))
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{env['gpu']}, torch {env['torch']}, triton {env['triton']}, git {env['git_sha']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ---- main -------------------------------------------------------------------------------
@@ -320,12 +255,12 @@ def main(argv=None) -> int:
         f"git {env['git_sha']}, seed {seed}, scale {args.scale}, out {out}")
 
     active = []
-    skipped, failed, errors, rows = [], [], [], []
+    notes, rows = [], []
     for n in names:
         why = registry[n].availability(device)
         if why:
             log(f"skip provider {n}: {why}")
-            skipped.append(("all", "all", n, why))
+            notes.append(("all", "all", n, "skipped", why))
         else:
             active.append(registry[n])
     check_scale = min(args.scale, args.check_tokens / workloads.TOKENS_PER_FRAME)
@@ -347,18 +282,18 @@ def main(argv=None) -> int:
                         table.add(rows[-1])
                     except Skip as e:
                         log(f"[{w.id} {op} {prov.name}] skipped: {e}")
-                        skipped.append((*case, str(e)))
+                        notes.append((*case, "skipped", str(e)))
                     except CheckFailed as e:
                         log(f"[{w.id} {op} {prov.name}] CHECK FAILED, not timed: {e}")
-                        failed.append((*case, str(e)))
+                        notes.append((*case, "failed", str(e)))
                     except Exception as e:  # an OOM is a skip; any other error is reported
                         first = str(e).splitlines()[0][:300] if str(e) else ""
                         if _is_oom(e):
                             log(f"[{w.id} {op} {prov.name}] skipped: out of memory ({first[:160]})")
-                            skipped.append((*case, f"out of memory ({first[:160]})"))
+                            notes.append((*case, "skipped", f"out of memory ({first[:160]})"))
                         else:
                             log(f"[{w.id} {op} {prov.name}] ERROR: {type(e).__name__}: {first}")
-                            errors.append((*case, f"{type(e).__name__}: {first}"))
+                            notes.append((*case, "error", f"{type(e).__name__}: {first}"))
                     finally:
                         _free(device)
     except KeyboardInterrupt:
@@ -366,17 +301,20 @@ def main(argv=None) -> int:
         log("interrupted: writing what was measured")
     finally:
         table.close()
-    (out / "results.md").write_text(markdown(rows, skipped, failed, errors, env, args, interrupted))
+    report.write_notes(out / "notes.csv", notes)
+    (out / "results.md").write_text(report.markdown(rows, notes, env, args.scale, interrupted))
     if rows:
-        chart(out / "results.png", rows, env, ops)
-    log(f"\n{len(rows)} measurements, {len(skipped)} skipped, {len(failed)} failed checks, "
-        f"{len(errors)} errors, {time.perf_counter() - t_start:.1f} s; wrote {out}/results.csv, results.md"
-        + (", results.png" if rows else ""))
+        report.chart(out / "results.png", rows, env)
+    count = {k: sum(n[3] == k for n in notes) for k in ("skipped", "failed", "error")}
+    log(f"\n{len(rows)} measurements, {count['skipped']} skipped, {count['failed']} failed checks, "
+        f"{count['error']} errors, {time.perf_counter() - t_start:.1f} s; wrote {out}/results.csv, "
+        "notes.csv, results.md" + (", results.png" if rows else ""))
     log((out / "results.md").read_text())
     # A wrong result anywhere, or an error in one of our own backends, fails the run;
     # errors of the other providers (say FlexAttention's backward on a CPU) are reported only.
     ours = {"cuda", "triton", "reference"}
-    return 1 if failed or any(p in ours for _, _, p, _ in errors) or interrupted else 0
+    bad = any(k == "failed" or (k == "error" and p in ours) for _, _, p, k, _ in notes)
+    return 1 if bad or interrupted else 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import providers, run, workloads  # noqa: E402
+from bench import providers, report, run, workloads  # noqa: E402
 from jvp_flash_attn.reference import flops  # noqa: E402
 
 TINY = ["--scale", "0.005", "--device", "cpu", "--rep-ms", "5", "--warmup-ms", "1", "--seed", "7"]
@@ -51,6 +51,20 @@ def test_smoke_reference(tmp_path, capsys):
     assert "| op | workload |" in md and md.count("| reference |") == 6 and "Skipped" in md
     png = (tmp_path / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    notes = list(csv.DictReader(open(tmp_path / "notes.csv")))
+    assert [(n["provider"], n["kind"]) for n in notes] == [("cuda", "skipped")]
+
+
+def test_report_merges_runs(tmp_path):
+    a, b, merged = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
+    assert run.main([*TINY, "--out", str(a), "--providers", "reference", "--workloads", "W3", "--ops", "fwd"]) == 0
+    assert run.main([*TINY, "--out", str(b), "--providers", "reference", "--workloads", "W7", "--ops", "jvp"]) == 0
+    assert report.main([str(a), str(b), "--out", str(merged)]) == 0
+    rows = list(csv.DictReader(open(merged / "results.csv")))
+    assert [(r["workload"], r["op"]) for r in rows] == [("W3", "fwd"), ("W7", "jvp")]
+    assert rows == list(csv.DictReader(open(a / "results.csv"))) + list(csv.DictReader(open(b / "results.csv")))
+    assert (merged / "results.md").read_text().count("| reference |") == 2
+    assert (merged / "results.png").stat().st_size > 5000
 
 
 class _Broken(providers.JfaProvider):

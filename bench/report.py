@@ -1,0 +1,149 @@
+"""Tables and charts from bench.run's CSV files; merges several runs into one report.
+
+``python -m bench.report DIR [DIR ...] --out DIR`` reads each DIR/results.csv (measurements)
+and DIR/notes.csv (skipped cases, failed checks, errors) and writes results.csv, notes.csv,
+results.md (speedups against FlexAttention) and results.png under --out. A full W1-W8
+suite that does not fit one device call can so be run in parts and reported as one.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the package `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CSV_FIELDS = ("op", "provider", "workload", "sq", "sk", "batch", "heads", "d_qk", "d_v", "dtype",
+              "pairs", "ms_p20", "ms_p50", "ms_p80", "tflops", "peak_mem_mib", "check",
+              "gpu", "torch", "triton", "cuda", "git_sha", "date", "scale")
+NOTE_FIELDS = ("workload", "op", "provider", "kind", "reason")  # kind: skipped, failed, error
+ENV_FIELDS = ("gpu", "torch", "triton", "cuda", "git_sha", "date")
+OPS = ("fwd", "bwd", "jvp")
+_FLOATS = ("ms_p20", "ms_p50", "ms_p80", "tflops", "peak_mem_mib")
+
+
+def _num(x: float) -> str:
+    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
+
+
+def csv_row(r: dict) -> dict:
+    """A measurement as written to results.csv."""
+    out = {k: r.get(k, "") for k in CSV_FIELDS}
+    for k in ("ms_p20", "ms_p50", "ms_p80", "tflops"):
+        out[k] = f"{r[k]:.4f}"
+    mem = r["peak_mem_mib"]
+    out["peak_mem_mib"] = f"{mem:.0f}" if mem == mem else ""
+    return out
+
+
+def load(dirs) -> tuple[list[dict], list[tuple]]:
+    rows, notes = [], []
+    for d in map(Path, dirs):
+        with open(d / "results.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                for k in _FLOATS:
+                    r[k] = float(r[k]) if r[k] != "" else float("nan")
+                for k in ("sq", "sk", "batch", "heads", "d_qk", "d_v", "pairs"):
+                    r[k] = int(r[k])
+                rows.append(r)
+        if (d / "notes.csv").exists():
+            with open(d / "notes.csv", newline="") as f:
+                notes += [tuple(n[k] for k in NOTE_FIELDS) for n in csv.DictReader(f)]
+    return rows, notes
+
+
+def write(out: Path, rows, notes):
+    with open(out / "results.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        wr.writeheader()
+        wr.writerows(csv_row(r) for r in rows)
+    write_notes(out / "notes.csv", notes)
+
+
+def write_notes(path, notes):
+    with open(path, "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(NOTE_FIELDS)
+        wr.writerows(notes)
+
+
+def _order(rows):
+    wl = lambda r: int(r["workload"][1:]) if r["workload"][1:].isdigit() else 0
+    return sorted(rows, key=lambda r: (OPS.index(r["op"]) if r["op"] in OPS else 9, wl(r)))
+
+
+def markdown(rows, notes, env: dict, scale, interrupted: bool = False) -> str:
+    flex = {(r["op"], r["workload"]): r["ms_p50"] for r in rows if r["provider"] == "flex"}
+    head = ", ".join(f"{k} {env[k]}" for k in ENV_FIELDS if env.get(k))
+    out = [f"# Benchmark, {env.get('date', '')}", "",
+           f"{head}, scale {scale}. Method: top of bench/run.py. TFLOP/s from exact allowed pairs "
+           "at p50; 'vs flex' = FlexAttention p50 / this p50 (FlexAttention has no JVP).", "",
+           "| op | workload | Sq x Sk | provider | ms p50 (p20-p80) | TFLOP/s | peak MiB | vs flex |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in _order(rows):
+        fx = flex.get((r["op"], r["workload"]))
+        vs = f"{fx / r['ms_p50']:.2f}x" if fx else "-"
+        mem = f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] == r["peak_mem_mib"] else "-"
+        out.append(f"| {r['op']} | {r['workload']} | {r['sq']} x {r['sk']} | {r['provider']} | "
+                   f"{r['ms_p50']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | {_num(r['tflops'])} | {mem} | {vs} |")
+    if interrupted:
+        out += ["", "**Stopped before the end: cases after the last row were not run.**"]
+    for kind, title in (("failed", "Failed correctness checks (not timed)"), ("error", "Errors (not timed)"),
+                        ("skipped", "Skipped")):
+        these = [n for n in notes if n[3] == kind]
+        if these:
+            out += ["", f"## {title}", ""]
+            out += [f"- {w} {op} {p}: {why}" for w, op, p, _, why in these]
+    return "\n".join(out) + "\n"
+
+
+def chart(path, rows, env: dict):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = [op for op in OPS if any(r["op"] == op for r in rows)]
+    fig, axes = plt.subplots(len(ops), 1, figsize=(11, 3.2 * max(1, len(ops))), squeeze=False)
+    for ax, op in zip(axes[:, 0], ops):
+        rs = _order([r for r in rows if r["op"] == op])
+        wls = list(dict.fromkeys(r["workload"] for r in rs))
+        provs = list(dict.fromkeys(r["provider"] for r in rs))
+        width = 0.8 / len(provs)
+        for i, p in enumerate(provs):
+            vals = {r["workload"]: r["tflops"] for r in rs if r["provider"] == p}
+            xs = [j + (i - (len(provs) - 1) / 2) * width for j, wl in enumerate(wls) if wl in vals]
+            ax.bar(xs, [vals[wl] for wl in wls if wl in vals], width, label=p)
+        ax.set_xticks(range(len(wls)), wls)
+        ax.set_ylabel("TFLOP/s (exact pairs)")
+        ax.set_title(op)
+        ax.legend(fontsize=8, ncol=len(provs))
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(", ".join(f"{k} {env[k]}" for k in ("gpu", "torch", "triton", "git_sha") if env.get(k)),
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n")[0])
+    ap.add_argument("dirs", nargs="+", help="folders written by bench.run")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    rows, notes = load(args.dirs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write(out, rows, notes)
+    env = {k: " / ".join(dict.fromkeys(r[k] for r in rows)) for k in ENV_FIELDS} if rows else {}
+    scale = " / ".join(dict.fromkeys(r["scale"] for r in rows)) if rows else ""
+    (out / "results.md").write_text(markdown(rows, notes, env, scale))
+    if rows:
+        chart(out / "results.png", rows, env)
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
