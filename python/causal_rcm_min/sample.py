@@ -78,7 +78,7 @@ def sample_streaming(model, cond, actions, num_frames: int, schedules: list[list
     guided = cfg_scale != 1.0
 
     def velocity(x, t, c, a, write=False):
-        return model.forward_chunk(x, t, c, a, cache, write)
+        return model.forward_chunk(x, t, c, a, cache, write=write)
 
     chunks, start = [], 0
     for b, nf in enumerate(model.pattern(num_frames).chunk_frames):
