@@ -53,6 +53,8 @@ from jvp_flash_attn.reference import flops
 CHECK_TOKENS = 52          # tokens per frame of the small same-structure check mask
 SMALL_CHECK_PAIRS = 1 << 22  # at or below Sq*Sk, the full-size run is checked whole
 QUANTILES = (0.2, 0.5, 0.8)
+GPU_DEFAULT = ("cuda", "triton", "flex", "sdpa", "math-jvp")
+CPU_DEFAULT = ("reference", "triton")
 
 
 def log(msg: str):
@@ -210,8 +212,9 @@ def parse_args(argv=None):
     ap.add_argument("--workloads", default="all", help="comma-separated ids, e.g. W1,W3 (default all)")
     ap.add_argument("--ops", default="fwd,bwd,jvp", help="comma-separated from fwd,bwd,jvp")
     ap.add_argument("--providers", default=None,
-                    help=f"comma-separated from {','.join(providers.NAMES)} "
-                         "(default: all on a GPU, reference,triton on a CPU)")
+                    help=f"comma-separated from {','.join(providers.NAMES)} (default on a GPU: "
+                         f"{','.join(GPU_DEFAULT)}, the reference being the slow oracle; on a CPU: "
+                         f"{','.join(CPU_DEFAULT)})")
     ap.add_argument("--out", default=None, help="output folder (default bench/results/run_<date>)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="fraction of 1560 tokens per frame (e.g. 0.01 for a CPU smoke run)")
@@ -235,7 +238,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--ops: unknown {sorted(bad)}; known: {','.join(providers.OPS)}")
     wls = workloads.select(args.workloads)
     registry = providers.all_providers()
-    names = args.providers or (",".join(providers.NAMES) if device.type == "cuda" else "reference,triton")
+    names = args.providers or ",".join(GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)
     names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in registry]
     if unknown:
