@@ -179,15 +179,18 @@ def run_sample(cfg: Config, device) -> str:
     gen = torch.Generator(device=device).manual_seed(sc.seed)
     schedules = chunk_schedules(sc.steps, sc.t_shift)
     outs, t0 = [], time.time()
-    for i in tqdm(range(0, sc.num_samples, sc.batch_size), desc="sample", leave=False):
-        cond = real.cond[i:i + sc.batch_size]
-        actions = real.actions[i:i + sc.batch_size] if data.action_mode else None
-        if sc.teacher == "teacher_bidirectional":
-            outs.append(sample_full(model, cond, actions, data.num_frames, schedules[0], sc.cfg_scale,
-                                    sc.solver, gen))
-        else:
-            outs.append(sample_streaming(model, cond, actions, data.num_frames, schedules, sc.cfg_scale,
-                                         sc.solver, sc.noisy_context, gen))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.amp and device.type == "cuda" \
+        else contextlib.nullcontext()
+    with amp:
+        for i in tqdm(range(0, sc.num_samples, sc.batch_size), desc="sample", leave=False):
+            cond = real.cond[i:i + sc.batch_size]
+            actions = real.actions[i:i + sc.batch_size] if data.action_mode else None
+            if sc.teacher == "teacher_bidirectional":
+                outs.append(sample_full(model, cond, actions, data.num_frames, schedules[0], sc.cfg_scale,
+                                        sc.solver, gen))
+            else:
+                outs.append(sample_streaming(model, cond, actions, data.num_frames, schedules, sc.cfg_scale,
+                                             sc.solver, sc.noisy_context, gen))
     frames = torch.cat(outs)
     seconds = time.time() - t0
     out = os.path.join(cfg.out_dir, sc.teacher, "samples")

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Train the small causal chunk-wise teacher (teacher forcing, 3 frames per chunk), sample
+# it with the streaming KV-cache sampler, and score the samples against real data
+# (physics error, condition adherence, drift, Fréchet distance) by frame index.
+#
+#   bench/run_teacher_small.sh [results_dir]        # one H200: training stops at 9 minutes
+#   PRESET=tiny bench/run_teacher_small.sh /tmp/x   # the same pipeline as a CPU dry run
+#
+# Checkpoints and samples go to $WORK (default runs/teacher_small_<preset>); the results
+# (JSON, markdown, per-frame plot, loss curve, GIF/PNG filmstrips) are copied to results_dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=${1:-bench/results/teacher_causal_chunkwise_small}
+PRESET=${PRESET:-small}
+WORK=${WORK:-runs/teacher_small_${PRESET}}
+PY=${PY:-python3}
+export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+
+"$PY" -c "import numpy, tqdm, matplotlib, PIL" 2>/dev/null || {
+    echo "needs numpy, tqdm, matplotlib and pillow importable by $PY (carry their wheels)" >&2; exit 1; }
+
+run() { "$PY" -m causal_rcm_min.train --preset "$PRESET" --out "$WORK" "$@"; }
+start=$(date +%s)
+run --stage teacher_causal model.frames_per_chunk=3
+run --stage encoder
+run --stage sample sample.teacher=teacher_causal
+run --stage evaluate sample.teacher=teacher_causal
+
+mkdir -p "$RESULTS"
+src="$WORK/teacher_causal"
+cp "$src/results.json" "$src/results.md" "$src/by_frame.png" "$src/loss.png" "$src/train_metrics.json" "$RESULTS/"
+for f in generated real; do cp "$src/samples/$f.png" "$src/samples/$f.gif" "$RESULTS/"; done
+"$PY" - "$RESULTS/machine.json" "$(( $(date +%s) - start ))" <<'PYEOF'
+import json, subprocess, sys, datetime, torch
+sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+info = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "git_sha": sha,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "total_seconds": int(sys.argv[2])}
+try:
+    import triton
+    info["triton"] = triton.__version__
+except ImportError:
+    info["triton"] = None
+json.dump(info, open(sys.argv[1], "w"), indent=2)
+PYEOF
+echo "results in $RESULTS ($(( $(date +%s) - start )) s)"
