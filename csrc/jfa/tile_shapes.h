@@ -25,7 +25,7 @@ struct TileShape {
 #define JFA_JVP_M 128
 #endif
 #ifndef JFA_JVP_N
-#define JFA_JVP_N 64
+#define JFA_JVP_N 32
 #endif
 #ifndef JFA_JVP_W
 #define JFA_JVP_W 8
