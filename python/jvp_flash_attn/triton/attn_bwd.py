@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (alloc, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
+from ._common import (alloc, KERNEL_LOG2E, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
                       _split_ragged, _store_tile, check_int32_offsets, dot_precision, get_config,
                       pow2_at_least_16, visit_order)
 
@@ -56,10 +56,10 @@ def _attn_bwd_dkdv_tile(dk, dv, k, v, qt, Q_HEAD, DO_HEAD, LSE_HEAD, DELTA_HEAD,
     do = _load_tile(DO_HEAD + rows[:, None] * stride_dos + d_v[None, :], row_ok[:, None],
                     d_v[None, :] < D_V, MODE != MODE_FULL, BLOCK_DV != D_V)
     if MODE == MODE_FULL:
-        lse2 = tl.load(LSE_HEAD + rows) * LOG2E
+        lse2 = tl.load(LSE_HEAD + rows) * KERNEL_LOG2E
         delta = tl.load(DELTA_HEAD + rows)
     else:
-        lse2 = tl.load(LSE_HEAD + rows, mask=row_ok, other=0.0) * LOG2E
+        lse2 = tl.load(LSE_HEAD + rows, mask=row_ok, other=0.0) * KERNEL_LOG2E
         delta = tl.load(DELTA_HEAD + rows, mask=row_ok, other=0.0)
     s_t = _mm(k, tl.trans(q), DOT_PRECISION) * qk_scale
     if MODE == MODE_RULE:
@@ -209,7 +209,7 @@ def _attn_bwd_dq_kernel(
                    row_ok[:, None], d_qk[None, :] < D_QK, True, BLOCK_DQK != D_QK)
     do = _load_tile(DO + b64 * stride_dob + h * stride_doh + rows[:, None] * stride_dos + d_v[None, :],
                     row_ok[:, None], d_v[None, :] < D_V, True, BLOCK_DV != D_V)
-    lse2 = tl.load(LSE + bh.to(tl.int64) * seqlen_q + rows, mask=row_ok, other=0.0) * LOG2E
+    lse2 = tl.load(LSE + bh.to(tl.int64) * seqlen_q + rows, mask=row_ok, other=0.0) * KERNEL_LOG2E
     lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)  # rows with no allowed key: P = 0
     delta = tl.load(DELTA + bh.to(tl.int64) * seqlen_q + rows, mask=row_ok, other=0.0)
     q_seg = tl.load(Q_SEG + rows, mask=row_ok, other=0)

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (alloc, LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile,
+from ._common import (alloc, KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile,
                       _mm, _mma, _split_ragged, _store_tile, check_int32_offsets,
                       dot_precision, get_config,
                       pow2_at_least_16, visit_order)
@@ -113,7 +113,7 @@ def _attn_fwd_kernel(
     empty = l_i == 0.0  # no allowed key: o = 0, lse = -inf
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc / l_safe[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * KERNEL_LN2)
     o_head = O + b64 * stride_ob + h * stride_oh
     _store_tile(o_head + rows[:, None] * stride_os + d_v[None, :], o.to(O.dtype.element_ty),
                 row_ok[:, None], d_v[None, :] < D_V, BLOCK_DV != D_V)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (alloc, LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm,
+from ._common import (alloc, KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm,
                       _mma, _split_ragged, _store_tile, check_int32_offsets, dot_precision,
                       get_config, pow2_at_least_16, visit_order)
 
@@ -142,7 +142,7 @@ def _attn_jvp_kernel(
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc_o / l_safe[:, None]
     to = acc_t / l_safe[:, None] - (mu / l_safe)[:, None] * o
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * KERNEL_LN2)
     out_off = b64 * stride_ob + h * stride_oh + rows[:, None] * stride_os + d_v[None, :]
     _store_tile(O + out_off, o.to(O.dtype.element_ty), row_ok[:, None], d_v[None, :] < D_V,
                 BLOCK_DV != D_V)

@@ -1,0 +1,221 @@
+"""Triton kernels against the float64 oracle: forward, fused forward+JVP, backward.
+
+On a CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set below when no GPU
+is present, before anything imports the kernels); shapes are small but cover every tile
+class (EMPTY, FULL, PARTIAL, a ragged FULL last tile), GQA/MQA, Sq != Sk, Dv != Dqk,
+padded head dims, B > 1, rows with no allowed key, and strided inputs. Every output buffer
+is NaN-poisoned before the kernel writes it.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import jvp_flash_attn as jfa  # noqa: E402
+from jvp_flash_attn import masks, reference  # noqa: E402
+from jvp_flash_attn.backends import get  # noqa: E402
+from jvp_flash_attn.masks import FramePattern  # noqa: E402
+
+_REASON = jfa.backends()["triton"]
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"triton backend: {_REASON}")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# id -> (mask, B, Hq, Hk, Dqk, Dv)
+CASES = {
+    "B2-S97x61-H4/2-D32x16-full": (masks.full(97, 61), 2, 4, 2, 32, 16),
+    "B1-S98-H2-D64-tf_framewise": (masks.teacher_forcing(FramePattern(7, 7)), 1, 2, 2, 64, 64),
+    "B2-S130-H3/1-D32-bc_window2_sink1": (
+        masks.block_causal(FramePattern(13, 10, 2), window=2, sink=1), 2, 3, 1, 32, 32),
+    "B1-S70x45-H2-D16-segments_causal_empty": (
+        masks.from_segments([10, 33, 27], [20, 25], [[0, 0], [2, 1], [1, 2]]), 1, 2, 2, 16, 16),
+    "B1-S26x91-H2-D32x64-kv_cache": (masks.kv_cache(FramePattern(13, 7, 2), 3), 1, 2, 2, 32, 64),
+    "B1-S120-H2/1-D96-tf_chunkwise_first1": (
+        masks.teacher_forcing(FramePattern(6, 10, 3, first_chunk_frames=1)), 1, 2, 1, 96, 96),
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs():
+    from jvp_flash_attn.triton._common import poison_outputs
+
+    poison_outputs(True)
+    yield
+    poison_outputs(False)
+
+
+def _rand(g, *shape, dtype):
+    return torch.randn(*shape, generator=g, device=DEVICE, dtype=torch.float64).to(dtype)
+
+
+def _problem(case, dtype, seed):
+    mask, b, hq, hk, d, dv = CASES[case]
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = (_rand(g, b, mask.sq, hq, d, dtype=dtype), _rand(g, b, mask.sk, hk, d, dtype=dtype),
+         _rand(g, b, mask.sk, hk, dv, dtype=dtype))
+    t = tuple(_rand(g, *a.shape, dtype=dtype) for a in x)
+    return mask, x, t, _rand(g, b, mask.sq, hq, dv, dtype=dtype)
+
+
+def _check(name, out, ref64, ref_lp, dtype):
+    """DESIGN §5: error vs the float64 oracle <= 2 x the error of the reference computed in the
+    kernel's dtype, plus a floor. Checked on the relative (Frobenius) error, floor 1e-6, and
+    on the max error, floor half an ulp of the largest output in the kernel's dtype (the
+    rounding any implementation pays to store its result). -inf (empty rows) must match."""
+    assert out.shape == ref64.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
+    inf = torch.isinf(ref64)
+    assert torch.equal(torch.isinf(out), inf), f"{name}: infinities differ from the oracle"
+    out, ref64, ref_lp = (torch.where(inf, 0.0, x.double()) for x in (out, ref64, ref_lp))
+    assert not torch.isnan(out).any(), f"{name}: NaN in output (an element left unwritten?)"
+    norm = ref64.norm().clamp_min(1e-300)
+    rel, rel_lp = ((out - ref64).norm() / norm).item(), ((ref_lp - ref64).norm() / norm).item()
+    assert rel <= 2 * rel_lp + 1e-6, f"{name}: rel error {rel:.3e} > 2 x {rel_lp:.3e} + 1e-6"
+    half_ulp = 0.5 * torch.finfo(dtype).eps * ref64.abs().max().item()
+    err, err_lp = (out - ref64).abs().max().item(), (ref_lp - ref64).abs().max().item()
+    assert err <= 2 * err_lp + half_ulp, (f"{name}: max error {err:.3e} > 2 x {err_lp:.3e} + "
+                                          f"{half_ulp:.1e} (rel {rel:.2e})")
+
+
+def _seed():
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_forward_jvp_backward_against_oracle(case, dtype):
+    if dtype == "fp32" and case not in ("B2-S97x61-H4/2-D32x16-full", "B2-S130-H3/1-D32-bc_window2_sink1"):
+        pytest.skip("float32 runs on two cases to keep the interpreter suite short")
+    dt = DTYPES[dtype]
+    seed = _seed()
+    mask, x, t, do = _problem(case, dt, seed)
+    be = get("triton")
+    assert be.unsupported(*x) is None
+    scale = x[0].shape[-1] ** -0.5
+    x64, t64 = [a.double() for a in x], [a.double() for a in t]
+    o64, to64, lse64 = reference.forward_jvp(*x64, *t64, mask)
+    o_lp, to_lp, lse_lp = reference.forward_jvp(*x, *t, mask)
+
+    o, lse = be.forward(*x, mask, scale)
+    _check(f"o (seed {seed})", o, o64, o_lp, dt)
+    _check(f"lse (seed {seed})", lse, lse64, lse_lp.float(), torch.float32)
+
+    o_j, to, lse_j = be.forward_jvp(*x, *t, mask, scale)
+    _check(f"o of the fused jvp (seed {seed})", o_j, o64, o_lp, dt)
+    _check(f"to (seed {seed})", to, to64, to_lp, dt)
+    _check(f"lse of the fused jvp (seed {seed})", lse_j, lse64, lse_lp.float(), torch.float32)
+
+    grads64 = reference.backward(*x64, o64, lse64, do.double(), mask)
+    grads_lp = reference.backward(*x, o_lp, lse_lp.float(), do, mask)
+    grads = be.backward(*x, o, lse, do, mask, scale)
+    for name, got, ref, lp, inp in zip(("dq", "dk", "dv"), grads, grads64, grads_lp, x):
+        assert got.dtype == dt and got.shape == inp.shape
+        _check(f"{name} (seed {seed})", got, ref, lp, dt)
+
+
+def test_cases_cover_every_tile_class():
+    """The cases above exercise EMPTY, FULL and PARTIAL tiles and a ragged FULL last tile
+    under the tile sizes the kernels use here."""
+    from jvp_flash_attn.masks.tiles import EMPTY, FULL, PARTIAL
+    from jvp_flash_attn.triton._common import get_config
+
+    seen = set()
+    for mask, *_ in CASES.values():
+        for direction in ("fwd", "jvp", "bwd_dkdv", "bwd_dq"):
+            cfg = get_config(direction, torch.bfloat16, 32, 32)
+            st = mask.tiles(cfg.block_m, cfg.block_n).state
+            seen |= {int(s) for s in st.flat}
+            if mask.sk % cfg.block_n and st[:, -1].max() == FULL:
+                seen.add("ragged_full_k")
+            if mask.sq % cfg.block_m and st[-1, :].max() == FULL:
+                seen.add("ragged_full_q")
+    assert {EMPTY, FULL, PARTIAL, "ragged_full_k", "ragged_full_q"} <= seen
+
+
+def test_adjoint_identity_float32():
+    """<jvp(t), g> == <t, vjp(g)> with the kernels' own fused JVP and backward."""
+    mask, x, t, do = _problem("B2-S130-H3/1-D32-bc_window2_sink1", torch.float32, _seed())
+    be = get("triton")
+    o, to, lse = be.forward_jvp(*x, *t, mask, 32 ** -0.5)
+    dq, dk, dv = be.backward(*x, o, lse, do, mask, 32 ** -0.5)
+    lhs = (to.double() * do.double()).sum()
+    rhs = sum((a.double() * b.double()).sum() for a, b in zip(t, (dq, dk, dv)))
+    assert abs(lhs - rhs) <= 1e-4 * (abs(lhs) + 1), (lhs.item(), rhs.item())
+
+
+def test_strided_inputs_from_packed_qkv():
+    """q, k, v as views of one packed (B, S, 3, H, D) tensor: non-contiguous, unit last stride."""
+    mask = masks.block_causal(FramePattern(9, 6, 2))
+    g = torch.Generator(device=DEVICE).manual_seed(_seed())
+    qkv = _rand(g, 2, mask.sq, 3, 2, 32, dtype=torch.float16)
+    q, k, v = qkv.unbind(2)
+    assert not q.is_contiguous()
+    be = get("triton")
+    o, lse = be.forward(q, k, v, mask, 32 ** -0.5)
+    o_ref, lse_ref = be.forward(q.contiguous(), k.contiguous(), v.contiguous(), mask, 32 ** -0.5)
+    torch.testing.assert_close(o, o_ref, rtol=0, atol=0)
+    dq, dk, dv = be.backward(q, k, v, o, lse, torch.ones_like(o), mask, 32 ** -0.5)
+    dq2, dk2, dv2 = be.backward(q.contiguous(), k.contiguous(), v.contiguous(), o_ref, lse_ref,
+                                torch.ones_like(o), mask, 32 ** -0.5)
+    for a, b in ((dq, dq2), (dk, dk2), (dv, dv2)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_nan_in_one_query_row_stays_in_that_row():
+    mask = masks.full(40, 40)
+    g = torch.Generator(device=DEVICE).manual_seed(_seed())
+    q, k, v = (_rand(g, 1, 40, 1, 16, dtype=torch.float32) for _ in range(3))
+    q[0, 5, 0, 0] = float("nan")
+    o, lse = get("triton").forward(q, k, v, mask, 0.25)
+    assert torch.isnan(o[0, 5]).all() and torch.isnan(lse[0, 0, 5])
+    others = torch.cat([o[0, :5], o[0, 6:]])
+    assert torch.isfinite(others).all()
+
+
+def test_through_public_api_forward_ad_and_backward():
+    """jfa.attention(backend="triton") under torch.func.jvp gives the fused kernel's (o, to),
+    and the primal stays differentiable."""
+    mask, x, t, do = _problem("B1-S98-H2-D64-tf_framewise", torch.float32, _seed())
+    leaves = [a.clone().requires_grad_() for a in x]
+    o, to = torch.func.jvp(lambda *a: jfa.attention(*a, mask=mask, backend="triton"),
+                           tuple(leaves), tuple(t))
+    o_f, to_f = jfa.attention_jvp(*x, *t, mask=mask, backend="triton")
+    torch.testing.assert_close(o.detach(), o_f, rtol=0, atol=0)
+    torch.testing.assert_close(to, to_f, rtol=0, atol=0)
+    (o * do).sum().backward()
+    grads = get("triton").backward(*x, o_f, get("triton").forward(*x, mask, 64 ** -0.5)[1], do,
+                                   mask, 64 ** -0.5)
+    for leaf, g in zip(leaves, grads):
+        torch.testing.assert_close(leaf.grad, g, rtol=0, atol=0)
+
+
+def test_unsupported_inputs_are_refused_with_the_reason():
+    be = get("triton")
+    x = torch.randn(1, 8, 1, 16, dtype=torch.float64, device=DEVICE)
+    assert "dtype" in be.unsupported(x, x, x)
+    with pytest.raises(ValueError, match="triton"):
+        jfa.attention(x, x, x, backend="triton")
+    y = torch.randn(1, 8, 1, 12, device=DEVICE)
+    assert "head dim" in be.unsupported(y, y, y) and "q" in be.unsupported(y, y, y)
+    z = torch.randn(1, 8, 1, 16, device=DEVICE)
+    big = torch.randn(1, 8, 1, 512, device=DEVICE)
+    assert "v's head dim" in be.unsupported(z, z, big)
+
+
+def test_custom_ops_pass_opcheck():
+    from jvp_flash_attn.triton.attn_bwd import bwd_args
+    from jvp_flash_attn.triton.attn_fwd import fwd_args
+    from jvp_flash_attn.triton.attn_jvp import jvp_args
+
+    mask, x, t, do = _problem("B2-S97x61-H4/2-D32x16-full", torch.float16, _seed())
+    scale = 32 ** -0.5
+    tensors, params = fwd_args(*x, mask)
+    torch.library.opcheck(torch.ops.jfa.triton_fwd, (*x, *tensors, scale, *params))
+    tensors, params = jvp_args(*x, mask)
+    torch.library.opcheck(torch.ops.jfa.triton_jvp, (*x, *t, *tensors, scale, *params))
+    o, lse = get("triton").forward(*x, mask, scale)
+    tensors, params = bwd_args(*x, mask)
+    torch.library.opcheck(torch.ops.jfa.triton_bwd, (*x, o, lse, do, *tensors, scale, *params))
