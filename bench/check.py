@@ -5,7 +5,8 @@ Two checks, both against float64:
   ``check_scale``), every output (o; dq, dk, dv; o, to) against jvp_flash_attn.reference
   in float64.
 - ``rows``: the op at full size, then row slices of its row-local outputs (o, dq, to)
-  against a float64 computation of just those rows from the dense mask rows.
+  against the reference computing just those rows in float64 (and in the dtype, for the
+  bound).
 A provider passes when, for every output, ||out - ref64|| / ||ref64|| <= 2 x the same
 error of the reference computed in the provider's dtype, plus FLOOR.
 """
@@ -63,36 +64,32 @@ def check_small(op, inp, outputs) -> tuple[bool, str]:
     return judge(outputs, ref64, ref_dt, OUTPUT_NAMES[op])
 
 
-def _expand(x, groups):
-    return x if groups == 1 else x.repeat_interleave(groups, dim=2)
+class _Rows:
+    """Rows [start, start + n) of a mask, seen by the reference as a mask of its own: the
+    reference reads a mask only through ``dense_rows``, so row slices of any mask (causal
+    segments cut in the middle included) are computed by the reference's own code."""
+
+    def __init__(self, mask, start: int):
+        self.mask, self.start = mask, start
+
+    def dense_rows(self, r0, r1, device="cpu"):
+        return self.mask.dense_rows(self.start + r0, self.start + r1, device)
 
 
 def row_reference(op, inp, r0, r1, dtype):
-    """Row-local outputs of ``op`` for query rows [r0, r1), computed in ``dtype`` from the
-    dense mask rows: (o,) for fwd, (dq,) for bwd, (o, to) for jvp; (B, r1-r0, Hq, D)."""
-    groups = inp.q.shape[2] // inp.k.shape[2]
+    """Row-local outputs of ``op`` for query rows [r0, r1) by the reference in ``dtype``:
+    (o,) for fwd, (dq,) for bwd, (o, to) for jvp, each (B, r1 - r0, Hq, D)."""
+    rows = _Rows(inp.mask, r0)
     c = lambda x: x.to(dtype)
-    h = lambda x: x.transpose(1, 2)  # (B, S, H, D) -> (B, H, S, D)
-    q, tq, do = (h(c(x[:, r0:r1])) for x in (inp.q, inp.tq, inp.do))
-    k, v, tk, tv = (h(_expand(c(x), groups)) for x in (inp.k, inp.v, inp.tk, inp.tv))
-    allowed = inp.mask.dense_rows(r0, r1, inp.q.device)
-    s = (q @ k.transpose(-1, -2) * inp.scale).masked_fill(~allowed, float("-inf"))
-    m = s.amax(-1, keepdim=True)
-    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
-    p = torch.exp(s - m)
-    l = p.sum(-1, keepdim=True)
-    p = p / torch.where(l == 0, torch.ones_like(l), l)
-    o = p @ v
+    q, tq, do = (c(x[:, r0:r1]) for x in (inp.q, inp.tq, inp.do))
+    k, v, tk, tv = (c(x) for x in (inp.k, inp.v, inp.tk, inp.tv))
     if op == "fwd":
-        return (h(o),)
+        return (reference.forward(q, k, v, rows, inp.scale)[0],)
     if op == "bwd":
-        d = (do * o).sum(-1, keepdim=True)
-        ds = p * (do @ v.transpose(-1, -2) - d)
-        return (h(ds @ k * inp.scale),)
-    ts = (tq @ k.transpose(-1, -2) + q @ tk.transpose(-1, -2)) * inp.scale
-    pts = torch.where(p == 0, torch.zeros_like(p), p * ts)
-    to = p @ tv + pts @ v - pts.sum(-1, keepdim=True) * o
-    return h(o), h(to)
+        o, lse = reference.forward(q, k, v, rows, inp.scale)
+        return (reference.backward(q, k, v, o, lse, do, rows, inp.scale)[0],)
+    o, to, _ = reference.forward_jvp(q, k, v, tq, tk, tv, rows, inp.scale)
+    return o, to
 
 
 def row_slices(sq: int, rows: int = ROWS):

@@ -18,8 +18,8 @@ Method
   ``jvp`` times one call returning o and its tangent; ``fwd`` runs under no_grad.
 - FLOPs count exact allowed pairs P = mask.num_pairs x B x H: forward 2 P (Dqk + Dv),
   backward 2.5x, fused forward+JVP 3x (jvp_flash_attn.reference.flops). TFLOP/s uses p50.
-- Peak memory: torch.cuda.max_memory_allocated over drawing the inputs, preparing the op
-  (block masks, dense masks, the stored forward of bwd) and one call, in MiB.
+- Peak memory: torch.cuda.max_memory_allocated from the drawn inputs through preparing the
+  op (block masks, dense masks, the stored forward of bwd) and one call, in MiB.
 - Output under ``--out``: results.csv (one row per measurement with the machine header),
   notes.csv (skipped cases, failed checks, errors, with the reason), results.md (table with
   speedups against FlexAttention, then the notes), results.png (TFLOP/s per workload, one panel per op). The CSV is written row by
@@ -135,26 +135,22 @@ def measure(prov, op, w, mask, check_mask, args, device, gen) -> dict:
     tag = f"[{w.id} {op} {prov.name}]"
     whole = mask.sq * mask.sk <= SMALL_CHECK_PAIRS
     notes = []
+    inp = _draw(w, mask, device, gen)
+    why = prov.unsupported(op, inp)
+    if why:
+        raise Skip(why)
     if not whole and args.check in ("small", "both"):
         small = _draw(w, check_mask, device, gen)
-        why = prov.unsupported(op, small)
-        if why:
-            raise Skip(why)
         prep = prov.prepare(op, small)
         ok, msg = check.check_small(op, small, prep.outputs(prep.fn()))
         log(f"{tag} check, small mask {check_mask.sq}x{check_mask.sk}: {msg}")
         if not ok:
             raise CheckFailed(f"small-mask check: {msg}")
-        notes.append("small ok")
+        notes.append("small-mask ok")
         del prep, small
         _free(device)
-    inp = None
-    if device.type == "cuda":
+    if device.type == "cuda":  # the peak starts from what is allocated now: the inputs
         torch.cuda.reset_peak_memory_stats(device)
-    inp = _draw(w, mask, device, gen)
-    why = prov.unsupported(op, inp)
-    if why:
-        raise Skip(why)
     prep = prov.prepare(op, inp)
     outs = prep.outputs(prep.fn())
     _sync(device)
@@ -171,7 +167,8 @@ def measure(prov, op, w, mask, check_mask, args, device, gen) -> dict:
     log(f"{tag} check, {label}: {msg}")
     if not ok:
         raise CheckFailed(f"{label} check: {msg}")
-    notes.append(f"{label.split()[0]} ok" if whole or args.check != "small" else "")
+    if whole or args.check != "small":
+        notes.append("whole ok" if whole else "rows ok")
     del outs
     p20, p50, p80 = time_fn(prep.fn, device, args.warmup_ms, args.rep_ms)
     f = flops(mask, w.batch, w.heads, w.d_qk, w.d_v, op)

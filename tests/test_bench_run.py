@@ -102,3 +102,16 @@ def test_unknown_names_are_refused(tmp_path):
         run.main([*TINY, "--out", str(tmp_path), "--providers", "nope"])
     with pytest.raises(ValueError, match="unknown id"):
         run.main([*TINY, "--out", str(tmp_path), "--workloads", "W9"])
+
+
+@pytest.mark.parametrize("op", ["fwd", "bwd", "jvp"])
+def test_row_reference_equals_whole_reference_rows(op):
+    """Row slices computed alone (a causal segment cut in the middle) equal the whole run's rows."""
+    from jvp_flash_attn import masks
+    m = masks.from_segments([37, 50, 13], [60, 40], [[2, 0], [1, 2], [0, 1]])
+    inp = providers.Inputs.draw(m, 2, 4, 2, 16, 24, torch.float64, "cpu", torch.Generator().manual_seed(1))
+    whole = run.check.reference_op(op, inp, torch.float64)
+    for r0, r1 in [(20, 45), (0, 100), (90, 100)]:
+        rows = run.check.row_reference(op, inp, r0, r1, torch.float64)
+        for got, ref in zip(rows, whole):
+            torch.testing.assert_close(got, ref[:, r0:r1], rtol=1e-10, atol=1e-10)
