@@ -215,8 +215,8 @@ class SdpaProvider(Provider):
         why = super().unsupported(op, inp)
         if why is None:
             sq, sk = inp.mask.sq, inp.mask.sk
-            # the bool mask, plus the additive mask in the input dtype that kernels build from it
-            why = _fits(sq * sk * (1 + inp.q.element_size()), inp.q.device, "the dense mask")
+            # the bool mask, the additive mask in the input dtype built from it, and a padded copy
+            why = _fits(sq * sk * (1 + 2 * inp.q.element_size()), inp.q.device, "the dense mask")
         return why
 
     def prepare(self, op, inp):
