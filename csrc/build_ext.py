@@ -140,6 +140,9 @@ class NvccBuildExt(build_ext):
         ext.include_dirs = list(ext.include_dirs or []) + [os.path.join(home, "include")]
         ext.extra_compile_args = list(ext.extra_compile_args or []) + defines
         ext.library_dirs = list(ext.library_dirs or []) + [cuda_lib_dir(home)]
+        # setuptools decides whether to relink from the C++ sources alone; the CUDA objects
+        # (another profile, other tile shapes) change without them, so always relink.
+        self.force = True
         super().build_extension(ext)
 
 
