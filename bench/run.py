@@ -55,6 +55,7 @@ SMALL_CHECK_PAIRS = 1 << 22  # at or below Sq*Sk, the full-size run is checked w
 QUANTILES = (0.2, 0.5, 0.8)
 GPU_DEFAULT = ("cuda", "triton", "flex", "sdpa", "math-jvp")
 CPU_DEFAULT = ("reference", "triton")
+CPU_SCALE = 0.005          # 8 tokens per frame: a CPU run is a smoke run
 
 
 def log(msg: str):
@@ -212,9 +213,11 @@ def parse_args(argv=None):
                     help=f"comma-separated from {','.join(providers.NAMES)} (default on a GPU: "
                          f"{','.join(GPU_DEFAULT)}, the reference being the slow oracle; on a CPU: "
                          f"{','.join(CPU_DEFAULT)})")
-    ap.add_argument("--out", default=None, help="output folder (default bench/results/run_<date>)")
-    ap.add_argument("--scale", type=float, default=1.0,
-                    help="fraction of 1560 tokens per frame (e.g. 0.01 for a CPU smoke run)")
+    ap.add_argument("--out", default=None,
+                    help="output folder (default out/bench_<date-time>, ignored by git; copy a run "
+                         "worth keeping to bench/results/)")
+    ap.add_argument("--scale", type=float, default=None,
+                    help=f"fraction of 1560 tokens per frame (default 1 on a GPU, {CPU_SCALE} on a CPU)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default cuda when available)")
     ap.add_argument("--check", choices=("both", "small", "rows"), default="both",
                     help="correctness checks before timing (default both)")
@@ -229,6 +232,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.scale is None:
+        args.scale = 1.0 if device.type == "cuda" else CPU_SCALE
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     bad = set(ops) - set(providers.OPS)
     if bad:
@@ -241,7 +246,8 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"--providers: unknown {unknown}; known: {','.join(registry)}")
     env = environment(device)
-    out = Path(args.out or bench.ROOT / "bench" / "results" / f"run_{env['date'][:10]}")
+    stamp = env["date"].replace("-", "").replace(":", "").rstrip("Z")
+    out = Path(args.out or bench.ROOT / "out" / f"bench_{stamp}")
     out.mkdir(parents=True, exist_ok=True)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     gen = torch.Generator(device=device).manual_seed(seed)
