@@ -205,11 +205,12 @@ def main():
         except Exception as e:
             print(f"{name} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
         torch.cuda.empty_cache()
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) + list(header) if rows else ["none"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, **header})
+        if rows:  # written after every workload, so a run cut short keeps what it measured
+            with open(args.out, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]) + list(header))
+                w.writeheader()
+                for r in rows:
+                    w.writerow({**r, **header})
     print("\n| workload | op | triton ms | triton TFLOP/s | flex ms | flex TFLOP/s | triton/flex speed | triton extra MiB |")
     print("|---|---|---|---|---|---|---|---|")
     by = {(r["workload"], r["op"], r["provider"]): r for r in rows}

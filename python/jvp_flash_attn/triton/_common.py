@@ -166,15 +166,15 @@ def get_config(direction: str, dtype: torch.dtype, d_qk: int, d_v: int) -> Confi
         return Config(16, 32, 4, 1) if direction in ("bwd_dkdv",) else Config(32, 16, 4, 1)
     d = max(pow2_at_least_16(d_qk), pow2_at_least_16(d_v))
     wide = dtype == torch.float32 or d > 128
-    # 16-bit, head dims <= 128: the largest tiles whose sm_90 build keeps within 255
-    # registers without (or with little) spilling, per ptxas's resource report.
+    # 16-bit, head dims <= 128: the fastest of a sweep on W3 (H200, triton 3.6; see
+    # bench/NOTES_triton.md). Some spill registers under ptxas and are still the fastest.
     if direction == "fwd":
-        return Config(64, 32, 4, 2) if wide else Config(128, 64, 8, 3)
+        return Config(64, 32, 4, 2) if wide else Config(128, 128, 8, 2)
     if direction == "jvp":
-        return Config(64, 32, 4, 2) if wide else Config(128, 32, 8, 2)
+        return Config(64, 32, 4, 2) if wide else Config(128, 64, 8, 2)
     if direction == "bwd_dkdv":  # block_m: query rows per step, block_n: the program's keys
-        return Config(16, 64, 4, 2) if wide else Config(32, 128, 8, 2)
-    return Config(64, 32, 4, 2) if wide else Config(128, 64, 8, 2)
+        return Config(16, 64, 4, 2) if wide else Config(64, 128, 8, 2)
+    return Config(64, 32, 4, 2) if wide else Config(64, 64, 4, 2)
 
 
 # ---- tile visiting order ---------------------------------------------------------------------
