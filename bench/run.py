@@ -13,7 +13,8 @@ Method
   + 1e-4. A provider that fails is reported and not timed; the exit status is then 1.
 - Timing on a GPU: ``triton.testing.do_bench`` (CUDA events, L2 cleared before each call,
   ``--warmup-ms`` of warm-up, ``--rep-ms`` of repeats), reporting the 20th, 50th and 80th
-  percentiles. On a CPU (smoke runs only): host clock, one warm-up call, then repeats.
+  percentiles. On a CPU (smoke runs only): host clock; the checked call is the warm-up, then
+  at least two calls, more while ``--rep-ms`` lasts.
 - ``bwd`` times the backward alone (autograd.grad of a stored forward, retain_graph);
   ``jvp`` times one call returning o and its tangent; ``fwd`` runs under no_grad.
 - FLOPs count exact allowed pairs P = mask.num_pairs x B x H: forward 2 P (Dqk + Dv),
@@ -93,9 +94,8 @@ def time_fn(fn, device, warmup_ms: float, rep_ms: float) -> list[float]:
     if device.type == "cuda":
         from triton.testing import do_bench
         return [float(x) for x in do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))]
-    fn()
-    times, start = [], time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < rep_ms / 1e3 and len(times) < 100):
+    times, start = [], time.perf_counter()  # the checked call before this was the warm-up
+    while len(times) < 2 or (time.perf_counter() - start < rep_ms / 1e3 and len(times) < 100):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
