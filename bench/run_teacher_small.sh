@@ -5,6 +5,7 @@
 #
 #   bench/run_teacher_small.sh [results_dir]        # one H200: training stops at 9 minutes
 #   PRESET=tiny bench/run_teacher_small.sh /tmp/x   # the same pipeline as a CPU dry run
+#   RCM_OVERRIDES="train.steps=100 sample.cfg_scale=3" bench/run_teacher_small.sh   # extra config overrides
 #
 # Checkpoints and samples go to $WORK (default runs/teacher_small_<preset>); the results
 # (JSON, markdown, per-frame plot, loss curve, GIF/PNG filmstrips) are copied to results_dir.
@@ -19,7 +20,8 @@ export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import numpy, tqdm, matplotlib, PIL" 2>/dev/null || {
     echo "needs numpy, tqdm, matplotlib and pillow importable by $PY (carry their wheels)" >&2; exit 1; }
 
-run() { "$PY" -m causal_rcm_min.train --preset "$PRESET" --out "$WORK" "$@"; }
+read -r -a EXTRA <<< "${RCM_OVERRIDES:-}"
+run() { "$PY" -m causal_rcm_min.train --preset "$PRESET" --out "$WORK" "$@" ${EXTRA[@]+"${EXTRA[@]}"}; }
 start=$(date +%s)
 run --stage teacher_causal model.frames_per_chunk=3
 run --stage encoder

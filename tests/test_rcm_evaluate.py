@@ -8,6 +8,7 @@ from causal_rcm_min.data import sample_clips
 from causal_rcm_min.encoder import clip_features, load_or_train
 from causal_rcm_min.evaluate import detect, frechet_distance, score_clips
 
+
 CONFIGS = {"default": DataConfig(), "tiny": preset("tiny").data, "actions": DataConfig(action_mode=True)}
 
 

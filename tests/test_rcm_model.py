@@ -9,6 +9,16 @@ from causal_rcm_min.config import preset
 from causal_rcm_min.data import null_cond, sample_clips, to_model
 from causal_rcm_min.model import CausalVideoDiT
 
+
+@pytest.fixture(scope="module", autouse=True)
+def reference_backend():
+    """Whole-model tests use jfa's reference backend: CI sets TRITON_INTERPRET=1, under which
+    jfa would pick the Triton interpreter on the CPU, far too slow for whole models."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JFA_BACKEND", "reference")
+        yield
+
+
 LAYOUTS = {  # id -> model overrides
     "framewise": dict(frames_per_chunk=1),
     "chunkwise": dict(frames_per_chunk=2),
@@ -148,3 +158,36 @@ def test_bad_input():
         model(noisy, t, clips.cond, clips.actions)
     with pytest.raises(ValueError, match="x must"):
         model(noisy[..., :8], t, clips.cond)
+
+
+def test_jvp_runs_the_fused_attention_jvp(monkeypatch):
+    """Under torch.func.jvp every attention call goes through the backend's fused forward+JVP."""
+    from jvp_flash_attn.backends.reference_backend import ReferenceBackend
+
+    model, clips = build("chunkwise")
+    x0, noisy, t, _ = inputs(model, clips)
+    calls = []
+    fused = ReferenceBackend.forward_jvp
+    monkeypatch.setattr(ReferenceBackend, "forward_jvp", lambda self, *a: calls.append(1) or fused(self, *a))
+    torch.func.jvp(lambda x: model(x, t, clips.cond, mode="teacher_forcing", clean=x0), (noisy,), (noisy,))
+    assert len(calls) == model.cfg.depth
+
+
+@pytest.mark.slow
+def test_triton_backend_matches_reference(monkeypatch):
+    """One whole-model forward and JVP through jfa's Triton kernels (the interpreter on a CPU)."""
+    import jvp_flash_attn as jfa
+
+    if jfa.backends()["triton"] is not None:
+        pytest.skip(f"triton backend unavailable: {jfa.backends()['triton']}")
+    model, clips = build("chunkwise", dtype=torch.float32)
+    x0, noisy, t, _ = inputs(model, clips, torch.float32)
+
+    def run():
+        return torch.func.jvp(lambda x: model(x, t, clips.cond, mode="teacher_forcing", clean=x0), (noisy,), (x0,))
+
+    ref_out, ref_tan = run()
+    monkeypatch.setenv("JFA_BACKEND", "triton")
+    out, tan = run()
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(tan, ref_tan, rtol=1e-4, atol=1e-4)

@@ -6,6 +6,15 @@ from causal_rcm_min.sample import chunk_schedules, sample_full, sample_streaming
 from test_rcm_model import build
 
 
+@pytest.fixture(scope="module", autouse=True)
+def reference_backend():
+    """Whole-model tests use jfa's reference backend: CI sets TRITON_INTERPRET=1, under which
+    jfa would pick the Triton interpreter on the CPU, far too slow for whole models."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JFA_BACKEND", "reference")
+        yield
+
+
 def test_shifted_times():
     ts = shifted_times(4, 3.0)
     assert len(ts) == 5 and ts[0] == 1.0 and ts[-1] == 0.0

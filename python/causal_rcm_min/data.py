@@ -54,6 +54,9 @@ class Clips:
     def to(self, device) -> "Clips":
         return Clips(**{k: v.to(device) for k, v in self.__dict__.items()})
 
+    def slice(self, start: int, end: int) -> "Clips":
+        return Clips(**{k: v[start:end] for k, v in self.__dict__.items()})
+
 
 def to_model(frames: torch.Tensor) -> torch.Tensor:
     """[0, 1] pixels to the model's [-1, 1] space."""

@@ -222,9 +222,10 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
         raise ValueError("each feature set needs at least 2 rows")
     a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
-    ca, cb = torch.cov(a.T), torch.cov(b.T)
-    # tr sqrt(ca cb) = tr sqrt(ca^1/2 cb ca^1/2), symmetric PSD: eigenvalues suffice.
-    ea, va = torch.linalg.eigh(ca)
-    sa = va @ torch.diag(ea.clamp(min=0).sqrt()) @ va.T
-    cross = torch.linalg.eigvalsh(sa @ cb @ sa).clamp(min=0).sqrt().sum()
-    return float((mu_a - mu_b).pow(2).sum() + ca.trace() + cb.trace() - 2 * cross)
+    xa, xb = (a - mu_a) / (a.shape[0] - 1) ** 0.5, (b - mu_b) / (b.shape[0] - 1) ** 0.5
+    # With Ca = xa^T xa and Cb = xb^T xb, tr sqrt(Ca Cb) is the nuclear norm of xa xb^T,
+    # i.e. of ra rb^T for the QR factors of xa and xb: no square root of a product of
+    # covariances, so no negative eigenvalues from rounding.
+    ra, rb = torch.linalg.qr(xa, mode="r")[1], torch.linalg.qr(xb, mode="r")[1]
+    cross = torch.linalg.svdvals(ra @ rb.T).sum()
+    return float((mu_a - mu_b).pow(2).sum() + xa.pow(2).sum() + xb.pow(2).sum() - 2 * cross)

@@ -37,6 +37,7 @@ TEACHERS = {  # stage -> flow-matching objective
     "teacher_bidirectional": "bidirectional",
 }
 STAGES = (*TEACHERS, "encoder", "sample", "evaluate", "all")
+POOL = 16   # training batches drawn from the world at once
 
 
 # ---- distributed -----------------------------------------------------------------------
@@ -107,8 +108,15 @@ def train_teacher(cfg: Config, stage: str, resume: bool, rank: int, world: int, 
     local_batch = tc.batch_size // world
     t0, start_step, running = time.time(), step, []
     bar = tqdm(total=tc.steps, initial=step, desc=stage, disable=rank != 0, leave=False)
+    pool, pool_id = None, -1
     while step < tc.steps:
-        clips = sample_clips(local_batch, cfg.data, seed=tc.seed * 1_000_003 + step * world + rank, device=device)
+        # Clips are made POOL batches at a time: the CPU-side motion draws then cost little per step.
+        if step // POOL != pool_id:
+            pool_id = step // POOL
+            pool = sample_clips(POOL * local_batch, cfg.data, seed=tc.seed * 1_000_003 + pool_id * world + rank,
+                                device=device)
+        i = (step % POOL) * local_batch
+        clips = pool.slice(i, i + local_batch)
         for group in opt.param_groups:
             group["lr"] = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup))
         with amp:

@@ -1,0 +1,102 @@
+"""Command line, config and checkpoints: every tiny stage runs, checkpoints resume."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from causal_rcm_min.config import Config, apply_overrides, preset
+from causal_rcm_min.train import build_config, load_teacher, main, parse_args, run_stage
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reference_backend():
+    """Whole-model tests use jfa's reference backend: CI sets TRITON_INTERPRET=1, under which
+    jfa would pick the Triton interpreter on the CPU, far too slow for whole models."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JFA_BACKEND", "reference")
+        yield
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["train.steps=6", "train.log_every=2", "train.ckpt_every=3", "eval.encoder_steps=5",
+        "sample.num_samples=2", "sample.batch_size=2", "sample.steps=[2,1]", "eval.num_real=8"]
+
+
+def test_overrides_and_round_trip():
+    cfg = apply_overrides(preset("tiny"), ["model.frames_per_chunk=1", "sample.steps=[4,2]", "train.t_sampling=shift",
+                                           "model.window=null"])
+    assert cfg.model.frames_per_chunk == 1 and cfg.sample.steps == [4, 2] and cfg.train.t_sampling == "shift"
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown key"):
+        apply_overrides(cfg, ["model.width=3"])
+    with pytest.raises(ValueError, match="unknown section"):
+        apply_overrides(cfg, ["optim.lr=3"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        apply_overrides(cfg, ["lr"])
+    with pytest.raises(ValueError, match="preset"):
+        preset("huge")
+    with pytest.raises(ValueError, match="stage"):
+        run_stage(cfg, "distill")
+
+
+@pytest.fixture(scope="module")
+def tiny_all(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("tiny"))
+    main(["--preset", "tiny", "--stage", "all", "--out", out, *FAST])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher", ["teacher_causal", "teacher_causal_df", "teacher_bidirectional"])
+def test_tiny_all_stages(tiny_all, teacher):
+    d = os.path.join(tiny_all, teacher)
+    for name in ("ckpt.pt", "loss.png", "train_metrics.json", "results.json", "results.md", "by_frame.png",
+                 "samples/generated.gif", "samples/generated.png", "samples/real.png"):
+        assert os.path.exists(os.path.join(d, name)), name
+    with open(os.path.join(d, "results.json")) as f:
+        results = json.load(f)
+    assert results["teacher"] == teacher and results["frechet_distance"] >= 0
+    assert results["real"]["mean"]["adherence_clip_exact"] == 1.0
+    assert len(results["generated"]["by_frame"]["physics_error_px"]) == preset("tiny").data.num_frames
+    model, cfg, ckpt = load_teacher(os.path.join(d, "ckpt.pt"), "cpu")
+    assert ckpt["step"] == 6 and cfg.preset == "tiny" and ckpt["stage"] == teacher
+    assert os.path.exists(os.path.join(tiny_all, "encoder", "encoder.pt"))
+
+
+@pytest.mark.slow
+def test_resume_continues(tmp_path):
+    out = str(tmp_path)
+    args = ["--preset", "tiny", "--stage", "teacher_causal", "--out", out, "train.log_every=1"]
+    main(args + ["train.steps=3"])
+    path = os.path.join(out, "teacher_causal", "ckpt.pt")
+    first = torch.load(path, weights_only=False)
+    main(args + ["train.steps=5", "--resume"])
+    second = torch.load(path, weights_only=False)
+    assert first["step"] == 3 and second["step"] == 5
+    assert [r["step"] for r in second["history"]] == [1, 2, 3, 4, 5]
+    assert second["config"]["train"]["steps"] == 5
+    assert not torch.equal(first["model"]["x_in.weight"], second["model"]["x_in.weight"])
+    with pytest.raises(ValueError, match="resume"):
+        main(["--preset", "tiny", "--stage", "teacher_causal_df", "--out", out, "--resume"])
+
+
+def test_stage_needs_its_inputs(tmp_path):
+    cfg = build_config(parse_args(["--stage", "sample", "--out", str(tmp_path)]))
+    with pytest.raises(ValueError, match="checkpoint"):
+        run_stage(cfg, "sample")
+    with pytest.raises(ValueError, match="samples"):
+        run_stage(cfg, "evaluate")
+
+
+@pytest.mark.slow
+def test_bench_script_tiny(tmp_path):
+    env = dict(os.environ, PRESET="tiny", WORK=str(tmp_path / "work"), PY=sys.executable)
+    extra = " ".join(FAST)
+    subprocess.run(["bash", os.path.join(ROOT, "bench", "run_teacher_small.sh"), str(tmp_path / "res")],
+                   env=env | {"RCM_OVERRIDES": extra}, check=True, capture_output=True)
+    for name in ("results.json", "results.md", "generated.gif", "generated.png", "real.png", "loss.png",
+                 "machine.json"):
+        assert (tmp_path / "res" / name).exists(), name
