@@ -27,7 +27,7 @@ import bench  # noqa: F401
 import jvp_flash_attn as jfa
 from bench import flex as flexmod
 
-OPS = ("fwd", "bwd", "jvp")
+OPS = ("fwd", "bwd", "jvp")  # what providers implement; bench.run's jvp_zt is a jvp on other inputs
 
 
 @dataclass
@@ -53,6 +53,19 @@ class Inputs:
         return Inputs(mask, d_qk ** -0.5, rnd(sq, heads_q, d_qk), rnd(sk, heads_k, d_qk), rnd(sk, heads_k, d_v),
                       rnd(sq, heads_q, d_qk), rnd(sk, heads_k, d_qk), rnd(sk, heads_k, d_v),
                       rnd(sq, heads_q, d_v))
+
+
+    def with_zero_tangents(self, q_ranges, k_ranges) -> "Inputs":
+        """The same inputs with tangents zeroed in these token ranges and the mask carrying
+        the matching hint (a speed hint only: results must not change)."""
+        tq, tk, tv = self.tq.clone(), self.tk.clone(), self.tv.clone()
+        for a, b in q_ranges:
+            tq[:, a:b] = 0
+        for a, b in k_ranges:
+            tk[:, a:b] = 0
+            tv[:, a:b] = 0
+        mask = self.mask.with_zero_tangents(q_ranges, k_ranges)
+        return Inputs(mask, self.scale, self.q, self.k, self.v, tq, tk, tv, self.do)
 
 
 @dataclass

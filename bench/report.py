@@ -20,7 +20,7 @@ CSV_FIELDS = ("op", "provider", "workload", "sq", "sk", "batch", "heads", "d_qk"
               "gpu", "torch", "triton", "cuda", "git_sha", "date", "scale")
 NOTE_FIELDS = ("workload", "op", "provider", "kind", "reason")  # kind: skipped, failed, error
 ENV_FIELDS = ("gpu", "torch", "triton", "cuda", "git_sha", "date")
-OPS = ("fwd", "bwd", "jvp")
+OPS = ("fwd", "bwd", "jvp", "jvp_zt")
 _FLOATS = ("ms_p20", "ms_p50", "ms_p80", "tflops", "peak_mem_mib")
 
 
@@ -74,6 +74,39 @@ def _order(rows):
     return sorted(rows, key=lambda r: (OPS.index(r["op"]) if r["op"] in OPS else 9, wl(r)))
 
 
+# DESIGN §7 goals: (op, workloads, what, target); speedups are FlexAttention p50 / ours.
+GOALS = (("fwd", ("W1", "W2", "W3", "W4", "W5", "W7", "W8"), "speedup vs flex", 1.3),
+         ("bwd", ("W1", "W2", "W3", "W4", "W5", "W7", "W8"), "speedup vs flex", 1.2),
+         ("jvp", ("W1", "W2", "W3", "W4"), "TFLOP/s", 450.0),
+         ("jvp_zt", ("W1",), "ms", 33.0))
+OURS = ("cuda", "triton")
+
+
+def goals(rows) -> list[str]:
+    """Markdown lines: each of our measurements that a DESIGN §7 goal covers, met or not."""
+    flex = {(r["op"], r["workload"]): r["ms_p50"] for r in rows if r["provider"] == "flex"}
+    out = []
+    for op, wls, what, target in GOALS:
+        for r in _order(rows):
+            if r["op"] != op or r["workload"] not in wls or r["provider"] not in OURS:
+                continue
+            if what == "speedup vs flex":
+                if (op, r["workload"]) not in flex:
+                    continue
+                value = flex[(op, r["workload"])] / r["ms_p50"]
+                met = value >= target
+                shown, goal = f"{value:.2f}x", f">= {target}x"
+            elif what == "TFLOP/s":
+                value = r["tflops"]
+                met, shown, goal = value >= target, f"{value:.0f} TFLOP/s", f">= {target:.0f} TFLOP/s"
+            else:
+                value = r["ms_p50"]
+                met, shown, goal = value < target, f"{value:.1f} ms", f"< {target:.0f} ms"
+            out.append(f"| {op} | {r['workload']} | {r['provider']} | {shown} | {goal} | "
+                       f"{'met' if met else 'missed'} |")
+    return out
+
+
 def markdown(rows, notes, env: dict, scale, interrupted: bool = False) -> str:
     flex = {(r["op"], r["workload"]): r["ms_p50"] for r in rows if r["provider"] == "flex"}
     head = ", ".join(f"{k} {env[k]}" for k in ENV_FIELDS if env.get(k))
@@ -90,6 +123,10 @@ def markdown(rows, notes, env: dict, scale, interrupted: bool = False) -> str:
                    f"{r['ms_p50']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | {_num(r['tflops'])} | {mem} | {vs} |")
     if interrupted:
         out += ["", "**Stopped before the end: cases after the last row were not run.**"]
+    met = goals(rows) if str(scale) in ("1", "1.0") else []
+    if met:
+        out += ["", "## DESIGN §7 goals", "", "| op | workload | provider | measured | goal | |",
+                "|---|---|---|---|---|---|", *met]
     for kind, title in (("failed", "Failed correctness checks (not timed)"), ("error", "Errors (not timed)"),
                         ("skipped", "Skipped")):
         these = [n for n in notes if n[3] == kind]

@@ -17,6 +17,8 @@ Method
   at least two calls, more while ``--rep-ms`` lasts.
 - ``bwd`` times the backward alone (autograd.grad of a stored forward, retain_graph);
   ``jvp`` times one call returning o and its tangent; ``fwd`` runs under no_grad.
+  ``jvp_zt`` (teacher-forcing workloads W1, W2) is ``jvp`` with the clean half's tangents
+  zero and the mask's zero-tangent hint (DESIGN §7: W1 under 33 ms); FLOPs as ``jvp``.
 - FLOPs count exact allowed pairs P = mask.num_pairs x B x H: forward 2 P (Dqk + Dv),
   backward 2.5x, fused forward+JVP 3x (jvp_flash_attn.reference.flops). TFLOP/s uses p50.
 - Peak memory: torch.cuda.max_memory_allocated from the drawn inputs through preparing the
@@ -54,6 +56,7 @@ from jvp_flash_attn.reference import flops
 CHECK_TOKENS = 52          # tokens per frame of the small same-structure check mask
 SMALL_CHECK_PAIRS = 1 << 22  # at or below Sq*Sk, the full-size run is checked whole
 QUANTILES = (0.2, 0.5, 0.8)
+RUN_OPS = ("fwd", "bwd", "jvp", "jvp_zt")
 GPU_DEFAULT = ("cuda", "triton", "flex", "sdpa", "math-jvp")
 CPU_DEFAULT = ("reference", "triton")
 CPU_SCALE = 0.005          # 8 tokens per frame: a CPU run is a smoke run
@@ -127,8 +130,9 @@ class CheckFailed(Exception):
     pass
 
 
-def _draw(w, mask, device, gen):
-    return Inputs.draw(mask, w.batch, w.heads, w.heads, w.d_qk, w.d_v, w.dtype, device, gen)
+def _draw(w, mask, device, gen, op):
+    inp = Inputs.draw(mask, w.batch, w.heads, w.heads, w.d_qk, w.d_v, w.dtype, device, gen)
+    return inp.with_zero_tangents(*w.zero_tangent_ranges(mask)) if op == "jvp_zt" else inp
 
 
 def measure(prov, op, w, mask, check_mask, args, device, gen) -> dict:
@@ -136,14 +140,15 @@ def measure(prov, op, w, mask, check_mask, args, device, gen) -> dict:
     tag = f"[{w.id} {op} {prov.name}]"
     whole = mask.sq * mask.sk <= SMALL_CHECK_PAIRS
     notes = []
-    inp = _draw(w, mask, device, gen)
-    why = prov.unsupported(op, inp)
+    kind = "jvp" if op == "jvp_zt" else op  # what the provider runs and the checks compare
+    inp = _draw(w, mask, device, gen, op)
+    why = prov.unsupported(kind, inp)
     if why:
         raise Skip(why)
     if not whole and args.check in ("small", "both"):
-        small = _draw(w, check_mask, device, gen)
-        prep = prov.prepare(op, small)
-        ok, msg = check.check_small(op, small, prep.outputs(prep.fn()))
+        small = _draw(w, check_mask, device, gen, op)
+        prep = prov.prepare(kind, small)
+        ok, msg = check.check_small(kind, small, prep.outputs(prep.fn()))
         log(f"{tag} check, small mask {check_mask.sq}x{check_mask.sk}: {msg}")
         if not ok:
             raise CheckFailed(f"small-mask check: {msg}")
@@ -152,15 +157,15 @@ def measure(prov, op, w, mask, check_mask, args, device, gen) -> dict:
         _free(device)
     if device.type == "cuda":  # the peak starts from what is allocated now: the inputs
         torch.cuda.reset_peak_memory_stats(device)
-    prep = prov.prepare(op, inp)
+    prep = prov.prepare(kind, inp)
     outs = prep.outputs(prep.fn())
     _sync(device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     if whole:
-        ok, msg = check.check_small(op, inp, outs)
+        ok, msg = check.check_small(kind, inp, outs)
         label = f"whole output {mask.sq}x{mask.sk}"
     elif args.check in ("rows", "both"):
-        ok, msg = check.check_rows(op, inp, outs)
+        ok, msg = check.check_rows(kind, inp, outs)
         label = "row slices"
     else:
         ok, msg = True, "not checked at full size"
@@ -172,7 +177,7 @@ def measure(prov, op, w, mask, check_mask, args, device, gen) -> dict:
         notes.append("whole ok" if whole else "rows ok")
     del outs
     p20, p50, p80 = time_fn(prep.fn, device, args.warmup_ms, args.rep_ms)
-    f = flops(mask, w.batch, w.heads, w.d_qk, w.d_v, op)
+    f = flops(mask, w.batch, w.heads, w.d_qk, w.d_v, kind)
     row = {"op": op, "provider": prov.name, "workload": w.id, "sq": mask.sq, "sk": mask.sk,
            "batch": w.batch, "heads": w.heads, "d_qk": w.d_qk, "d_v": w.d_v,
            "dtype": str(w.dtype).replace("torch.", ""), "pairs": mask.num_pairs,
@@ -208,7 +213,9 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Method: see the top of bench/run.py.")
     ap.add_argument("--workloads", default="all", help="comma-separated ids, e.g. W1,W3 (default all)")
-    ap.add_argument("--ops", default="fwd,bwd,jvp", help="comma-separated from fwd,bwd,jvp")
+    ap.add_argument("--ops", default=",".join(RUN_OPS),
+                    help="comma-separated from fwd,bwd,jvp,jvp_zt (jvp_zt: the fused JVP of a teacher-"
+                         "forcing workload with zero tangents on the clean half and the mask's hint)")
     ap.add_argument("--providers", default=None,
                     help=f"comma-separated from {','.join(providers.NAMES)} (default on a GPU: "
                          f"{','.join(GPU_DEFAULT)}, the reference being the slow oracle; on a CPU: "
@@ -235,9 +242,9 @@ def main(argv=None) -> int:
     if args.scale is None:
         args.scale = 1.0 if device.type == "cuda" else CPU_SCALE
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-    bad = set(ops) - set(providers.OPS)
+    bad = set(ops) - set(RUN_OPS)
     if bad:
-        raise SystemExit(f"--ops: unknown {sorted(bad)}; known: {','.join(providers.OPS)}")
+        raise SystemExit(f"--ops: unknown {sorted(bad)}; known: {','.join(RUN_OPS)}")
     wls = workloads.select(args.workloads)
     registry = providers.all_providers()
     names = args.providers or ",".join(GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)
@@ -279,8 +286,10 @@ def main(argv=None) -> int:
             log(f"== {w.id}: {w.description}; Sq {mask.sq}, Sk {mask.sk}, B {w.batch}, H {w.heads}, "
                 f"Dqk {w.d_qk}, Dv {w.d_v}, pairs {mask.num_pairs} ({mask.num_pairs / (mask.sq * mask.sk):.3f})")
             for op in ops:
+                if op == "jvp_zt" and w.zero_tangent_ranges(mask) is None:
+                    continue  # only teacher forcing has a zero-tangent half
                 for prov in active:
-                    if op not in prov.ops:
+                    if ("jvp" if op == "jvp_zt" else op) not in prov.ops:
                         continue
                     case = (w.id, op, prov.name)
                     try:

@@ -39,6 +39,7 @@ class Workload:
     d_qk: int = 128
     d_v: int = 128
     dtype: torch.dtype = torch.bfloat16
+    clean_half: bool = False  # teacher forcing: the first half (clean copy) has zero tangents
 
     def tokens_per_frame(self, scale: float = 1.0) -> int:
         if not scale > 0:
@@ -47,6 +48,13 @@ class Workload:
 
     def mask(self, scale: float = 1.0) -> masks.SegmentMask:
         return self.build(self.tokens_per_frame(scale))
+
+    def zero_tangent_ranges(self, mask: masks.SegmentMask):
+        """(q_ranges, k_ranges) whose tangents are zero in a distillation step, or None.
+        For teacher forcing that is the clean half, queries and keys (DESIGN §4, §7)."""
+        if not self.clean_half:
+            return None
+        return ((0, mask.sq // 2),), ((0, mask.sk // 2),)
 
 
 def _pattern(tpf: int, frames: int = FRAMES, frames_per_chunk: int = 1) -> masks.FramePattern:
@@ -60,9 +68,10 @@ def _w7(tpf: int) -> masks.SegmentMask:
 
 WORKLOADS: dict[str, Workload] = {w.id: w for w in (
     Workload("W1", "teacher_forcing, frame-wise",
-             lambda t: masks.teacher_forcing(_pattern(t))),
+             lambda t: masks.teacher_forcing(_pattern(t)), clean_half=True),
     Workload("W2", "teacher_forcing, chunk-wise (3 frames)",
-             lambda t: masks.teacher_forcing(_pattern(t, frames_per_chunk=FRAMES_PER_CHUNK))),
+             lambda t: masks.teacher_forcing(_pattern(t, frames_per_chunk=FRAMES_PER_CHUNK)),
+             clean_half=True),
     Workload("W3", "block_causal, frame-wise",
              lambda t: masks.block_causal(_pattern(t))),
     Workload("W4", "block_causal, chunk-wise (3 frames)",

@@ -115,3 +115,23 @@ def test_row_reference_equals_whole_reference_rows(op):
         rows = run.check.row_reference(op, inp, r0, r1, torch.float64)
         for got, ref in zip(rows, whole):
             torch.testing.assert_close(got, ref[:, r0:r1], rtol=1e-10, atol=1e-10)
+
+
+def test_goals_table():
+    base = dict(ms_p20=1.0, ms_p80=1.0, peak_mem_mib=1.0, sq=1, sk=1)
+    rows = [dict(base, op="fwd", workload="W1", provider="flex", ms_p50=20.0, tflops=300.0),
+            dict(base, op="fwd", workload="W1", provider="cuda", ms_p50=10.0, tflops=600.0),
+            dict(base, op="bwd", workload="W6", provider="cuda", ms_p50=10.0, tflops=600.0),
+            dict(base, op="jvp", workload="W3", provider="triton", ms_p50=30.0, tflops=300.0),
+            dict(base, op="jvp_zt", workload="W1", provider="cuda", ms_p50=30.0, tflops=300.0)]
+    assert report.goals(rows) == [
+        "| fwd | W1 | cuda | 2.00x | >= 1.3x | met |",
+        "| jvp | W3 | triton | 300 TFLOP/s | >= 450 TFLOP/s | missed |",
+        "| jvp_zt | W1 | cuda | 30.0 ms | < 33 ms | met |"]
+    assert "DESIGN §7 goals" in report.markdown(rows, [], {}, 1.0)
+    assert "DESIGN §7 goals" not in report.markdown(rows, [], {}, 0.01)
+
+
+def test_jvp_zt_runs_on_teacher_forcing_only(tmp_path):
+    rc, rows = _run(tmp_path, "--providers", "reference", "--workloads", "W2,W4", "--ops", "jvp_zt")
+    assert rc == 0 and [(r["workload"], r["op"]) for r in rows] == [("W2", "jvp_zt")]
