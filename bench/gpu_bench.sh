@@ -5,7 +5,7 @@
 #   gpu.txt, masks.txt, run.log, run/results.csv, run/notes.csv, run/results.md, run/results.png
 # Usage (from the repository root):
 #   OUT=/tmp/out bash bench/gpu_bench.sh [WORKLOADS]          e.g. W1,W2 (default all)
-# Environment: PROVIDERS (default cuda,triton,flex,sdpa,math-jvp), OPS (fwd,bwd,jvp),
+# Environment: PROVIDERS (default cuda,triton,flex,sdpa,math-jvp), OPS (fwd,bwd,jvp,jvp_zt),
 #   LIMIT_S (bench.run is stopped with SIGINT after this, keeping what it measured; 420),
 #   BUILD=0 to skip the build, BENCH_ARGS for more bench.run options.
 # A full W1-W8 suite with compiles can outrun one 10-minute call: run it in parts
@@ -27,7 +27,7 @@ python3 bench/bench_masks.py W1 W2 W3 W4 W5 W6 W7 W8 > "$OUT/masks.txt" 2>&1
 echo "mask build (limit 5 ms, W5 unlimited): rc=$?"; grep median "$OUT/masks.txt"
 
 timeout -s INT --kill-after=30 "${LIMIT_S:-420}" python3 -m bench.run --workloads "${1:-all}" \
-  --providers "${PROVIDERS:-cuda,triton,flex,sdpa,math-jvp}" --ops "${OPS:-fwd,bwd,jvp}" \
+  --providers "${PROVIDERS:-cuda,triton,flex,sdpa,math-jvp}" --ops "${OPS:-fwd,bwd,jvp,jvp_zt}" \
   --out "$OUT/run" ${BENCH_ARGS:-} > "$OUT/run.log" 2>&1
 rc=$?
 grep -E "^\[|^==|skip provider|measurements" "$OUT/run.log" | grep -v "check," | tail -60
