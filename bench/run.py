@@ -319,7 +319,10 @@ def main(argv=None) -> int:
     report.write_notes(out / "notes.csv", notes)
     (out / "results.md").write_text(report.markdown(rows, notes, env, args.scale, interrupted))
     if rows:
-        report.chart(out / "results.png", rows, env)
+        try:
+            report.chart(out / "results.png", rows, env)
+        except ImportError as e:  # the device image may lack matplotlib; the CSV is enough
+            log(f"no chart ({e}); make it elsewhere: python -m bench.report {out} --out DIR")
     count = {k: sum(n[3] == k for n in notes) for k in ("skipped", "failed", "error")}
     log(f"\n{len(rows)} measurements, {count['skipped']} skipped, {count['failed']} failed checks, "
         f"{count['error']} errors, {time.perf_counter() - t_start:.1f} s; wrote {out}/results.csv, "
