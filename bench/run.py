@@ -318,15 +318,17 @@ def main(argv=None) -> int:
         table.close()
     report.write_notes(out / "notes.csv", notes)
     (out / "results.md").write_text(report.markdown(rows, notes, env, args.scale, interrupted))
+    charted = False
     if rows:
         try:
             report.chart(out / "results.png", rows, env)
+            charted = True
         except ImportError as e:  # the device image may lack matplotlib; the CSV is enough
             log(f"no chart ({e}); make it elsewhere: python -m bench.report {out} --out DIR")
     count = {k: sum(n[3] == k for n in notes) for k in ("skipped", "failed", "error")}
     log(f"\n{len(rows)} measurements, {count['skipped']} skipped, {count['failed']} failed checks, "
         f"{count['error']} errors, {time.perf_counter() - t_start:.1f} s; wrote {out}/results.csv, "
-        "notes.csv, results.md" + (", results.png" if rows else ""))
+        "notes.csv, results.md" + (", results.png" if charted else ""))
     log((out / "results.md").read_text())
     # A wrong result anywhere, or an error in one of our own backends, fails the run;
     # errors of the other providers (say FlexAttention's backward on a CPU) are reported only.
