@@ -15,6 +15,7 @@ from our TileDescription (a fallback, and a cross-check in the tests).
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 
@@ -34,7 +35,7 @@ def availability() -> str | None:
     return None
 
 
-def mask_mod_for(mask: SegmentMask, device) -> callable:
+def mask_mod_for(mask: SegmentMask, device) -> Callable:
     """FlexAttention mask_mod equal to ``mask`` (see the module docstring)."""
     q_seg, q_pos, k_seg, k_pos, rule = mask.token_maps(device)
     n_k = rule.shape[1]
