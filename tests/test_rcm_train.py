@@ -100,3 +100,15 @@ def test_bench_script_tiny(tmp_path):
     for name in ("results.json", "results.md", "generated.gif", "generated.png", "real.png", "loss.png",
                  "machine.json"):
         assert (tmp_path / "res" / name).exists(), name
+
+
+@pytest.mark.slow
+def test_ddp_two_processes(tmp_path):
+    """torchrun with two CPU ranks (gloo): the ranks split the batch and rank 0 checkpoints."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "causal_rcm_min.train",
+           "--preset", "tiny", "--stage", "teacher_causal", "--out", str(tmp_path), "train.steps=3"]
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    with open(tmp_path / "teacher_causal" / "train_metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["world_size"] == 2 and metrics["steps"] == 3

@@ -225,11 +225,18 @@ def _json_safe(x):
 
 def _markdown(name: str, results: dict) -> str:
     gen, real = results["generated"]["mean"], results["real"]["mean"]
-    lines = [f"# {name}", "", f"Samples: {results['num_samples']} clips; sampler: {json.dumps(results['sampler'])}", "",
-             "| metric | generated | real data |", "|---|---|---|"]
+    lines = [f"# {name}", "", f"Samples: {results['num_samples']} clips in {results['sampling_seconds']:.1f} s; "
+             f"sampler: {json.dumps(results['sampler'])}", ""]
+    if "training" in results:
+        t = results["training"]
+        lines += [f"Training: {t['steps']} steps in {t['seconds'] / 60:.1f} min ({t['steps_per_s']:.2f} steps/s, "
+                  f"{t['parameters'] / 1e6:.2f}M parameters, {t['world_size']} process(es)), "
+                  f"final loss {t['final_loss']:.4g}.", ""]
+    lines += ["| metric | generated | real data |", "|---|---|---|"]
     lines += [f"| {k} | {gen[k]:.4g} | {real[k]:.4g} |" for k in gen]
-    lines += [f"| frechet_distance | {results['frechet_distance']:.4g} | {results['frechet_distance_real_floor']:.4g} |",
-              "", "Per-frame values are in results.json and by_frame.png; real data is the floor each metric "
+    fd, floor = results["frechet_distance"], results["frechet_distance_real_floor"]
+    lines += [f"| frechet_distance | {fd:.4g} | {floor:.4g} |", "",
+              "Per-frame values are in results.json and by_frame.png; real data is the floor each metric "
               "reaches with the ground-truth world (the Fréchet floor compares two independent real sets)."]
     return "\n".join(lines) + "\n"
 
@@ -305,17 +312,18 @@ def run_stage(cfg: Config, stage: str, resume: bool = False):
             run_stage(c, "evaluate")
     elif stage in TEACHERS:
         train_teacher(cfg, stage, resume, rank, world, device)
-    elif rank == 0:    # the remaining stages are single-process
-        if stage == "encoder":
-            run_encoder(cfg, device)
-        elif stage == "sample":
-            run_sample(cfg, device)
-        elif stage == "evaluate":
-            results = run_evaluate(cfg, device)
-            print(json.dumps({"teacher": results["teacher"], "frechet_distance": results["frechet_distance"],
-                              **results["generated"]["mean"]}, indent=1))
-        else:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    elif rank != 0:    # the remaining stages are single-process
+        return
+    elif stage == "encoder":
+        run_encoder(cfg, device)
+    elif stage == "sample":
+        run_sample(cfg, device)
+    elif stage == "evaluate":
+        results = run_evaluate(cfg, device)
+        print(json.dumps({"teacher": results["teacher"], "frechet_distance": results["frechet_distance"],
+                          **results["generated"]["mean"]}, indent=1))
+    else:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
 
 
 def main(argv=None):
