@@ -28,7 +28,11 @@ def _attn_fwd_tile(acc, l_i, m_i, q, kt, K_HEAD, V_HEAD, stride_ks, stride_vs,
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
     col_ok = cols < seqlen_k
-    k_t = _load_tile(K_HEAD + cols[None, :] * stride_ks + d_qk[:, None], col_ok[None, :],
+    if MODE == MODE_FULL:
+        cols_ld = cols
+    else:  # out-of-range tokens read a clamped in-range row, then are zeroed
+        cols_ld = tl.minimum(cols, seqlen_k - 1)
+    k_t = _load_tile(K_HEAD + cols_ld[None, :] * stride_ks + d_qk[:, None], col_ok[None, :],
                      d_qk[:, None] < D_QK, MODE != MODE_FULL, BLOCK_DQK != D_QK)
     s = _mm(q, k_t, DOT_PRECISION) * qk_scale
     if MODE == MODE_BOUNDS:
@@ -46,7 +50,7 @@ def _attn_fwd_tile(acc, l_i, m_i, q, kt, K_HEAD, V_HEAD, stride_ks, stride_vs,
     p = tl.math.exp2(s - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = _load_tile(V_HEAD + cols[:, None] * stride_vs + d_v[None, :], col_ok[:, None],
+    v = _load_tile(V_HEAD + cols_ld[:, None] * stride_vs + d_v[None, :], col_ok[:, None],
                    d_v[None, :] < D_V, MODE != MODE_FULL, BLOCK_DV != D_V)
     acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION)
     return acc, l_i, m_new
@@ -78,9 +82,10 @@ def _attn_fwd_kernel(
 
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < seqlen_q
+    rows_ld = tl.minimum(rows, seqlen_q - 1)  # in-range addresses; zeroed on load
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
-    q = _load_tile(q_head + rows[:, None] * stride_qs + d_qk[None, :], row_ok[:, None],
+    q = _load_tile(q_head + rows_ld[:, None] * stride_qs + d_qk[None, :], row_ok[:, None],
                    d_qk[None, :] < D_QK, True, BLOCK_DQK != D_QK)
     q_seg = tl.load(Q_SEG + rows, mask=row_ok, other=0)
     q_pos = tl.load(Q_POS + rows, mask=row_ok, other=0)
