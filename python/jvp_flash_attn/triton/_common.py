@@ -41,16 +41,17 @@ def interpreting() -> bool:
 @triton.jit
 def _load_tile(ptrs, n_ok, d_ok, N_CHECK: tl.constexpr, D_CHECK: tl.constexpr):
     """Load a 2-D tile; n_ok / d_ok are broadcastable bounds on the token / head-dim axes.
-    Out-of-range elements read as 0 (so they add nothing to any product). The callers clamp
-    token indices into range, so the token bound is applied by a select after the load
-    rather than by a masked load (triton 3.6 on sm_90 mis-loaded row-masked V tiles whose
-    head dim is smaller than the key's; see bench/NOTES_triton.md)."""
-    if D_CHECK:
-        x = tl.load(ptrs, mask=d_ok, other=0.0)
-    else:
-        x = tl.load(ptrs)
+    Out-of-range elements read as 0 (so they add nothing to any product)."""
     if N_CHECK:
-        x = tl.where(n_ok, x, 0.0)
+        if D_CHECK:
+            x = tl.load(ptrs, mask=n_ok & d_ok, other=0.0)
+        else:
+            x = tl.load(ptrs, mask=n_ok, other=0.0)
+    else:
+        if D_CHECK:
+            x = tl.load(ptrs, mask=d_ok, other=0.0)
+        else:
+            x = tl.load(ptrs)
     return x
 
 
@@ -155,6 +156,16 @@ def alloc(shape, dtype, device) -> torch.Tensor:
 
 def pow2_at_least_16(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
+
+
+def block_dims(d_qk: int, d_v: int) -> tuple[int, int]:
+    """Register widths (BLOCK_DQK, BLOCK_DV) for these head dims. BLOCK_DV is never narrower
+    than BLOCK_DQK: with triton 3.6 on sm_90, kernels with Dv < Dqk and a ragged sequence
+    length produced wrong o (garbage values), while the interpreter and Dv >= Dqk were
+    right; padding V's width to the key's (masked on load and store) avoids that build.
+    See bench/NOTES_triton.md."""
+    bd_qk = pow2_at_least_16(d_qk)
+    return bd_qk, max(bd_qk, pow2_at_least_16(d_v))
 
 
 def get_config(direction: str, dtype: torch.dtype, d_qk: int, d_v: int) -> Config:

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (alloc, KERNEL_LOG2E, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
+from ._common import (alloc, block_dims, KERNEL_LOG2E, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
                       _split_ragged, _store_tile, check_int32_offsets, dot_precision, get_config,
                       pow2_at_least_16, visit_order)
 
@@ -49,15 +49,11 @@ def _attn_bwd_dkdv_tile(dk, dv, k, v, qt, Q_HEAD, DO_HEAD, LSE_HEAD, DELTA_HEAD,
     Out-of-range query rows read q = dO = lse = delta = 0 and so contribute exactly zero."""
     rows = qt * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < seqlen_q
-    if MODE == MODE_FULL:
-        rows_ld = rows
-    else:  # out-of-range tokens read a clamped in-range row, then are zeroed
-        rows_ld = tl.minimum(rows, seqlen_q - 1)
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
-    q = _load_tile(Q_HEAD + rows_ld[:, None] * stride_qs + d_qk[None, :], row_ok[:, None],
+    q = _load_tile(Q_HEAD + rows[:, None] * stride_qs + d_qk[None, :], row_ok[:, None],
                    d_qk[None, :] < D_QK, MODE != MODE_FULL, BLOCK_DQK != D_QK)
-    do = _load_tile(DO_HEAD + rows_ld[:, None] * stride_dos + d_v[None, :], row_ok[:, None],
+    do = _load_tile(DO_HEAD + rows[:, None] * stride_dos + d_v[None, :], row_ok[:, None],
                     d_v[None, :] < D_V, MODE != MODE_FULL, BLOCK_DV != D_V)
     if MODE == MODE_FULL:
         lse2 = tl.load(LSE_HEAD + rows) * KERNEL_LOG2E
@@ -105,12 +101,11 @@ def _attn_bwd_dkdv_kernel(
 
     cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < seqlen_k
-    cols_ld = tl.minimum(cols, seqlen_k - 1)  # in-range addresses; zeroed on load
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
-    k = _load_tile(K + b64 * stride_kb + hk * stride_kh + cols_ld[:, None] * stride_ks + d_qk[None, :],
+    k = _load_tile(K + b64 * stride_kb + hk * stride_kh + cols[:, None] * stride_ks + d_qk[None, :],
                    col_ok[:, None], d_qk[None, :] < D_QK, True, BLOCK_DQK != D_QK)
-    v = _load_tile(V + b64 * stride_vb + hk * stride_vh + cols_ld[:, None] * stride_vs + d_v[None, :],
+    v = _load_tile(V + b64 * stride_vb + hk * stride_vh + cols[:, None] * stride_vs + d_v[None, :],
                    col_ok[:, None], d_v[None, :] < D_V, True, BLOCK_DV != D_V)
     k_seg = tl.load(K_SEG + cols, mask=col_ok, other=0)
     k_pos = tl.load(K_POS + cols, mask=col_ok, other=0)
@@ -162,15 +157,11 @@ def _attn_bwd_dq_tile(dq, q, do, lse2, delta, kt, K_HEAD, V_HEAD, stride_ks, str
     """One key tile's contribution to a query tile's dq (unscaled)."""
     cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < seqlen_k
-    if MODE == MODE_FULL:
-        cols_ld = cols
-    else:  # out-of-range tokens read a clamped in-range row, then are zeroed
-        cols_ld = tl.minimum(cols, seqlen_k - 1)
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
-    k = _load_tile(K_HEAD + cols_ld[:, None] * stride_ks + d_qk[None, :], col_ok[:, None],
+    k = _load_tile(K_HEAD + cols[:, None] * stride_ks + d_qk[None, :], col_ok[:, None],
                    d_qk[None, :] < D_QK, MODE != MODE_FULL, BLOCK_DQK != D_QK)
-    v = _load_tile(V_HEAD + cols_ld[:, None] * stride_vs + d_v[None, :], col_ok[:, None],
+    v = _load_tile(V_HEAD + cols[:, None] * stride_vs + d_v[None, :], col_ok[:, None],
                    d_v[None, :] < D_V, MODE != MODE_FULL, BLOCK_DV != D_V)
     s = _mm(q, tl.trans(k), DOT_PRECISION) * qk_scale
     if MODE == MODE_BOUNDS:
@@ -212,12 +203,11 @@ def _attn_bwd_dq_kernel(
 
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < seqlen_q
-    rows_ld = tl.minimum(rows, seqlen_q - 1)  # in-range addresses; zeroed on load
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
-    q = _load_tile(Q + b64 * stride_qb + h * stride_qh + rows_ld[:, None] * stride_qs + d_qk[None, :],
+    q = _load_tile(Q + b64 * stride_qb + h * stride_qh + rows[:, None] * stride_qs + d_qk[None, :],
                    row_ok[:, None], d_qk[None, :] < D_QK, True, BLOCK_DQK != D_QK)
-    do = _load_tile(DO + b64 * stride_dob + h * stride_doh + rows_ld[:, None] * stride_dos + d_v[None, :],
+    do = _load_tile(DO + b64 * stride_dob + h * stride_doh + rows[:, None] * stride_dos + d_v[None, :],
                     row_ok[:, None], d_v[None, :] < D_V, True, BLOCK_DV != D_V)
     lse2 = tl.load(LSE + bh.to(tl.int64) * seqlen_q + rows, mask=row_ok, other=0.0) * KERNEL_LOG2E
     lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)  # rows with no allowed key: P = 0
@@ -264,7 +254,7 @@ def launch_bwd(q, k, v, o, lse, do,
     b, sq, hq, d_qk = q.shape
     _, sk, hk, d_v = v.shape
     groups = hq // hk
-    bd_qk, bd_v = pow2_at_least_16(d_qk), pow2_at_least_16(d_v)
+    bd_qk, bd_v = block_dims(d_qk, d_v)
     prec = dot_precision(q.dtype)
     delta = alloc((b, hq, sq), torch.float32, q.device)
     pre_m = 64

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (alloc, KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm,
+from ._common import (alloc, block_dims, KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm,
                       _mma, _split_ragged, _store_tile, check_int32_offsets, dot_precision,
                       get_config, pow2_at_least_16, visit_order)
 
@@ -29,13 +29,9 @@ def _attn_jvp_tile(acc_o, acc_t, mu, l_i, m_i, q, tq, kt,
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
     col_ok = cols < seqlen_k
-    if MODE == MODE_FULL:
-        cols_ld = cols
-    else:  # out-of-range tokens read a clamped in-range row, then are zeroed
-        cols_ld = tl.minimum(cols, seqlen_k - 1)
-    k_t = _load_tile(K_HEAD + cols_ld[None, :] * stride_ks + d_qk[:, None], col_ok[None, :],
+    k_t = _load_tile(K_HEAD + cols[None, :] * stride_ks + d_qk[:, None], col_ok[None, :],
                      d_qk[:, None] < D_QK, MODE != MODE_FULL, BLOCK_DQK != D_QK)
-    tk_t = _load_tile(TK_HEAD + cols_ld[None, :] * stride_tks + d_qk[:, None], col_ok[None, :],
+    tk_t = _load_tile(TK_HEAD + cols[None, :] * stride_tks + d_qk[:, None], col_ok[None, :],
                       d_qk[:, None] < D_QK, MODE != MODE_FULL, BLOCK_DQK != D_QK)
     s = _mm(q, k_t, DOT_PRECISION) * qk_scale
     ts = _mma(tq, k_t, _mm(q, tk_t, DOT_PRECISION), DOT_PRECISION) * scale
@@ -60,9 +56,9 @@ def _attn_jvp_tile(acc_o, acc_t, mu, l_i, m_i, q, tq, kt,
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     mu = mu * alpha + tl.sum(pts, 1)
-    v = _load_tile(V_HEAD + cols_ld[:, None] * stride_vs + d_v[None, :], col_ok[:, None],
+    v = _load_tile(V_HEAD + cols[:, None] * stride_vs + d_v[None, :], col_ok[:, None],
                    d_v[None, :] < D_V, MODE != MODE_FULL, BLOCK_DV != D_V)
-    tv = _load_tile(TV_HEAD + cols_ld[:, None] * stride_tvs + d_v[None, :], col_ok[:, None],
+    tv = _load_tile(TV_HEAD + cols[:, None] * stride_tvs + d_v[None, :], col_ok[:, None],
                     d_v[None, :] < D_V, MODE != MODE_FULL, BLOCK_DV != D_V)
     p16 = p.to(v.dtype)
     acc_o = _mma(p16, v, acc_o * alpha[:, None], DOT_PRECISION)
@@ -101,12 +97,11 @@ def _attn_jvp_kernel(
 
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < seqlen_q
-    rows_ld = tl.minimum(rows, seqlen_q - 1)  # in-range addresses; zeroed on load
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
-    q = _load_tile(Q + b64 * stride_qb + h * stride_qh + rows_ld[:, None] * stride_qs + d_qk[None, :],
+    q = _load_tile(Q + b64 * stride_qb + h * stride_qh + rows[:, None] * stride_qs + d_qk[None, :],
                    row_ok[:, None], d_qk[None, :] < D_QK, True, BLOCK_DQK != D_QK)
-    tq = _load_tile(TQ + b64 * stride_tqb + h * stride_tqh + rows_ld[:, None] * stride_tqs + d_qk[None, :],
+    tq = _load_tile(TQ + b64 * stride_tqb + h * stride_tqh + rows[:, None] * stride_tqs + d_qk[None, :],
                     row_ok[:, None], d_qk[None, :] < D_QK, True, BLOCK_DQK != D_QK)
     q_seg = tl.load(Q_SEG + rows, mask=row_ok, other=0)
     q_pos = tl.load(Q_POS + rows, mask=row_ok, other=0)
@@ -179,7 +174,7 @@ def launch_jvp(q, k, v, tq, tk, tv, q_full_ptr, q_full_idx, q_part_ptr, q_part_i
         o.stride(0), o.stride(1), o.stride(2),
         hq, hq // hk, sq, sk, rule.shape[1], triton.cdiv(sk, block_n), scale, scale * LOG2E,
         D_QK=d_qk, D_V=d_v, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_DQK=pow2_at_least_16(d_qk), BLOCK_DV=pow2_at_least_16(d_v),
+        BLOCK_DQK=block_dims(d_qk, d_v)[0], BLOCK_DV=block_dims(d_qk, d_v)[1],
         EVEN_N=sk % block_n == 0, DOT_PRECISION=dot_precision(q.dtype),
         num_warps=num_warps, num_stages=num_stages)
     return o, to, lse
