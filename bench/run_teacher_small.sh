@@ -7,13 +7,14 @@
 #   PRESET=tiny bench/run_teacher_small.sh /tmp/x   # the same pipeline as a CPU dry run
 #   RCM_OVERRIDES="train.steps=100 sample.cfg_scale=3" bench/run_teacher_small.sh   # extra config overrides
 #
-# Checkpoints and samples go to $WORK (default runs/teacher_small_<preset>); the results
+# Checkpoints and samples go to $WORK (default $TMPDIR/causal_rcm_teacher_small_<preset>, outside
+# the repository, as checkpoints are large); the results
 # (JSON, markdown, per-frame plot, loss curve, GIF/PNG filmstrips) are copied to results_dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-bench/results/teacher_causal_chunkwise_small}
 PRESET=${PRESET:-small}
-WORK=${WORK:-runs/teacher_small_${PRESET}}
+WORK=${WORK:-${TMPDIR:-/tmp}/causal_rcm_teacher_small_${PRESET}}
 PY=${PY:-python3}
 export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 
