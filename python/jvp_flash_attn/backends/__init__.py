@@ -55,7 +55,8 @@ def select(name: str | None, q, k, v) -> Backend:
     """Resolve ``backend=`` (or $JFA_BACKEND) for these inputs.
 
     An explicit name must run and support the inputs (ValueError otherwise); None picks
-    the first backend in NAMES that is available and supports them.
+    the first backend in NAMES that is available and supports them: cuda, then triton, for
+    CUDA tensors; the reference otherwise.
     """
     name = name if name is not None else (os.environ.get("JFA_BACKEND") or None)
     if name is not None:
@@ -67,7 +68,12 @@ def select(name: str | None, q, k, v) -> Backend:
     reasons = []
     for n in NAMES:
         b = _load(n)
-        why = b if isinstance(b, str) else (b.availability() or b.unsupported(q, k, v))
+        if n != "reference" and q.device.type != "cuda":
+            # on a CPU the compiled and Triton kernels can only be emulated (Triton's
+            # interpreter): slow, so they run only when asked for by name
+            why = "picked automatically only for CUDA tensors"
+        else:
+            why = b if isinstance(b, str) else (b.availability() or b.unsupported(q, k, v))
         if why is None:
             return b
         reasons.append(f"{n}: {why}")
