@@ -35,7 +35,9 @@ cp "$src/results.json" "$src/results.md" "$src/by_frame.png" "$src/loss.png" "$s
 for f in generated real; do cp "$src/samples/$f.png" "$src/samples/$f.gif" "$RESULTS/"; done
 "$PY" - "$RESULTS/machine.json" "$(( $(date +%s) - start ))" <<'PYEOF'
 import json, subprocess, sys, datetime, torch
-sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+import os
+sha = os.environ.get("GIT_SHA") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                                  text=True).stdout.strip()
 info = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__, "cuda": torch.version.cuda, "git_sha": sha,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
