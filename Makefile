@@ -2,7 +2,7 @@
 PY ?= python3
 PIP := $(PY) -m pip install -q
 
-.PHONY: setup demo test test-fast pictures bench clean
+.PHONY: setup demo test test-fast pictures bench bench-cpu clean
 
 setup:  ## install torch (if missing), the test/plot tools and this package (editable)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) torch==2.13.0
@@ -23,6 +23,13 @@ pictures: setup  ## the mask pictures in docs/
 	$(PY) -m jvp_flash_attn.masks teacher_forcing --frames 4 --tokens-per-frame 6 --out docs/tf.png
 	$(PY) -m jvp_flash_attn.masks block_causal --frames 6 --tokens-per-frame 5 --frames-per-chunk 2 \
 		--window 2 --sink 1 --out docs/block_causal_window_sink.png
+
+bench: setup  ## DESIGN §6 benchmarks on the GPU (W1-W8, all providers) into bench/results/latest
+	$(PY) bench/bench_masks.py
+	$(PY) -m bench.run --out bench/results/latest
+
+bench-cpu: setup  ## a tiny CPU smoke of the benchmark runner
+	$(PY) -m bench.run --scale 0.005 --device cpu --out /tmp/jfa-bench-cpu
 
 clean:
 	rm -rf build *.egg-info python/*.egg-info .pytest_cache .hypothesis
