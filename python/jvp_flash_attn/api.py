@@ -51,6 +51,12 @@ class _Attention(torch.autograd.Function):
         dq, dk, dv = ctx.backend.backward(q, k, v, o, lse, do.contiguous(), ctx.mask, ctx.scale)
         return dq, dk, dv, None, None, None, None, None, None, None
 
+
+
+class _AttentionForwardAD(_Attention):
+    """The same op with the forward-AD rule. Kept apart because torch.compile cannot trace an
+    autograd.Function that defines ``jvp``; without tangents the plain one is used."""
+
     @staticmethod
     def jvp(ctx, *_tangents):
         to, ctx.slot.to = ctx.slot.to, None
@@ -71,7 +77,7 @@ def _run(q, k, v, tangents, mask, scale, backend):
         o, _ = _Attention.apply(q, k, v, None, None, None, mask, scale, be, slot)
         return o, None
     tq, tk, tv = (t if t is not None else torch.zeros_like(p) for t, p in zip(tangents, (q, k, v)))
-    o, _ = _Attention.apply(q, k, v, tq, tk, tv, mask, scale, be, slot)
+    o, _ = _AttentionForwardAD.apply(q, k, v, tq, tk, tv, mask, scale, be, slot)
     return o, slot.to
 
 

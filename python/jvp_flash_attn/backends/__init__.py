@@ -80,4 +80,9 @@ def select(name: str | None, q, k, v) -> Backend:
     raise ValueError("no backend supports these inputs: " + "; ".join(reasons))
 
 
+# Load every backend once at import: selection then never imports inside a traced region
+# (torch.compile cannot trace importlib).
+for _name in NAMES:
+    _load(_name)
+
 __all__ = ["Backend", "BackendUnavailableError", "NAMES", "get", "select", "status"]

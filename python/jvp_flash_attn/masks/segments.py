@@ -8,10 +8,21 @@ tile descriptions cost O(segments²) or O(tiles), never O(Sq·Sk).
 """
 from __future__ import annotations
 
+import itertools
+import weakref
+
 import numpy as np
 import torch
 
 NONE, FULL, CAUSAL = 0, 1, 2
+
+# uid -> live mask, so that ops which take only ints (torch custom ops) can name a mask.
+_LIVE = weakref.WeakValueDictionary()
+_UIDS = itertools.count()
+
+
+def mask_by_uid(uid: int) -> "SegmentMask":
+    return _LIVE[uid]
 
 
 class SegmentMask:
@@ -27,11 +38,15 @@ class SegmentMask:
         # promises are zero (e.g. the clean half of teacher forcing). Never changes results.
         self.zero_tangent_q = tuple(tuple(r) for r in zero_tangent_q)
         self.zero_tangent_k = tuple(tuple(r) for r in zero_tangent_k)
+        # plain ints, so that torch.compile sees constants rather than numpy results
+        self.sq, self.sk = sum(self.q_sizes), sum(self.k_sizes)
         self._q_starts = np.concatenate([[0], np.cumsum(self.q_sizes)]).astype(np.int64)
         self._k_starts = np.concatenate([[0], np.cumsum(self.k_sizes)]).astype(np.int64)
         self._rule = np.asarray(self.rule, dtype=np.int8).reshape(len(self.q_sizes), len(self.k_sizes))
         self._tiles = {}
         self._token_maps = {}
+        self.uid = next(_UIDS)  # a plain int: torch.compile treats it as a constant
+        _LIVE[self.uid] = self
 
     # ---- identity -------------------------------------------------------------------
     def key(self):
@@ -56,14 +71,6 @@ class SegmentMask:
         return SegmentMask(self.q_sizes, self.k_sizes, self.rule, self.name, q_ranges, k_ranges)
 
     # ---- sizes and counts -----------------------------------------------------------
-    @property
-    def sq(self) -> int:
-        return int(self._q_starts[-1])
-
-    @property
-    def sk(self) -> int:
-        return int(self._k_starts[-1])
-
     @property
     def num_pairs(self) -> int:
         """Exact number of allowed (query, key) pairs."""

@@ -1,0 +1,48 @@
+"""torch.compile(fullgraph=True) through jfa.attention (forward and backward), and opcheck of
+the reference backend's custom ops. The Triton ops have their own opcheck in test_triton_kernels."""
+import pytest
+import torch
+
+import jvp_flash_attn as jfa
+from jvp_flash_attn import masks
+from jvp_flash_attn.backends import reference_backend as rb
+from jvp_flash_attn.masks import FramePattern
+
+MASK = masks.teacher_forcing(FramePattern(5, 4, 2), window=2, sink=1)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(dtype=torch.float32):
+    g = torch.Generator(device=DEVICE).manual_seed(3)
+    return [torch.randn(2, MASK.sq, 4 if i == 0 else 2, 16, generator=g, device=DEVICE, dtype=dtype)
+            for i in range(3)]
+
+
+@pytest.mark.parametrize("backend", [b for b, why in jfa.backends().items() if why is None and
+                                     (b == "reference" or DEVICE == "cuda")])
+def test_compile_fullgraph_forward_and_backward(backend):
+    """A small model block compiles without graph breaks and matches eager, values and grads."""
+    w = torch.randn(16, 16, device=DEVICE)
+
+    def block(q, k, v):
+        return (jfa.attention(q @ w, k, v, mask=MASK, backend=backend) @ w).square().mean()
+
+    x = [a.requires_grad_() for a in _inputs()]
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")  # traces fwd and bwd
+    loss_c = compiled(*x)
+    grads_c = torch.autograd.grad(loss_c, x)
+    loss_e = block(*x)
+    grads_e = torch.autograd.grad(loss_e, x)
+    torch.testing.assert_close(loss_c, loss_e)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b)
+
+
+def test_opcheck_reference_ops():
+    q, k, v = _inputs(torch.float64)
+    tq, tk, tv = (torch.randn_like(a) for a in (q, k, v))
+    o, lse = rb.reference_fwd(q, k, v, MASK.uid, 0.25)
+    do = torch.randn_like(o)
+    torch.library.opcheck(rb.reference_fwd, (q, k, v, MASK.uid, 0.25))
+    torch.library.opcheck(rb.reference_jvp, (q, k, v, tq, tk, tv, MASK.uid, 0.25))
+    torch.library.opcheck(rb.reference_bwd, (q, k, v, o, lse, do, MASK.uid, 0.25))
