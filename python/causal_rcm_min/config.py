@@ -37,6 +37,7 @@ class ModelConfig:
     first_chunk_frames: int | None = None
     window: int | None = None       # attention window in chunks, counting the query's own
     sink: int = 0                   # first chunks always visible under a window
+    two_times: bool = False         # second time input r (MeanFlow students)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     """Streaming sampler (see sample.py)."""
-    teacher: str = "teacher_causal"   # stage whose checkpoint is sampled
+    teacher: str = "teacher_causal"   # stage folder whose checkpoint is sampled (a teacher or a student)
     num_samples: int = 64
     batch_size: int = 64
     steps: list = field(default_factory=lambda: [32])   # per chunk; the last entry repeats
@@ -74,6 +75,7 @@ class SampleConfig:
     noisy_context: bool = False
     seed: int = 1234
     num_filmstrip: int = 8
+    student_steps: list | None = None   # a student's per-chunk steps here instead of its own schedule
 
 
 @dataclass
@@ -88,6 +90,40 @@ class EvalConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Causal-rCM students: teacher-forcing distillation and self-forcing DMD (see losses.py, distill.py)."""
+    teacher: str = "teacher_causal"    # stage folder of the flow-matching teacher
+    init: str = "teacher"              # "teacher", or the stage folder of a student to start from
+    tag: str = ""                      # output folder <stage>_<tag> (several runs of one objective)
+    steps: int = 2000                  # training steps
+    max_minutes: float = 0.0           # wall-clock cap (0: none); evaluation time is not counted
+    batch_size: int = 64
+    lr: float = 1e-4
+    warmup: int = 50
+    ema_decay: float = 0.99
+    student_steps: list = field(default_factory=lambda: [4])   # per-chunk sampling steps; the last repeats
+    schedule: list | None = None       # custom per-chunk time lists (1 -> 0); replaces student_steps
+    t_shift: float = 3.0               # warp of the student schedule (>1: more steps near noise)
+    noisy_context: bool = False        # cache the last step's noisy K/V instead of re-encoding at t = 0
+    cfg_scale: float = 2.0             # teacher guidance baked into the student
+    teacher_steps: int = 16            # Euler steps of the teacher ODE (TF-KD pairs)
+    kd_pairs: int = 256                # TF-KD: teacher ODE pairs, made once per run
+    dcm_intervals: int = 32            # TF-dCM: discretisation of [0, 1]
+    dcm_target_ema: float = 0.95       # TF-dCM: EMA rate of the target network
+    scm_tangent_warmup: int = 200      # TF-sCM: steps over which the dF/dt term ramps from 0 to 1
+    scm_norm_c: float = 0.1            # TF-sCM: g / (||g|| + c)
+    reuse_primal: bool = True          # sCM/MeanFlow: the JVP pass's primal carries the gradient
+    mf_r_fraction: float = 0.5         # TF-MeanFlow: share of samples with r < t
+    dmd_fake_ratio: int = 5            # SF-DMD: fake-score updates per generator update
+    dmd_fake_lr: float = 2e-4
+    dmd_t_min: float = 0.02
+    dmd_t_max: float = 0.98
+    eval_every: int = 0                # quick metric (FD, physics) every this many steps (0: never)
+    eval_samples: int = 64
+    eval_steps: int = 1                # student steps of the quick metric
+
+
+@dataclass
 class Config:
     preset: str = "small"
     out_dir: str = "runs/small"
@@ -96,6 +132,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -113,7 +150,7 @@ class Config:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-             "sample": SampleConfig, "eval": EvalConfig}
+             "sample": SampleConfig, "eval": EvalConfig, "distill": DistillConfig}
 
 
 def _tiny() -> Config:
@@ -127,6 +164,9 @@ def _tiny() -> Config:
                           log_every=5, ckpt_every=10),
         sample=SampleConfig(num_samples=4, batch_size=4, steps=[4, 2], num_filmstrip=2),
         eval=EvalConfig(num_real=16, encoder_steps=20, encoder_batch=8, encoder_width=8),
+        distill=DistillConfig(steps=4, batch_size=2, lr=1e-3, warmup=2, ema_decay=0.5, student_steps=[2, 1],
+                              teacher_steps=3, kd_pairs=4, dcm_intervals=4, scm_tangent_warmup=2,
+                              dmd_fake_ratio=2, eval_every=2, eval_samples=4),
     )
 
 
@@ -140,6 +180,8 @@ def _small() -> Config:
                           ema_decay=0.999, log_every=100, ckpt_every=2000),
         sample=SampleConfig(num_samples=256, batch_size=128, steps=[32], cfg_scale=2.0),
         eval=EvalConfig(num_real=512, encoder_steps=1500, encoder_batch=64),
+        distill=DistillConfig(steps=600, batch_size=64, lr=1e-4, warmup=50, ema_decay=0.99,
+                              scm_tangent_warmup=100, dmd_fake_ratio=3, eval_every=0, eval_samples=128),
     )
 
 

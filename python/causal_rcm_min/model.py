@@ -189,6 +189,12 @@ class CausalVideoDiT(nn.Module):
         self.t_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.cond_embed = nn.Embedding(NUM_SLOTS * NUM_SLOT_VALUES, dim)
         self.null_cond = nn.Parameter(torch.zeros(dim))
+        # MeanFlow students take a second time r <= t; its gap t - r is embedded by a
+        # branch whose last layer starts at zero, so a teacher's weights load unchanged.
+        self.r_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim)) if cfg.two_times else None
+        if self.r_mlp is not None:
+            nn.init.zeros_(self.r_mlp[2].weight)
+            nn.init.zeros_(self.r_mlp[2].bias)
         self.action_embed = nn.Embedding(len(ACTIONS), dim) if data.action_mode else None
         self.blocks = nn.ModuleList(Block(dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -204,8 +210,15 @@ class CausalVideoDiT(nn.Module):
         return jfa.masks.FramePattern(self.tokens_per_frame, num_frames, self.cfg.frames_per_chunk,
                                       self.cfg.first_chunk_frames)
 
-    def mask(self, mode: str, num_frames: int):
-        key = (mode, num_frames)
+    def mask(self, mode: str, num_frames: int, zero_clean_tangent: bool = False):
+        key = (mode, num_frames, zero_clean_tangent)
+        if zero_clean_tangent:
+            if mode != "teacher_forcing":
+                raise ValueError("zero_clean_tangent applies to teacher_forcing mode only")
+            if key not in self._masks:
+                n = self.pattern(num_frames).num_tokens
+                self._masks[key] = self.mask(mode, num_frames).with_zero_tangents([(0, n)], [(0, n)])
+            return self._masks[key]
         if key not in self._masks:
             p, w, s = self.pattern(num_frames), self.cfg.window, self.cfg.sink
             if mode == "teacher_forcing":
@@ -230,8 +243,9 @@ class CausalVideoDiT(nn.Module):
         p, g = self.patch, self.grid
         return x.reshape(B, Fr, g, g, 3, p, p).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Fr, 3, g * p, g * p)
 
-    def condition(self, t, cond, actions):
-        """Per-frame conditioning (B, Fr, dim) from timesteps (B, Fr), scene cond (B, 6), actions (B, Fr)."""
+    def condition(self, t, cond, actions, r=None):
+        """Per-frame conditioning (B, Fr, dim) from timesteps (B, Fr), scene cond (B, 6), actions (B, Fr),
+        and for a two-time (MeanFlow) model the second times r (B, Fr)."""
         B, Fr = t.shape
         if cond.shape != (B, NUM_SLOTS):
             raise ValueError(f"cond must have shape ({B}, {NUM_SLOTS}), got {tuple(cond.shape)}")
@@ -240,6 +254,11 @@ class CausalVideoDiT(nn.Module):
         scene = self.cond_embed(slots + cond.clamp(min=0)).sum(1)
         scene = torch.where(is_null[:, None], self.null_cond.to(scene.dtype), scene)
         c = self.t_mlp(timestep_embedding(t, self.cfg.dim).to(scene.dtype)) + scene[:, None]
+        if self.r_mlp is not None:
+            gap = t - (t if r is None else r)
+            c = c + self.r_mlp(timestep_embedding(gap, self.cfg.dim).to(scene.dtype))
+        elif r is not None:
+            raise ValueError("r given but the model was built without model.two_times")
         if self.action_embed is not None:
             if actions is None or actions.shape != (B, Fr):
                 raise ValueError(f"actions must have shape ({B}, {Fr}) in action mode, got "
@@ -265,46 +284,56 @@ class CausalVideoDiT(nn.Module):
             raise ValueError(f"t must have shape {tuple(x.shape[:2])} (one time per frame), got {tuple(t.shape)}")
 
     # ---- entry points ---------------------------------------------------------------
-    def forward(self, x, t, cond, actions=None, mode: str = "block_causal", clean=None):
+    def forward(self, x, t, cond, actions=None, mode: str = "block_causal", clean=None, clean_t=None, r=None,
+                zero_clean_tangent: bool = False):
         """Velocity for x (B, Fr, 3, H, W) at per-frame times t (B, Fr).
 
         With ``mode="teacher_forcing"``, ``clean`` (B, Fr, 3, H, W) is the context copy,
-        encoded at t = 0 with the same positions and conditions as x.
+        encoded at ``clean_t`` (default t = 0; a noisy-context student passes the time its
+        sampler caches) with the same positions and conditions as x. ``r`` (B, Fr) is the
+        second time of a two-time (MeanFlow) model; the output is then the average
+        velocity over [r, t]. ``zero_clean_tangent`` promises the attention op that the
+        clean copy carries no tangent (a JVP speed hint; results are unchanged).
         """
         self._check("x", x, t)
         B, Fr = t.shape
         if mode == "teacher_forcing":
             if clean is None or clean.shape != x.shape:
                 raise ValueError(f"clean must have the shape of x {tuple(x.shape)} in teacher_forcing mode")
+            if clean_t is None:
+                clean_t = torch.zeros_like(t)
+            elif clean_t.shape != t.shape:
+                raise ValueError(f"clean_t must have shape {tuple(t.shape)}, got {tuple(clean_t.shape)}")
             tokens = self.x_in(self.patchify(torch.cat([clean, x], 1)))
-            c = self.condition(torch.cat([torch.zeros_like(t), t], 1), cond,
-                               None if actions is None else torch.cat([actions, actions], 1))
+            c = self.condition(torch.cat([clean_t, t], 1), cond,
+                               None if actions is None else torch.cat([actions, actions], 1),
+                               None if r is None else torch.cat([clean_t, r], 1))
             cos, sin = self.rope_for(0, Fr, tokens.dtype, tokens.device)
             cos, sin = torch.cat([cos, cos]), torch.cat([sin, sin])
         elif mode in ("block_causal", "full"):
-            if clean is not None:
-                raise ValueError(f"clean is only used in teacher_forcing mode, not {mode!r}")
+            if clean is not None or clean_t is not None:
+                raise ValueError(f"clean and clean_t are only used in teacher_forcing mode, not {mode!r}")
             tokens = self.x_in(self.patchify(x))
-            c = self.condition(t, cond, actions)
+            c = self.condition(t, cond, actions, r)
             cos, sin = self.rope_for(0, Fr, tokens.dtype, tokens.device)
         else:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        mask = self.mask(mode, Fr)
+        mask = self.mask(mode, Fr, zero_clean_tangent)
         for block in self.blocks:
             tokens, _ = block(tokens, c, cos, sin, mask)
         out = self.head(tokens, c)
         return out[:, Fr:] if mode == "teacher_forcing" else out
 
-    def forward_chunk(self, x, t, cond, actions, cache: KVCache, write: bool):
+    def forward_chunk(self, x, t, cond, actions, cache: KVCache, write: bool, r=None):
         """Velocity for one chunk x (B, f, 3, H, W) attending to ``cache`` and itself.
 
         The chunk's frames are numbered from ``cache.next_frame``. With ``write`` its
-        keys/values are appended to the cache as the next chunk.
+        keys/values are appended to the cache as the next chunk. ``r``: as in ``forward``.
         """
         self._check("x", x, t)
         B, Fr = t.shape
         tokens = self.x_in(self.patchify(x))
-        c = self.condition(t, cond, actions)
+        c = self.condition(t, cond, actions, r)
         cos, sin = self.rope_for(cache.next_frame, Fr, tokens.dtype, tokens.device)
         n = Fr * self.tokens_per_frame
         sizes = cache.sizes()

@@ -2,7 +2,8 @@
 
 Each chunk starts from noise and is denoised on its own timestep list (t from 1 to 0):
 many Euler steps for a flow-matching teacher, a few "consistency" steps for a student
-(predict x0, re-noise to the next time). A finished chunk is re-encoded at t = 0 into
+(predict x0, re-noise to the next time), or "meanflow" steps for a two-time student
+(x_r = x_t - (t - r) u(x_t, r, t), deterministic). A finished chunk is re-encoded at t = 0 into
 the cache, or with ``noisy_context`` the K/V of its last denoising step are cached
 instead, saving one forward per chunk.
 """
@@ -12,7 +13,7 @@ import torch
 
 from .data import from_model, null_cond
 
-SOLVERS = ("euler", "consistency")
+SOLVERS = ("euler", "consistency", "meanflow")
 
 
 def shifted_times(steps: int, shift: float = 1.0) -> list[float]:
@@ -32,6 +33,23 @@ def chunk_schedules(steps: list[int], shift: float) -> list[list[float]]:
     return [shifted_times(int(n), shift) for n in steps]
 
 
+def student_schedules(dc) -> list[list[float]]:
+    """A student's per-chunk timestep lists from its ``DistillConfig``: the custom ``schedule``
+    when given, else ``student_steps`` warped by ``t_shift``. Training (the times a student
+    is trained at, the rollouts of SF-DMD) and the sampler both read this one function."""
+    if dc.schedule:
+        schedules = [[float(t) for t in ts] for ts in dc.schedule]
+        for ts in schedules:
+            _check_schedule(ts)
+        return schedules
+    return chunk_schedules(dc.student_steps, dc.t_shift)
+
+
+def schedule_for_chunk(schedules: list[list[float]], b: int) -> list[float]:
+    """Chunk b's timestep list (the last list repeats)."""
+    return schedules[min(b, len(schedules) - 1)]
+
+
 def _check_schedule(ts: list[float]):
     if len(ts) < 2 or abs(ts[0] - 1.0) > 1e-6 or abs(ts[-1]) > 1e-6 or any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError(f"each schedule must fall strictly from 1 to 0, got {ts}")
@@ -49,7 +67,7 @@ def _guided(velocity_fn, x, t, cond, actions, cfg_scale):
 
 
 def _step(x, v, t, t_next, solver, generator):
-    if solver == "euler":
+    if solver in ("euler", "meanflow"):   # meanflow: v is the average velocity over [t_next, t]
         return x + (t_next - t) * v
     if solver == "consistency":
         x0 = x - t * v
@@ -77,8 +95,8 @@ def sample_streaming(model, cond, actions, num_frames: int, schedules: list[list
     cache = model.new_cache()
     guided = cfg_scale != 1.0
 
-    def velocity(x, t, c, a, write=False):
-        return model.forward_chunk(x, t, c, a, cache, write=write)
+    def velocity(x, t, c, a, write=False, r=None):
+        return model.forward_chunk(x, t, c, a, cache, write=write, r=r)
 
     chunks, start = [], 0
     for b, nf in enumerate(model.pattern(num_frames).chunk_frames):
@@ -89,7 +107,10 @@ def sample_streaming(model, cond, actions, num_frames: int, schedules: list[list
             last = i == len(ts) - 2
             tt = torch.full((B, nf), t, device=device, dtype=dtype)
             write = noisy_context and last
-            v = _guided(lambda *args: velocity(*args, write=write), x, tt, cond, a, cfg_scale)
+            r = None
+            if solver == "meanflow":
+                r = torch.full((B * (2 if guided else 1), nf), t_next, device=device, dtype=dtype)
+            v = _guided(lambda *args: velocity(*args, write=write, r=r), x, tt, cond, a, cfg_scale)
             x = _step(x, v, t, t_next, solver, generator)
         if not noisy_context:
             zero = torch.zeros((B, nf), device=device, dtype=dtype)
@@ -113,10 +134,14 @@ def sample_full(model, cond, actions, num_frames: int, schedule: list[float], cf
     size = model.data_cfg.image_size
     x = torch.randn((B, num_frames, 3, size, size), device=device, dtype=dtype, generator=generator)
 
-    def velocity(x, t, c, a):
-        return model(x, t, c, a, mode="full")
-
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     for t, t_next in zip(schedule, schedule[1:]):
         tt = torch.full((B, num_frames), t, device=device, dtype=dtype)
+
+        def velocity(x, t, c, a):
+            r = torch.full_like(t, t_next) if solver == "meanflow" else None
+            return model(x, t, c, a, mode="full", r=r)
+
         x = _step(x, _guided(velocity, x, tt, cond, actions, cfg_scale), t, t_next, solver, generator)
     return from_model(x.float())

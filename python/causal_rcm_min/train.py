@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from . import distill
 from . import encoder as fd_encoder
 from .config import Config, apply_overrides, preset
 from .data import sample_clips, to_model
@@ -28,7 +30,7 @@ from .evaluate import frechet_distance, score_clips
 from .log import Logger
 from .losses import objective
 from .model import CausalVideoDiT
-from .sample import chunk_schedules, sample_full, sample_streaming
+from .sample import chunk_schedules, sample_full, sample_streaming, student_schedules
 from .viz import plot_by_frame, plot_curves, save_filmstrip, save_gif
 
 TEACHERS = {  # stage -> flow-matching objective
@@ -36,7 +38,7 @@ TEACHERS = {  # stage -> flow-matching objective
     "teacher_causal_df": "diffusion_forcing",
     "teacher_bidirectional": "bidirectional",
 }
-STAGES = (*TEACHERS, "encoder", "sample", "evaluate", "all")
+STAGES = (*TEACHERS, *distill.STUDENT_STAGES, "encoder", "sample", "evaluate", "all")
 POOL = 16   # training batches drawn from the world at once
 
 
@@ -177,15 +179,28 @@ def run_encoder(cfg: Config, device):
 
 
 def run_sample(cfg: Config, device) -> str:
-    """Sample the teacher named by ``sample.teacher``, conditioned on real clips' scenes and actions."""
-    sc = cfg.sample
-    if sc.teacher not in TEACHERS:
-        raise ValueError(f"sample.teacher must be one of {sorted(TEACHERS)}, got {sc.teacher!r}")
-    model, tcfg, _ = load_teacher(os.path.join(cfg.out_dir, sc.teacher, "ckpt.pt"), device)
+    """Sample the teacher or student in folder ``sample.teacher``, conditioned on real clips' scenes and actions.
+
+    A teacher runs ``sample.solver`` on ``sample.steps`` with guidance ``sample.cfg_scale``; a
+    student runs its own solver and schedule (``distill`` of its checkpoint, or
+    ``sample.student_steps``), unguided, with its own context mode.
+    """
+    sc = copy.deepcopy(cfg.sample)
+    path = os.path.join(cfg.out_dir, sc.teacher, "ckpt.pt")
+    if sc.teacher not in TEACHERS and not os.path.exists(path):
+        raise ValueError(f"sample.teacher must be one of {sorted(TEACHERS)} or a trained student's folder, "
+                         f"got {sc.teacher!r}")
+    model, tcfg, ckpt = distill.load_ckpt_model(path, device)
     data = tcfg.data
     real = sample_clips(sc.num_samples, data, seed=sc.seed, device=device)
     gen = torch.Generator(device=device).manual_seed(sc.seed)
-    schedules = chunk_schedules(sc.steps, sc.t_shift)
+    if ckpt.get("kind") == "student":
+        dc = tcfg.distill
+        schedules = chunk_schedules(sc.student_steps, dc.t_shift) if sc.student_steps else student_schedules(dc)
+        sc.solver, sc.cfg_scale, sc.noisy_context = distill.solver_for(ckpt["objective"]), 1.0, dc.noisy_context
+        sc.steps = [len(ts) - 1 for ts in schedules]
+    else:
+        schedules = chunk_schedules(sc.steps, sc.t_shift)
     outs, t0 = [], time.time()
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.amp and device.type == "cuda" \
         else contextlib.nullcontext()
@@ -193,7 +208,7 @@ def run_sample(cfg: Config, device) -> str:
         for i in tqdm(range(0, sc.num_samples, sc.batch_size), desc="sample", leave=False):
             cond = real.cond[i:i + sc.batch_size]
             actions = real.actions[i:i + sc.batch_size] if data.action_mode else None
-            if sc.teacher == "teacher_bidirectional":
+            if ckpt.get("objective") == "bidirectional":
                 outs.append(sample_full(model, cond, actions, data.num_frames, schedules[0], sc.cfg_scale,
                                         sc.solver, gen))
             else:
@@ -204,7 +219,7 @@ def run_sample(cfg: Config, device) -> str:
     out = os.path.join(cfg.out_dir, sc.teacher, "samples")
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "samples.pt")
-    torch.save({"frames": frames.half().cpu(), "sample": cfg.to_dict()["sample"], "data": tcfg.to_dict()["data"],
+    torch.save({"frames": frames.half().cpu(), "sample": dataclasses.asdict(sc), "data": tcfg.to_dict()["data"],
                 "seconds": seconds}, path)
     n = min(sc.num_filmstrip, sc.num_samples)
     save_filmstrip(frames[:n], os.path.join(out, "generated.png"))
@@ -314,6 +329,10 @@ def run_stage(cfg: Config, stage: str, resume: bool = False):
         train_teacher(cfg, stage, resume, rank, world, device)
     elif rank != 0:    # the remaining stages are single-process
         return
+    elif stage in distill.STUDENT_STAGES:
+        if resume:
+            raise ValueError("--resume applies to teacher stages; a student stage reruns from its start")
+        distill.train_student(cfg, stage, device)
     elif stage == "encoder":
         run_encoder(cfg, device)
     elif stage == "sample":
