@@ -65,10 +65,14 @@ def block_mask_for(mask: SegmentMask, device, block_size: int = BLOCK_SIZE, comp
                 BLOCK_SIZE=block_size)
 
 
-def block_mask_from_tiles(mask: SegmentMask, device, block_size: int = BLOCK_SIZE):
+def block_mask_from_tiles(mask: SegmentMask, device, block_size: int = BLOCK_SIZE,
+                          partial_edges: bool = True):
     """The same BlockMask built from our TileDescription (partial and full key tiles per
     query tile) with ``BlockMask.from_kv_blocks``: O(tiles), no S x S evaluation.
-    Index lists hold each query tile's key tiles in ascending order, padded with the rest."""
+    Index lists hold each query tile's key tiles in ascending order, padded with the rest.
+    ``partial_edges`` marks ragged last tiles partial, as create_block_mask does; False keeps
+    our states (full where every real pair is allowed), an experiment that the pre-timing
+    checks must pass."""
     from torch.nn.attention.flex_attention import BlockMask
 
     device = torch.device(device)
@@ -77,7 +81,7 @@ def block_mask_from_tiles(mask: SegmentMask, device, block_size: int = BLOCK_SIZ
     # FlexAttention pads the sequences to whole blocks and counts the padding as masked, so a
     # ragged last tile is partial there even where every real pair is allowed.
     for dim, n in ((0, mask.sq), (1, mask.sk)):
-        if n % block_size:
+        if partial_edges and n % block_size:
             edge = full.select(dim, -1)
             part.select(dim, -1).logical_or_(edge)
             edge.zero_()

@@ -178,7 +178,12 @@ class FlexProvider(Provider):
     name = "flex"
     ops = ("fwd", "bwd")
 
-    def __init__(self):
+    MASK_SOURCES = ("create", "tiles", "tiles-full-edges")
+
+    def __init__(self, mask_source: str = "create"):
+        if mask_source not in self.MASK_SOURCES:
+            raise ValueError(f"flex mask source must be one of {self.MASK_SOURCES}, got {mask_source!r}")
+        self.mask_source = mask_source
         self._block_masks = {}
 
     @staticmethod
@@ -196,6 +201,11 @@ class FlexProvider(Provider):
     def block_mask(self, mask, device):
         key = (mask, str(device))
         if key not in self._block_masks:
+            if self.mask_source != "create":
+                bm = flexmod.block_mask_from_tiles(mask, device,
+                                                   partial_edges=self.mask_source == "tiles")
+                self._block_masks[key] = bm
+                return bm
             try:
                 bm = flexmod.block_mask_for(mask, device)
             except Exception as e:  # the tests prove the two BlockMasks equal
@@ -293,9 +303,9 @@ class MathJvpProvider(Provider):
         return Prepared(jvp, lambda r: (_bshd(r[0]), _bshd(r[1])))
 
 
-def all_providers() -> dict[str, Provider]:
+def all_providers(flex_mask: str = "create") -> dict[str, Provider]:
     ps = [JfaProvider("cuda"), JfaProvider("triton"), JfaProvider("reference"),
-          FlexProvider(), SdpaProvider(), MathJvpProvider()]
+          FlexProvider(flex_mask), SdpaProvider(), MathJvpProvider()]
     return {p.name: p for p in ps}
 
 

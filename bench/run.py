@@ -230,6 +230,10 @@ def parse_args(argv=None):
                     help="correctness checks before timing (default both)")
     ap.add_argument("--check-tokens", type=int, default=CHECK_TOKENS,
                     help="tokens per frame of the small same-structure check mask")
+    ap.add_argument("--flex-mask", choices=providers.FlexProvider.MASK_SOURCES, default="create",
+                    help="FlexAttention's BlockMask: create_block_mask from our mask_mod (default), "
+                         "or from our tile description with ragged edge tiles partial (tiles) or "
+                         "as our tiles say (tiles-full-edges)")
     ap.add_argument("--warmup-ms", type=float, default=50.0)
     ap.add_argument("--rep-ms", type=float, default=400.0)
     ap.add_argument("--seed", type=int, default=None, help="default: drawn at random and printed")
@@ -246,7 +250,7 @@ def main(argv=None) -> int:
     if bad:
         raise SystemExit(f"--ops: unknown {sorted(bad)}; known: {','.join(RUN_OPS)}")
     wls = workloads.select(args.workloads)
-    registry = providers.all_providers()
+    registry = providers.all_providers(args.flex_mask)
     names = args.providers or ",".join(GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)
     names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in registry]

@@ -78,7 +78,7 @@ class _Broken(providers.JfaProvider):
 def test_wrong_provider_is_not_timed(tmp_path, monkeypatch, capsys):
     broken = _Broken("reference")
     broken.name = "broken"
-    monkeypatch.setattr(providers, "all_providers", lambda: {"broken": broken})
+    monkeypatch.setattr(providers, "all_providers", lambda flex_mask: {"broken": broken})
     rc, rows = _run(tmp_path, "--providers", "broken", "--workloads", "W3", "--ops", "fwd,jvp")
     assert rc == 1 and rows == []
     assert "CHECK FAILED" in capsys.readouterr().out
