@@ -136,6 +136,13 @@ def markdown(rows, notes, env: dict, scale, interrupted: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
+def _color(provider: str) -> str:
+    """One color per provider across every panel and run."""
+    known = ("cuda", "triton", "reference", "flex", "sdpa", "math-jvp")
+    palette = ("tab:blue", "tab:orange", "tab:gray", "tab:green", "tab:red", "tab:purple")
+    return palette[known.index(provider)] if provider in known else "tab:brown"
+
+
 def chart(path, rows, env: dict):
     import matplotlib
     matplotlib.use("Agg")
@@ -151,7 +158,7 @@ def chart(path, rows, env: dict):
         for i, p in enumerate(provs):
             vals = {r["workload"]: r["tflops"] for r in rs if r["provider"] == p}
             xs = [j + (i - (len(provs) - 1) / 2) * width for j, wl in enumerate(wls) if wl in vals]
-            ax.bar(xs, [vals[wl] for wl in wls if wl in vals], width, label=p)
+            ax.bar(xs, [vals[wl] for wl in wls if wl in vals], width, label=p, color=_color(p))
         ax.set_xticks(range(len(wls)), wls)
         ax.set_ylabel("TFLOP/s (exact pairs)")
         ax.set_title(op)

@@ -176,13 +176,14 @@ def measure(prov, op, w, mask, check_mask, args, device, gen) -> dict:
     if whole or args.check != "small":
         notes.append("whole ok" if whole else "rows ok")
     del outs
-    p20, p50, p80 = time_fn(prep.fn, device, args.warmup_ms, args.rep_ms)
+    # rounded as results.csv holds them, so bench.report remakes the same table from the CSV
+    p20, p50, p80 = (round(t, 4) for t in time_fn(prep.fn, device, args.warmup_ms, args.rep_ms))
     f = flops(mask, w.batch, w.heads, w.d_qk, w.d_v, kind)
     row = {"op": op, "provider": prov.name, "workload": w.id, "sq": mask.sq, "sk": mask.sk,
            "batch": w.batch, "heads": w.heads, "d_qk": w.d_qk, "d_v": w.d_v,
            "dtype": str(w.dtype).replace("torch.", ""), "pairs": mask.num_pairs,
-           "ms_p20": p20, "ms_p50": p50, "ms_p80": p80, "tflops": f / (p50 * 1e-3) / 1e12,
-           "peak_mem_mib": peak, "check": "; ".join(n for n in notes if n)}
+           "ms_p20": p20, "ms_p50": p50, "ms_p80": p80, "tflops": round(f / (p50 * 1e-3) / 1e12, 4),
+           "peak_mem_mib": round(peak) if peak == peak else peak, "check": "; ".join(n for n in notes if n)}
     log(f"{tag} {p50:9.3f} ms (p20 {p20:.3f}, p80 {p80:.3f})  {row['tflops']:8.2f} TFLOP/s  "
         f"peak {peak:.0f} MiB")
     return row
