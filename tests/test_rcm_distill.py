@@ -376,3 +376,34 @@ def test_student_needs_a_teacher_forcing_teacher(tmp_path):
     main(["--preset", "tiny", "--stage", "teacher_causal_df", "--out", str(tmp_path), "train.steps=1"])
     with pytest.raises(ValueError, match="teacher-forcing"):
         main(["--preset", "tiny", "--stage", "tf_scm", "--out", str(tmp_path), "distill.teacher=teacher_causal_df"])
+
+
+# ---- the reproduction script, as a CPU dry run -------------------------------------------
+@pytest.mark.slow
+def test_repro_script_tiny_resumable(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "bench", "run_rcm_repro.sh")
+    env = dict(os.environ, PRESET="tiny", WORK=str(tmp_path / "work"), PY=sys.executable, JFA_BACKEND="reference")
+    # a first piece that stops on its budget after the first stage, then the rest
+    first = subprocess.run(["bash", script, str(tmp_path / "res")], env=env | {"BUDGET_S": "0.001"}, check=True,
+                           capture_output=True, text=True)
+    assert "rerun to continue" in first.stdout
+    assert os.listdir(tmp_path / "work" / ".done") == ["chunkwise.teacher"]   # stopped before the next stage
+    subprocess.run(["bash", script, str(tmp_path / "res")], env=env, check=True, capture_output=True, timeout=600)
+    res = tmp_path / "res"
+    for name in ("table.md", "table.json", "scm_vs_dcm.png", "curves_and_timing.json", "machine.json",
+                 "filmstrips/chunkwise_teacher_causal.png", "filmstrips/framewise_sf_dmd_from_tf_scm_2step.png"):
+        assert (res / name).exists(), name
+    rows = json.loads((res / "table.json").read_text())
+    dmd = {(r["layout"], r["init"], r["steps"]) for r in rows if r["model"] == "SF-DMD"}
+    assert len(dmd) == 2 * 4 * 2      # layouts x inits x step counts (tiny: 1 and 2 steps)
+    timing = json.loads((res / "curves_and_timing.json").read_text())
+    assert set(timing["scm_ms_per_step"]) == {"reuse", "second"} and set(timing["curves"]) == {"tf_scm", "tf_dcm"}
+    # a third run finds every stage done and only rewrites the report
+    again = subprocess.run(["bash", script, str(tmp_path / "res")], env=env, check=True, capture_output=True,
+                           text=True)
+    assert "[repro] stage" not in again.stdout and "all stages done" in again.stdout

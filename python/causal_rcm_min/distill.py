@@ -164,7 +164,7 @@ def train_student(cfg: Config, stage: str, device) -> dict:
     log.info(f"{stage}: {params / 1e6:.2f}M parameters, init {dc.init}, teacher {dc.teacher}, "
              f"frames/chunk {tcfg.model.frames_per_chunk}, schedules {schedules}, device {device}")
     evals, running, nonfinite = [], [], 0
-    train_seconds, step = 0.0, 0
+    train_seconds, step, step_times = 0.0, 0, []
 
     def evaluate_now():
         r = quick(ema, solver, dc.noisy_context)
@@ -230,7 +230,8 @@ def train_student(cfg: Config, stage: str, device) -> dict:
                 for pt, pm in zip(target.parameters(), student.parameters()):
                     pt.lerp_(pm, 1 - dc.dcm_target_ema)
         _sync(device)
-        train_seconds += time.time() - t0
+        step_times.append(time.time() - t0)
+        train_seconds += step_times[-1]
         step += 1
         bar.update(1)
         running.append(loss.detach())
@@ -259,7 +260,8 @@ def train_student(cfg: Config, stage: str, device) -> dict:
     os.replace(path + ".tmp", path)
     metrics = {"stage": stage, "objective": stage, "init": dc.init, "teacher": dc.teacher, "steps": step,
                "parameters": params, "seconds": train_seconds, "steps_per_s": step / max(train_seconds, 1e-9),
-               "ms_per_step": 1000 * train_seconds / max(step, 1), "final_loss": log.history[-1]["loss"],
+               "ms_per_step": 1000 * train_seconds / max(step, 1),
+               "ms_per_step_after_5": 1000 * sum(step_times[5:]) / max(1, len(step_times[5:])), "final_loss": log.history[-1]["loss"],
                "world_size": 1, "nonfinite_frames": nonfinite, "schedules": schedules,
                "frames_per_chunk": tcfg.model.frames_per_chunk, "noisy_context": dc.noisy_context,
                "reuse_primal": dc.reuse_primal, "evals": evals}

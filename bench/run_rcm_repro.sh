@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Toy-scale reproduction of Causal-rCM's claims (python/causal_rcm_min/repro.py): teacher vs
+# SF-DMD students initialised from {teacher, TF-KD, TF-dCM, TF-sCM} at 1/2/4 steps, frame-wise
+# and chunk-wise, scored with evaluate.py; TF-sCM vs TF-dCM convergence curves; the step time
+# TF-sCM saves by reusing the JVP pass's primal for the gradient.
+#
+#   bench/run_rcm_repro.sh [results_dir]                  # one H200, < 25 min in all
+#   BUDGET_S=500 bench/run_rcm_repro.sh                   # stop starting stages after 500 s; rerun to go on
+#   PRESET=tiny bench/run_rcm_repro.sh /tmp/rcm_tiny      # CPU dry run end to end (~30 s)
+#   TEACHER_CKPT=path/ckpt.pt bench/run_rcm_repro.sh      # reuse a trained chunk-wise teacher_causal
+#   LAYOUTS=chunkwise bench/run_rcm_repro.sh              # one layout only
+#   PRESET=gpu_check KEEP_GOING=1 LAYOUTS=chunkwise BUDGET_S=400 bench/run_rcm_repro.sh   # one-piece GPU check
+#
+# Work (checkpoints, markers of finished stages) stays in $WORK (default runs/rcm_repro_<preset>,
+# ignored by git): a rerun skips every finished stage, so the run can be split into pieces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PRESET=${PRESET:-small}
+RESULTS=${1:-bench/results/rcm_repro_${PRESET}}
+WORK=${WORK:-runs/rcm_repro_${PRESET}}
+BUDGET_S=${BUDGET_S:-0}
+PY=${PY:-python3}
+export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+
+"$PY" -c "import numpy, tqdm, matplotlib, PIL" 2>/dev/null || {
+    echo "needs numpy, tqdm, matplotlib and pillow importable by $PY" >&2; exit 1; }
+args=(--preset "$PRESET" --work "$WORK" --results "$RESULTS" --budget-s "$BUDGET_S")
+if [ -n "${TEACHER_CKPT:-}" ]; then args+=(--teacher-ckpt "$TEACHER_CKPT"); fi
+if [ -n "${LAYOUTS:-}" ]; then args+=(--layouts "$LAYOUTS"); fi
+if [ -n "${KEEP_GOING:-}" ]; then args+=(--keep-going); fi
+start=$(date +%s)
+"$PY" -m causal_rcm_min.repro "${args[@]}"
+"$PY" - "$RESULTS/machine.json" "$(( $(date +%s) - start ))" <<'PYEOF'
+import datetime, json, os, subprocess, sys
+import torch
+sha = os.environ.get("GIT_SHA") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                                  text=True).stdout.strip()
+info = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "git_sha": sha,
+        "jfa_backend": os.environ.get("JFA_BACKEND", "auto"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "this_piece_seconds": int(sys.argv[2])}
+try:
+    import triton
+    info["triton"] = triton.__version__
+except ImportError:
+    info["triton"] = None
+json.dump(info, open(sys.argv[1], "w"), indent=2)
+PYEOF
+echo "results in $RESULTS ($(( $(date +%s) - start )) s this piece)"
