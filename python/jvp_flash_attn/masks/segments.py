@@ -79,19 +79,28 @@ class SegmentMask:
     def prefix_counts(self, row_cuts: np.ndarray, col_cuts: np.ndarray) -> np.ndarray:
         """C[a, b] = allowed pairs in rows [0, row_cuts[a]) x cols [0, col_cuts[b]).
 
-        Returned as float64 holding exact integers (exact below 2**53 pairs).
-
-        Rows r cover a prefix of each query segment i of length clip(r - start_i, 0, size_i),
-        likewise for columns, so the full-rule part is a product of two small matrices
-        (float64 is exact for integers below 2**53) and each causal segment pair adds a
+        Returned as float64 holding exact integers (exact below 2**53 pairs). Rows [0, r) cover
+        every query segment before seg(r) whole and seg(r) for r - start; likewise columns. So
+        the full-rule part is two prefix sums and two gathers (no matrix product: BLAS start-up
+        costs more than the work at these sizes), and each causal segment pair adds a
         closed-form triangle count.
         """
-        a = np.clip(row_cuts[:, None] - self._q_starts[None, :-1], 0, np.asarray(self.q_sizes))
-        b = np.clip(col_cuts[:, None] - self._k_starts[None, :-1], 0, np.asarray(self.k_sizes))
-        a, b = a.astype(np.float64), b.astype(np.float64)
-        total = a @ (self._rule == FULL).astype(np.float64) @ b.T
+        q_sizes, k_sizes = np.asarray(self.q_sizes, np.float64), np.asarray(self.k_sizes, np.float64)
+        qi = np.clip(np.searchsorted(self._q_starts, row_cuts, "right") - 1, 0, len(q_sizes) - 1)
+        ki = np.clip(np.searchsorted(self._k_starts, col_cuts, "right") - 1, 0, len(k_sizes) - 1)
+        q_off = (row_cuts - self._q_starts[qi]).astype(np.float64)
+        k_off = (col_cuts - self._k_starts[ki]).astype(np.float64)
+        full = (self._rule == FULL).astype(np.float64)
+        # m[i, c] = full pairs of query segment i's rows (each) with columns [0, col_cuts[c])
+        by_col = np.zeros((full.shape[0], full.shape[1] + 1))
+        np.cumsum(full * k_sizes, axis=1, out=by_col[:, 1:])
+        m = by_col[:, ki] + k_off * full[:, ki]
+        by_row = np.zeros((m.shape[0] + 1, m.shape[1]))
+        np.cumsum(q_sizes[:, None] * m, axis=0, out=by_row[1:])
+        total = by_row[qi] + q_off[:, None] * m[qi]
         for i, j in zip(*np.nonzero(self._rule == CAUSAL)):
-            ai, bj = a[:, i, None], b[None, :, j]
+            ai = np.clip(row_cuts - self._q_starts[i], 0, q_sizes[i])[:, None].astype(np.float64)
+            bj = np.clip(col_cuts - self._k_starts[j], 0, k_sizes[j])[None, :].astype(np.float64)
             total += np.where(ai <= bj, ai * (ai + 1) / 2, bj * (bj + 1) / 2 + (ai - bj) * bj)
         return total
 
