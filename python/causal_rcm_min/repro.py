@@ -37,9 +37,9 @@ BUDGETS = {
                  dmd=["distill.steps=2"], timing_steps=6,
                  common=["eval.encoder_steps=10", "eval.num_real=8", "sample.num_samples=4", "sample.batch_size=4"]),
     "small": dict(layouts={"chunkwise": 3, "framewise": 1}, steps=(1, 2, 4),
-                  teacher=["train.max_minutes=3.0"],
-                  kd=["distill.steps=300"], cm=["distill.steps=400", "distill.eval_every=50"],
-                  dmd=["distill.steps=60", "distill.dmd_fake_ratio=2"], timing_steps=40,
+                  teacher=["train.max_minutes=2.5"],
+                  kd=["distill.steps=200"], cm=["distill.steps=300", "distill.eval_every=50"],
+                  dmd=["distill.steps=30", "distill.dmd_fake_ratio=2"], timing_steps=40,
                   common=["sample.num_samples=256", "sample.batch_size=128"]),
     # the small model and data with shorter budgets: a one-piece check of every stage on a GPU
     "gpu_check": dict(preset="small", layouts={"chunkwise": 3, "framewise": 1}, steps=(1, 2, 4),
@@ -155,6 +155,13 @@ def _keep(out, folder, n):
     shutil.copy(os.path.join(src, "samples", "generated.png"), os.path.join(dst, "generated.png"))
 
 
+def _half(src, dst):
+    """Copy a filmstrip at half its size (2 screen pixels per pixel): the committed results stay small."""
+    from PIL import Image
+    img = Image.open(src)
+    img.resize((img.width // 2, img.height // 2), Image.NEAREST).save(dst, optimize=True)
+
+
 def _load(path):
     if not os.path.exists(path):
         return None
@@ -196,7 +203,7 @@ def report(work: str, results_dir: str, budget: dict, layouts, failed=None):
         lines.append(f"| {layout} | {model} | {init} | {steps} | " + " | ".join(_fmt(row[k]) for k in METRICS) + " |")
         src = os.path.join(work, layout, folder, png)
         if os.path.exists(src):
-            shutil.copy(src, os.path.join(results_dir, "filmstrips", f"{layout}_{folder}.png"))
+            _half(src, os.path.join(results_dir, "filmstrips", f"{layout}_{folder}.png"))
 
     for layout in layouts:
         add(layout, "teacher", "-", "32 (Euler, CFG)", "teacher_causal", "samples/generated.png")
@@ -209,7 +216,7 @@ def report(work: str, results_dir: str, budget: dict, layouts, failed=None):
                     f"sf_dmd_from_{init}_{n}step", "samples/generated.png")
         src = os.path.join(work, layout, "teacher_causal", "samples", "real.png")
         if os.path.exists(src):
-            shutil.copy(src, os.path.join(results_dir, "filmstrips", f"{layout}_real.png"))
+            _half(src, os.path.join(results_dir, "filmstrips", f"{layout}_real.png"))
     floor = next((r["real_fd_floor"] for r in table), None)
     with open(os.path.join(results_dir, "table.md"), "w") as f:
         f.write("# SF-DMD students by initialisation, steps and layout\n\n")
