@@ -29,6 +29,7 @@ from .config import apply_overrides, preset
 from .train import run_stage
 
 INITS = ("teacher", "tf_kd", "tf_dcm", "tf_scm")
+NAMES = {"tf_kd": "TF-KD", "tf_dcm": "TF-dCM", "tf_scm": "TF-sCM"}
 
 # Budgets per preset: the small numbers aim at < 25 min on one H200 for everything.
 BUDGETS = {
@@ -209,10 +210,10 @@ def report(work: str, results_dir: str, budget: dict, layouts, failed=None):
         add(layout, "teacher", "-", "32 (Euler, CFG)", "teacher_causal", "samples/generated.png")
         for init in ("tf_kd", "tf_dcm", "tf_scm"):
             for n in budget["steps"]:
-                add(layout, init.upper().replace("_", "-"), "teacher", n, f"{init}_eval{n}", "generated.png")
+                add(layout, NAMES[init], "teacher", n, f"{init}_eval{n}", "generated.png")
         for init in INITS:
             for n in budget["steps"]:
-                add(layout, "SF-DMD", "none (teacher)" if init == "teacher" else init.upper().replace("_", "-"), n,
+                add(layout, "SF-DMD", "none (teacher)" if init == "teacher" else NAMES[init], n,
                     f"sf_dmd_from_{init}_{n}step", "samples/generated.png")
         src = os.path.join(work, layout, "teacher_causal", "samples", "real.png")
         if os.path.exists(src):
