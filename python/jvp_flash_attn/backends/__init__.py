@@ -20,6 +20,9 @@ NAMES = tuple(_SOURCES)
 _instances: dict[str, Backend | str] = {}
 
 
+_reasons: dict[str, str | None] = {}
+
+
 def _load(name: str) -> Backend | str:
     """The backend instance, or a string saying why it could not be loaded."""
     if name not in _instances:
@@ -31,13 +34,18 @@ def _load(name: str) -> Backend | str:
     return _instances[name]
 
 
+def _reason(name: str) -> str | None:
+    """Why the backend cannot run here (None if it can). Asked once per process: GPUs and
+    builds do not come and go, and a traced region (torch.compile) must not query drivers."""
+    if name not in _reasons:
+        b = _load(name)
+        _reasons[name] = b if isinstance(b, str) else b.availability()
+    return _reasons[name]
+
+
 def status() -> dict[str, str | None]:
     """name -> None if the backend can run here, else the reason it cannot."""
-    out = {}
-    for name in NAMES:
-        b = _load(name)
-        out[name] = b if isinstance(b, str) else b.availability()
-    return out
+    return {name: _reason(name) for name in NAMES}
 
 
 def get(name: str) -> Backend:
@@ -45,7 +53,7 @@ def get(name: str) -> Backend:
     if name not in _SOURCES:
         raise ValueError(f"backend must be one of {NAMES} or None, got {name!r}")
     b = _load(name)
-    reason = b if isinstance(b, str) else b.availability()
+    reason = _reason(name)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run: {reason}")
     return b
@@ -73,7 +81,7 @@ def select(name: str | None, q, k, v) -> Backend:
             # interpreter): slow, so they run only when asked for by name
             why = "picked automatically only for CUDA tensors"
         else:
-            why = b if isinstance(b, str) else (b.availability() or b.unsupported(q, k, v))
+            why = _reason(n) or b.unsupported(q, k, v)
         if why is None:
             return b
         reasons.append(f"{n}: {why}")
@@ -83,6 +91,6 @@ def select(name: str | None, q, k, v) -> Backend:
 # Load every backend once at import: selection then never imports inside a traced region
 # (torch.compile cannot trace importlib).
 for _name in NAMES:
-    _load(_name)
+    _reason(_name)
 
 __all__ = ["Backend", "BackendUnavailableError", "NAMES", "get", "select", "status"]

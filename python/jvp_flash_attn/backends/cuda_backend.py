@@ -12,6 +12,7 @@ import os
 import torch
 
 from ..masks import full
+from ..masks.segments import mask_by_uid
 from .base import Backend, BackendUnavailableError
 
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -113,6 +114,16 @@ class CudaBackend(Backend):
             return f"no backward kernel for head dims (q/k {dqk}, v {dv}) in {dt} (the backward needs equal dims 64 or 128)"
         return None
 
+    # ---- entry points: custom ops, so torch.compile sees opaque nodes -----------------------
+    def forward(self, q, k, v, mask, scale):
+        return cuda_fwd(q, k, v, mask.uid, scale)
+
+    def forward_jvp(self, q, k, v, tq, tk, tv, mask, scale):
+        return cuda_jvp(q, k, v, tq, tk, tv, mask.uid, scale)
+
+    def backward(self, q, k, v, o, lse, do, mask, scale):
+        return cuda_bwd(q, k, v, o, lse, do, mask.uid, scale)
+
     # ---- shared argument building -------------------------------------------------------
     def _common(self, q, k, v, mask, scale, shape_key):
         m = load_module()
@@ -136,7 +147,7 @@ class CudaBackend(Backend):
         }
         return m, args, mask
 
-    def forward(self, q, k, v, mask, scale):
+    def _forward(self, q, k, v, mask, scale):
         q, k, v = (_aligned(x) for x in (q, k, v))
         with torch.cuda.device(q.device):
             m, args, _ = self._common(q, k, v, mask, scale, "fwd")
@@ -147,7 +158,7 @@ class CudaBackend(Backend):
             m.forward(args)
         return o, lse
 
-    def forward_jvp(self, q, k, v, tq, tk, tv, mask, scale):
+    def _forward_jvp(self, q, k, v, tq, tk, tv, mask, scale):
         q, k, v, tq, tk, tv = (_aligned(x) for x in (q, k, v, tq, tk, tv))
         with torch.cuda.device(q.device):
             m, args, _ = self._common(q, k, v, mask, scale, "jvp")
@@ -161,7 +172,7 @@ class CudaBackend(Backend):
             m.forward_jvp(args)
         return o, to, lse
 
-    def backward(self, q, k, v, o, lse, do, mask, scale):
+    def _backward(self, q, k, v, o, lse, do, mask, scale):
         q, k, v, o, do = (_aligned(x) for x in (q, k, v, o, do))
         lse = lse.contiguous()
         dt, dqk, dv_dim = DTYPES[q.dtype], q.shape[-1], v.shape[-1]
@@ -183,3 +194,44 @@ class CudaBackend(Backend):
                         delta=delta.data_ptr(), k_tiles=_tile_args_by_key(kv_desc))
             m.backward(args)
         return dq, dk, dv
+
+
+# The kernels behind torch.library custom ops. Masks travel as their uid; the tile description
+# is fetched inside the op, where torch.compile does not trace.
+_IMPL = CudaBackend()
+
+
+@torch.library.custom_op("jfa::cuda_fwd", mutates_args=())
+def cuda_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_uid: int,
+             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _IMPL._forward(q, k, v, mask_by_uid(mask_uid), scale)
+
+
+@cuda_fwd.register_fake
+def _(q, k, v, mask_uid, scale):
+    b, sq, hq, _ = q.shape
+    return q.new_empty(b, sq, hq, v.shape[-1]), q.new_empty(b, hq, sq, dtype=torch.float32)
+
+
+@torch.library.custom_op("jfa::cuda_jvp", mutates_args=())
+def cuda_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.Tensor, tk: torch.Tensor,
+             tv: torch.Tensor, mask_uid: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _IMPL._forward_jvp(q, k, v, tq, tk, tv, mask_by_uid(mask_uid), scale)
+
+
+@cuda_jvp.register_fake
+def _(q, k, v, tq, tk, tv, mask_uid, scale):
+    b, sq, hq, _ = q.shape
+    o = q.new_empty(b, sq, hq, v.shape[-1])
+    return o, torch.empty_like(o), q.new_empty(b, hq, sq, dtype=torch.float32)
+
+
+@torch.library.custom_op("jfa::cuda_bwd", mutates_args=())
+def cuda_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+             do: torch.Tensor, mask_uid: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _IMPL._backward(q, k, v, o, lse, do, mask_by_uid(mask_uid), scale)
+
+
+@cuda_bwd.register_fake
+def _(q, k, v, o, lse, do, mask_uid, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)

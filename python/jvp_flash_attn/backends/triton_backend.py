@@ -59,25 +59,19 @@ class TritonBackend(Backend):
         return _head_dim_reason("q", q.shape[-1]) or _head_dim_reason("v", v.shape[-1])
 
     def forward(self, q, k, v, mask, scale):
-        from ..triton.attn_fwd import fwd_args
         from ..triton.ops import triton_fwd
 
         _check_offsets(q=q, k=k, v=v)
-        tensors, params = fwd_args(q, k, v, mask)
-        return triton_fwd(q, k, v, *tensors, scale, *params)
+        return triton_fwd(q, k, v, mask.uid, scale)
 
     def forward_jvp(self, q, k, v, tq, tk, tv, mask, scale):
-        from ..triton.attn_jvp import jvp_args
         from ..triton.ops import triton_jvp
 
         _check_offsets(q=q, k=k, v=v, tq=tq, tk=tk, tv=tv)
-        tensors, params = jvp_args(q, k, v, mask)
-        return triton_jvp(q, k, v, tq, tk, tv, *tensors, scale, *params)
+        return triton_jvp(q, k, v, tq, tk, tv, mask.uid, scale)
 
     def backward(self, q, k, v, o, lse, do, mask, scale):
-        from ..triton.attn_bwd import bwd_args
         from ..triton.ops import triton_bwd
 
         _check_offsets(q=q, k=k, v=v, o=o, do=do)
-        tensors, params = bwd_args(q, k, v, mask)
-        return triton_bwd(q, k, v, o, lse, do, *tensors, scale, *params)
+        return triton_bwd(q, k, v, o, lse, do, mask.uid, scale)
