@@ -27,7 +27,9 @@ def test_compile_fullgraph_forward_and_backward(backend):
     def block(q, k, v):
         return (jfa.attention(q @ w, k, v, mask=MASK, backend=backend) @ w).square().mean()
 
-    x = [a.requires_grad_() for a in _inputs()]
+    dtype = torch.float32 if backend == "reference" else torch.bfloat16  # the kernels' dtypes
+    x = [a.requires_grad_() for a in _inputs(dtype)]
+    w = w.to(dtype)
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")  # traces fwd and bwd
     loss_c = compiled(*x)
     grads_c = torch.autograd.grad(loss_c, x)
