@@ -41,9 +41,17 @@ def module_error() -> str | None:
     return _module_error
 
 
-def _variants():
-    m = load_module()
-    return set() if m is None else {tuple(v) for v in m.variants()}
+_built_variants = None
+
+
+def _variants() -> frozenset:
+    """The (op, dtype, dqk, dv) kernels this build holds, read from the module once (and so
+    never from inside a torch.compile trace after the first eager call)."""
+    global _built_variants
+    if _built_variants is None:
+        m = load_module()
+        _built_variants = frozenset() if m is None else frozenset(tuple(v) for v in m.variants())
+    return _built_variants
 
 
 def _aligned(x: torch.Tensor) -> torch.Tensor:
@@ -95,6 +103,7 @@ class CudaBackend(Backend):
             return module_error()
         if not torch.cuda.is_available() or load_module().device_count() == 0:
             return "no CUDA GPU"
+        _variants()  # read the build's kernel list now, outside any traced region
         return None
 
     def unsupported(self, q, k, v):
