@@ -2,7 +2,7 @@
 PY ?= python3
 PIP := $(PY) -m pip install -q
 
-.PHONY: setup demo test test-fast pictures bench bench-cpu clean
+.PHONY: setup demo test test-fast pictures bench bench-cpu repro-rcm clean
 
 setup:  ## install torch (if missing), the test/plot tools and this package (editable)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) torch==2.13.0
@@ -30,6 +30,9 @@ bench: setup  ## DESIGN §6 benchmarks on the GPU (W1-W8, all providers) into be
 
 bench-cpu: setup  ## a tiny CPU smoke of the benchmark runner
 	$(PY) -m bench.run --scale 0.005 --device cpu --out /tmp/jfa-bench-cpu
+
+repro-rcm: setup  ## the toy Causal-rCM reproduction on a GPU; resumable, so run it again until it says done
+	bash bench/run_rcm_repro.sh
 
 clean:
 	rm -rf build *.egg-info python/*.egg-info .pytest_cache .hypothesis
