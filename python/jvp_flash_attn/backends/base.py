@@ -1,6 +1,8 @@
 """What a backend is: three entry points and two questions (can it run, can it run this)."""
 from __future__ import annotations
 
+import torch
+
 
 class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name but cannot run here (not built, no GPU, ...)."""
@@ -33,3 +35,12 @@ class Backend:
 
     def forward_jvp(self, q, k, v, tq, tk, tv, mask, scale):
         raise NotImplementedError
+
+
+def empty_outputs(q, v, lse_dtype=torch.float32, with_tangent=False):
+    """Uninitialised (o, lse) or (o, to, lse) of the entry points' shapes: what every backend's
+    custom op reports to torch.compile (its fake implementation)."""
+    b, sq, hq, _ = q.shape
+    o = q.new_empty(b, sq, hq, v.shape[-1])
+    lse = q.new_empty(b, hq, sq, dtype=lse_dtype)
+    return (o, torch.empty_like(o), lse) if with_tangent else (o, lse)

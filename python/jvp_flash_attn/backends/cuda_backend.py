@@ -13,7 +13,7 @@ import torch
 
 from ..masks import full
 from ..masks.segments import mask_by_uid
-from .base import Backend, BackendUnavailableError
+from .base import Backend, BackendUnavailableError, empty_outputs
 
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _ALIGN_ELEMS = 8  # 16-byte async copies: base pointers and strides in multiples of 8 elements
@@ -218,8 +218,7 @@ def cuda_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_uid: int,
 
 @cuda_fwd.register_fake
 def _(q, k, v, mask_uid, scale):
-    b, sq, hq, _ = q.shape
-    return q.new_empty(b, sq, hq, v.shape[-1]), q.new_empty(b, hq, sq, dtype=torch.float32)
+    return empty_outputs(q, v)
 
 
 @torch.library.custom_op("jfa::cuda_jvp", mutates_args=())
@@ -230,9 +229,7 @@ def cuda_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.Tensor
 
 @cuda_jvp.register_fake
 def _(q, k, v, tq, tk, tv, mask_uid, scale):
-    b, sq, hq, _ = q.shape
-    o = q.new_empty(b, sq, hq, v.shape[-1])
-    return o, torch.empty_like(o), q.new_empty(b, hq, sq, dtype=torch.float32)
+    return empty_outputs(q, v, with_tangent=True)
 
 
 @torch.library.custom_op("jfa::cuda_bwd", mutates_args=())

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .. import reference
 from ..masks.segments import mask_by_uid
-from .base import Backend
+from .base import Backend, empty_outputs
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -21,15 +21,13 @@ def reference_fwd(q: Tensor, k: Tensor, v: Tensor, mask_id: int, scale: float) -
     return reference.forward(q, k, v, mask_by_uid(mask_id), scale)
 
 
-def _fake_fwd(q, v):
-    b, sq, hq, _ = q.shape
-    lse_dtype = torch.promote_types(q.dtype, torch.float32)
-    return q.new_empty(b, sq, hq, v.shape[-1]), q.new_empty(b, hq, sq, dtype=lse_dtype)
+def _lse_dtype(q):
+    return torch.promote_types(q.dtype, torch.float32)
 
 
 @reference_fwd.register_fake
 def _(q, k, v, mask_id, scale):
-    return _fake_fwd(q, v)
+    return empty_outputs(q, v, _lse_dtype(q))
 
 
 @torch.library.custom_op("jfa::reference_jvp", mutates_args=())
@@ -40,8 +38,7 @@ def reference_jvp(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, tv: T
 
 @reference_jvp.register_fake
 def _(q, k, v, tq, tk, tv, mask_id, scale):
-    o, lse = _fake_fwd(q, v)
-    return o, torch.empty_like(o), lse
+    return empty_outputs(q, v, _lse_dtype(q), with_tangent=True)
 
 
 @torch.library.custom_op("jfa::reference_bwd", mutates_args=())

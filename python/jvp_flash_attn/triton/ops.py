@@ -10,15 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..backends.base import empty_outputs
 from ..masks.segments import mask_by_uid
 from .attn_bwd import attn_bwd
 from .attn_fwd import attn_fwd
 from .attn_jvp import attn_jvp
-
-
-def _fake_o_lse(q, v):
-    b, sq, hq, _ = q.shape
-    return q.new_empty(b, sq, hq, v.shape[-1]), q.new_empty(b, hq, sq, dtype=torch.float32)
 
 
 @torch.library.custom_op("jfa::triton_fwd", mutates_args=())
@@ -28,7 +24,7 @@ def triton_fwd(q: Tensor, k: Tensor, v: Tensor, mask_uid: int, scale: float) -> 
 
 @triton_fwd.register_fake
 def _(q, k, v, mask_uid, scale):
-    return _fake_o_lse(q, v)
+    return empty_outputs(q, v)
 
 
 @torch.library.custom_op("jfa::triton_jvp", mutates_args=())
@@ -39,8 +35,7 @@ def triton_jvp(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, tv: Tens
 
 @triton_jvp.register_fake
 def _(q, k, v, tq, tk, tv, mask_uid, scale):
-    o, lse = _fake_o_lse(q, v)
-    return o, torch.empty_like(o), lse
+    return empty_outputs(q, v, with_tangent=True)
 
 
 @torch.library.custom_op("jfa::triton_bwd", mutates_args=())
