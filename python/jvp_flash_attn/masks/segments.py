@@ -104,6 +104,43 @@ class SegmentMask:
             total += np.where(ai <= bj, ai * (ai + 1) / 2, bj * (bj + 1) / 2 + (ai - bj) * bj)
         return total
 
+    def tile_states(self, row_cuts: np.ndarray, col_cuts: np.ndarray) -> np.ndarray:
+        """int8 state of each tile [row_cuts[a], row_cuts[a+1]) x [col_cuts[b], col_cuts[b+1]):
+        0 no allowed pair, 1 some, 2 all (the tiles module names them EMPTY, PARTIAL, FULL)."""
+        if (self._rule == CAUSAL).any():
+            return self._tile_states_by_counts(row_cuts, col_cuts)
+        return self._tile_states_by_spans(row_cuts, col_cuts)
+
+    def _tile_states_by_counts(self, row_cuts, col_cuts):
+        """Exact allowed-pair count per tile from the prefix counts (any rule)."""
+        c = self.prefix_counts(row_cuts, col_cuts)
+        allowed = c[1:, 1:] - c[:-1, 1:] - c[1:, :-1] + c[:-1, :-1]
+        area = np.diff(row_cuts).astype(np.float64)[:, None] * np.diff(col_cuts)[None, :]
+        full = allowed == area
+        return full.view(np.int8) * 2 + ((allowed != 0) & ~full).view(np.int8)
+
+    def _tile_states_by_spans(self, row_cuts, col_cuts):
+        """Rules 0/1 only: a tile is full iff every segment pair it spans is FULL, empty iff none
+        is. Each tile row spans a run of query segments and each tile column a run of key
+        segments, so the state is a range count over the small rule table, computed once per
+        distinct (row span, column span) and spread over the tiles by one int8 gather."""
+        def spans(cuts, starts):
+            first = np.searchsorted(starts, cuts[:-1], "right") - 1
+            last = np.searchsorted(starts, cuts[1:] - 1, "right") - 1
+            kinds, inverse = np.unique(np.stack([first, last], 1), axis=0, return_inverse=True)
+            return kinds[:, 0], kinds[:, 1] + 1, inverse.reshape(-1)
+
+        r0, r1, row_kind = spans(row_cuts, self._q_starts)
+        c0, c1, col_kind = spans(col_cuts, self._k_starts)
+        table = np.zeros((self._rule.shape[0] + 1, self._rule.shape[1] + 1), np.int64)
+        np.cumsum(np.cumsum(self._rule == FULL, 0), 1, out=table[1:, 1:])
+        full = (table[r1][:, c1] - table[r0][:, c1] - table[r1][:, c0] + table[r0][:, c0])
+        area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
+        kind_state = np.where(full == area, 2, np.where(full == 0, 0, 1)).astype(np.int8)
+        # spans grow with the tile index, so each kind covers one run of tiles: repeat, not gather
+        rows = np.repeat(kind_state, np.bincount(row_kind), axis=0)
+        return np.repeat(rows, np.bincount(col_kind), axis=1)
+
     # ---- per-token view, for kernels and the reference ---------------------------------
     def token_maps(self, device="cpu"):
         """Per-token segment ids and causal offsets: (q_seg, q_pos, k_seg, k_pos, rule), int32.

@@ -60,18 +60,14 @@ class TileDescription:
         col_cuts = np.minimum(np.arange(0, sk + block_n, block_n), sk)
         row_cuts = row_cuts[: -(-sq // block_m) + 1]
         col_cuts = col_cuts[: -(-sk // block_n) + 1]
-        c = mask.prefix_counts(row_cuts, col_cuts)
-        allowed = c[1:, 1:] - c[:-1, 1:] - c[1:, :-1] + c[:-1, :-1]
-        area = np.diff(row_cuts).astype(np.float64)[:, None] * np.diff(col_cuts)[None, :]
-        full = allowed == area
-        part = (allowed != 0) & ~full
-        state = full.view(np.int8) * FULL + part.view(np.int8) * PARTIAL
+        state = mask.tile_states(row_cuts, col_cuts)
+        state_t = np.ascontiguousarray(state.T)  # one int8 transpose serves both key-tile lists
         dev = torch.device(device)
         as_t = lambda a: torch.from_numpy(a).to(dev)
-        qf, qfi = _csr(full)
-        qp, qpi = _csr(part)
-        kf, kfi = _csr(np.ascontiguousarray(full.T))
-        kp, kpi = _csr(np.ascontiguousarray(part.T))
+        qf, qfi = _csr(state == FULL)
+        qp, qpi = _csr(state == PARTIAL)
+        kf, kfi = _csr(state_t == FULL)
+        kp, kpi = _csr(state_t == PARTIAL)
         q_seg, q_pos, k_seg, k_pos, rule = mask.token_maps(dev)
         return TileDescription(
             block_m, block_n, sq, sk, state.shape[0], state.shape[1], state,
