@@ -34,11 +34,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as _dt
 import gc
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: make the package `bench` impor
 import torch
 
 import bench
-from bench import check, providers, report, workloads
+from bench import check, machine, providers, report, workloads
 from bench.providers import Inputs
 from jvp_flash_attn.reference import flops
 
@@ -64,31 +61,6 @@ CPU_SCALE = 0.005          # 8 tokens per frame: a CPU run is a smoke run
 
 def log(msg: str):
     print(msg, flush=True)
-
-
-# ---- machine header ---------------------------------------------------------------------
-def _git_sha() -> str:
-    if os.environ.get("JFA_GIT_SHA"):
-        return os.environ["JFA_GIT_SHA"]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=bench.ROOT, text=True,
-                             capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=bench.ROOT).returncode != 0
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def environment(device: torch.device) -> dict:
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "none"
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
-    return {"gpu": gpu, "torch": torch.__version__, "triton": triton_version,
-            "cuda": torch.version.cuda or "none", "git_sha": _git_sha(),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 # ---- timing -----------------------------------------------------------------------------
@@ -257,7 +229,7 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise SystemExit(f"--providers: unknown {unknown}; known: {','.join(registry)}")
-    env = environment(device)
+    env = machine.environment(device)
     stamp = env["date"].replace("-", "").replace(":", "").rstrip("Z")
     out = Path(args.out or bench.ROOT / "out" / f"bench_{stamp}")
     out.mkdir(parents=True, exist_ok=True)

@@ -30,21 +30,5 @@ if [ -n "${LAYOUTS:-}" ]; then args+=(--layouts "$LAYOUTS"); fi
 if [ -n "${KEEP_GOING:-}" ]; then args+=(--keep-going); fi
 start=$(date +%s)
 "$PY" -m causal_rcm_min.repro "${args[@]}"
-"$PY" - "$RESULTS/machine.json" "$(( $(date +%s) - start ))" <<'PYEOF'
-import datetime, json, os, subprocess, sys
-import torch
-sha = os.environ.get("GIT_SHA") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                                  text=True).stdout.strip()
-info = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "git_sha": sha,
-        "jfa_backend": os.environ.get("JFA_BACKEND", "auto"),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "this_piece_seconds": int(sys.argv[2])}
-try:
-    import triton
-    info["triton"] = triton.__version__
-except ImportError:
-    info["triton"] = None
-json.dump(info, open(sys.argv[1], "w"), indent=2)
-PYEOF
+"$PY" -m bench.machine "$RESULTS/machine.json" this_piece_seconds="$(( $(date +%s) - start ))" jfa_backend="${JFA_BACKEND:-auto}"
 echo "results in $RESULTS ($(( $(date +%s) - start )) s this piece)"

@@ -33,20 +33,5 @@ mkdir -p "$RESULTS"
 src="$WORK/teacher_causal"
 cp "$src/results.json" "$src/results.md" "$src/by_frame.png" "$src/loss.png" "$src/train_metrics.json" "$RESULTS/"
 for f in generated real; do cp "$src/samples/$f.png" "$src/samples/$f.gif" "$RESULTS/"; done
-"$PY" - "$RESULTS/machine.json" "$(( $(date +%s) - start ))" <<'PYEOF'
-import json, subprocess, sys, datetime, torch
-import os
-sha = os.environ.get("GIT_SHA") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                                  text=True).stdout.strip()
-info = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "git_sha": sha,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "total_seconds": int(sys.argv[2])}
-try:
-    import triton
-    info["triton"] = triton.__version__
-except ImportError:
-    info["triton"] = None
-json.dump(info, open(sys.argv[1], "w"), indent=2)
-PYEOF
+"$PY" -m bench.machine "$RESULTS/machine.json" total_seconds="$(( $(date +%s) - start ))"
 echo "results in $RESULTS ($(( $(date +%s) - start )) s)"
