@@ -5,6 +5,9 @@ a CPU or on a GPU; cuda when built and a GPU is present). Shapes are small on a 
 `gpu` tests run the full W1-W8 structures on a GPU (row slices against the oracle, and the
 adjoint identity for the backward).
 """
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -100,17 +103,8 @@ def test_public_api_per_backend_matches_naive_float32(backend):
 
 
 # ---- full-size workloads on a GPU ----------------------------------------------------------
-FRAME, FRAMES = 1560, 21
-WORKLOADS = {
-    "W1": lambda: masks.teacher_forcing(FramePattern(FRAME, FRAMES)),
-    "W2": lambda: masks.teacher_forcing(FramePattern(FRAME, FRAMES, 3)),
-    "W3": lambda: masks.block_causal(FramePattern(FRAME, FRAMES)),
-    "W4": lambda: masks.block_causal(FramePattern(FRAME, FRAMES, 3)),
-    "W5": lambda: masks.block_causal(FramePattern(FRAME, 63, 3), window=3, sink=1),
-    "W6": lambda: masks.full(FRAME * FRAMES, FRAME * FRAMES),
-    "W7": lambda: masks.kv_cache(FramePattern(FRAME, FRAMES, 3), 6),
-    "W8": lambda: masks.block_causal(FramePattern(FRAME, FRAMES)),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the bench package: W1-W8
+from bench.workloads import WORKLOADS  # noqa: E402
 
 
 @pytest.mark.gpu
@@ -118,8 +112,8 @@ WORKLOADS = {
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
 @pytest.mark.parametrize("workload", list(WORKLOADS))
 def test_full_size_workloads(backend, workload):
-    mask = WORKLOADS[workload]()
-    h, d = (16, 64) if workload == "W8" else (12, 128)
+    w = WORKLOADS[workload]
+    mask, h, d = w.mask(), w.heads, w.d_qk
     g = torch.Generator(device="cuda").manual_seed(7)
     mk = lambda s: torch.randn(1, s, h, d, generator=g, device="cuda", dtype=torch.bfloat16)
     q, k, v = mk(mask.sq), mk(mask.sk), mk(mask.sk)
