@@ -9,6 +9,12 @@
 #   PRESET=tiny bench/run_rcm_repro.sh /tmp/rcm_tiny      # CPU dry run end to end (~30 s)
 #   TEACHER_CKPT=path/ckpt.pt bench/run_rcm_repro.sh      # reuse a trained chunk-wise teacher_causal
 #   LAYOUTS=chunkwise bench/run_rcm_repro.sh              # one layout only
+#   PARALLEL=0 bench/run_rcm_repro.sh                     # layouts one after the other
+#
+# By default the two layouts train as two processes side by side on the one GPU: the toy model
+# leaves most of an H200 idle (its step time is bound by kernel launches), so the pair takes about
+# as long as the slower layout alone. Step times (the convergence curves' seconds) are then measured
+# under that sharing, the same for TF-sCM and TF-dCM.
 #   PRESET=gpu_check KEEP_GOING=1 LAYOUTS=chunkwise BUDGET_S=400 bench/run_rcm_repro.sh   # one-piece GPU check
 #
 # Work (checkpoints, markers of finished stages) stays in $WORK (default runs/rcm_repro_<preset>,
@@ -29,6 +35,20 @@ if [ -n "${TEACHER_CKPT:-}" ]; then args+=(--teacher-ckpt "$TEACHER_CKPT"); fi
 if [ -n "${LAYOUTS:-}" ]; then args+=(--layouts "$LAYOUTS"); fi
 if [ -n "${KEEP_GOING:-}" ]; then args+=(--keep-going); fi
 start=$(date +%s)
-"$PY" -m causal_rcm_min.repro "${args[@]}"
+if [ "${PARALLEL:-1}" = 1 ] && [ -z "${LAYOUTS:-}" ]; then
+    mkdir -p "$WORK"
+    "$PY" -m causal_rcm_min.repro "${args[@]}" --layouts chunkwise > "$WORK/chunkwise.log" 2>&1 &
+    pid_c=$!
+    "$PY" -m causal_rcm_min.repro "${args[@]}" --layouts framewise --no-timing > "$WORK/framewise.log" 2>&1 &
+    pid_f=$!
+    tail -n +1 -f "$WORK/chunkwise.log" "$WORK/framewise.log" &
+    pid_t=$!
+    rc=0; wait "$pid_c" || rc=$?; wait "$pid_f" || rc=$?
+    sleep 1; kill "$pid_t" 2>/dev/null || true
+    [ "$rc" = 0 ] || { echo "a layout failed (logs in $WORK/*.log)" >&2; exit "$rc"; }
+    "$PY" -m causal_rcm_min.repro "${args[@]}"   # every stage is done: only the joint report
+else
+    "$PY" -m causal_rcm_min.repro "${args[@]}"
+fi
 "$PY" -m bench.machine "$RESULTS/machine.json" this_piece_seconds="$(( $(date +%s) - start ))" jfa_backend="${JFA_BACKEND:-auto}"
 echo "results in $RESULTS ($(( $(date +%s) - start )) s this piece)"

@@ -388,8 +388,10 @@ def test_repro_script_tiny_resumable(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = os.path.join(root, "bench", "run_rcm_repro.sh")
     env = dict(os.environ, PRESET="tiny", WORK=str(tmp_path / "work"), PY=sys.executable, JFA_BACKEND="reference")
-    # a first piece that stops on its budget after the first stage, then the rest
-    first = subprocess.run(["bash", script, str(tmp_path / "res")], env=env | {"BUDGET_S": "0.001"}, check=True,
+    # a first piece (layouts one after the other) that stops on its budget after the first stage,
+    # then the rest with the layouts side by side
+    first = subprocess.run(["bash", script, str(tmp_path / "res")], env=env | {"BUDGET_S": "0.001", "PARALLEL": "0"},
+                           check=True,
                            capture_output=True, text=True)
     assert "rerun to continue" in first.stdout
     assert os.listdir(tmp_path / "work" / ".done") == ["chunkwise.teacher"]   # stopped before the next stage
@@ -402,7 +404,8 @@ def test_repro_script_tiny_resumable(tmp_path):
     dmd = {(r["layout"], r["init"], r["steps"]) for r in rows if r["model"] == "SF-DMD"}
     assert len(dmd) == 2 * 4 * 2      # layouts x inits x step counts (tiny: 1 and 2 steps)
     timing = json.loads((res / "curves_and_timing.json").read_text())
-    assert set(timing["scm_ms_per_step"]) == {"reuse", "second"} and set(timing["curves"]) == {"tf_scm", "tf_dcm"}
+    assert set(timing["scm_ms_per_step"]) == {"reuse", "second"} and set(timing["curves"]) == {
+        "chunkwise tf_scm", "chunkwise tf_dcm"}   # the curves are measured on the chunk-wise layout
     # a third run finds every stage done and only rewrites the report
     again = subprocess.run(["bash", script, str(tmp_path / "res")], env=env, check=True, capture_output=True,
                            text=True)

@@ -89,7 +89,7 @@ def _cfg(preset_name, out, overrides):
     return cfg
 
 
-def plan(runner: Runner, preset_name: str, budget: dict, teacher_ckpt: str | None, layouts):
+def plan(runner: Runner, preset_name: str, budget: dict, teacher_ckpt: str | None, layouts, timing: bool = True):
     for layout in layouts:
         fpc = budget["layouts"][layout]
         out = os.path.join(runner.work, layout)
@@ -106,7 +106,7 @@ def plan(runner: Runner, preset_name: str, budget: dict, teacher_ckpt: str | Non
                 run_stage(c(*budget["teacher"]), "teacher_causal")
 
         runner.stage(f"{layout}.teacher", teacher)
-        if layout == layouts[0]:   # step time of TF-sCM reusing the JVP primal for the gradient vs a second forward
+        if timing and layout == layouts[0]:   # step time of TF-sCM reusing the JVP primal for the gradient vs a second forward
             for reuse in (True, False):
                 runner.stage(f"{layout}.scm_timing.{reuse}", lambda reuse=reuse, c=c: run_stage(c(
                     f"distill.steps={budget['timing_steps']}", "distill.eval_every=0",
@@ -228,11 +228,11 @@ def report(work: str, results_dir: str, budget: dict, layouts, failed=None):
         json.dump(table, f, indent=1)
 
     curves = {}
-    layout = layouts[0]
-    for stage in ("tf_scm", "tf_dcm"):
-        m = _load(os.path.join(work, layout, stage, "train_metrics.json"))
-        if m and m.get("evals"):
-            curves[stage] = {"evals": m["evals"], "ms_per_step": m["ms_per_step"]}
+    for layout in layouts:
+        for stage in ("tf_scm", "tf_dcm"):
+            m = _load(os.path.join(work, layout, stage, "train_metrics.json"))
+            if m and m.get("evals"):
+                curves[f"{layout} {stage}"] = {"evals": m["evals"], "ms_per_step": m["ms_per_step"]}
     if curves:
         fig, axes = plt.subplots(2, 2, figsize=(10, 7))
         for name, c in curves.items():
@@ -246,15 +246,17 @@ def report(work: str, results_dir: str, budget: dict, layouts, failed=None):
                     ax.set_ylabel(f"1-step {key}")
                     ax.grid(alpha=0.3)
                     ax.legend()
-        fig.suptitle(f"TF-sCM vs TF-dCM ({layout}), 1-step samples")
+        fig.suptitle("TF-sCM vs TF-dCM, 1-step samples of the EMA student")
         fig.tight_layout()
         fig.savefig(os.path.join(results_dir, "scm_vs_dcm.png"), dpi=100)
         plt.close(fig)
     timing = {}
-    for tag in ("reuse", "second"):
-        m = _load(os.path.join(work, layout, f"tf_scm_timing_{tag}", "train_metrics.json"))
-        if m:
-            timing[tag] = m["ms_per_step_after_5"]
+    for tag in ("reuse", "second"):   # measured in whichever layout ran the timing stages
+        for lay in layouts:
+            m = _load(os.path.join(work, lay, f"tf_scm_timing_{tag}", "train_metrics.json"))
+            if m:
+                timing[tag] = m["ms_per_step_after_5"]
+                break
     stages = {}
     for name in sorted(os.listdir(os.path.join(work, ".done"))):
         stages[name] = _load(os.path.join(work, ".done", name))["seconds"]
@@ -274,6 +276,7 @@ def main(argv=None):
     ap.add_argument("--teacher-ckpt", default=None, help="a trained chunk-wise teacher_causal ckpt.pt to reuse")
     ap.add_argument("--layouts", default="chunkwise,framewise")
     ap.add_argument("--keep-going", action="store_true", help="record a failed stage and go on")
+    ap.add_argument("--no-timing", action="store_true", help="skip the TF-sCM step-time stages")
     args = ap.parse_args(argv)
     budget = BUDGETS[args.preset]
     layouts = [x for x in args.layouts.split(",") if x]
@@ -281,7 +284,7 @@ def main(argv=None):
         if x not in budget["layouts"]:
             raise ValueError(f"--layouts entries must be among {sorted(budget['layouts'])}, got {x!r}")
     runner = Runner(args.work, args.budget_s, args.keep_going)
-    plan(runner, args.preset, budget, args.teacher_ckpt, layouts)
+    plan(runner, args.preset, budget, args.teacher_ckpt, layouts, timing=not args.no_timing)
     report(args.work, args.results, budget, layouts, runner.failed)
     print("[repro] " + ("stopped on budget; rerun to continue" if runner.stopped else "all stages done"), flush=True)
 
