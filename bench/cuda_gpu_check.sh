@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # One device-machine call for the compiled core: build (sm_90), GPU tests, compute-sanitizer,
 # and a quick timing of fwd / fused JVP / bwd on W1-W4 against FlexAttention.
-# Writes everything under $OUT (build.log, tests.log, sanitizer.log, timing.csv, timing.log).
-#   OUT=/tmp/out bash bench/cuda_gpu_check.sh [build|tests|sanitizer|timing ...]   (default: all)
+# Writes everything under $OUT (selftest.log, build.log, tests.log, sanitizer.log, timing.csv, timing.log).
+#   OUT=/tmp/out bash bench/cuda_gpu_check.sh [selftest|build|tests|sanitizer|timing ...]   (default: all)
+# JFA_CUDA_SM90=0 times the portable mma.sync kernels instead of the sm_90a path (TIMING_TAG names the rows).
 set -u
 OUT=${OUT:-/tmp/jfa_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/python:$PWD/tests PYTHONUNBUFFERED=1
-STEPS=${*:-build tests sanitizer timing}
+STEPS=${*:-selftest build tests sanitizer timing}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
 
 for step in $STEPS; do
 case $step in
+selftest)
+  # The wgmma verbs alone (csrc/tools/wgmma_selftest.cu): descriptors, swizzle, fragment order.
+  nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I csrc csrc/tools/wgmma_selftest.cu -o /tmp/wgmma_selftest \
+    > "$OUT/selftest.log" 2>&1 && /tmp/wgmma_selftest >> "$OUT/selftest.log" 2>&1
+  echo "selftest rc=$?"; cat "$OUT/selftest.log" | tail -4
+  ;;
 build)
   start=$(date +%s)
   JFA_CUDA_ARCHS=${JFA_CUDA_ARCHS:-90} JFA_CUDA_LINEINFO=1 timeout 300 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1
@@ -60,7 +67,7 @@ ALL = {"W1": lambda: masks.teacher_forcing(FramePattern(1560, 21)), "W2": lambda
 W = {w: ALL[w]() for w in os.environ.get("TIMING_WORKLOADS", "W1 W2 W3 W4").split()}
 H, D = 12, 128
 be = get("cuda")
-print("tiles", TAG, cuda_backend.load_module().tile_shapes())
+print("tiles", TAG, cuda_backend.load_module().tile_shapes(0))
 path = os.path.join(OUT, "timing.csv"); new = not os.path.exists(path)
 f = open(path, "a", newline=""); wr = csv.writer(f)
 if new: wr.writerow(["op", "provider", "variant", "workload", "ms_p50", "tflops"])

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "jfa/arch.h"
 #include "jfa/params.h"
 #include "jfa/registry.h"
 #include "jfa/tile_shapes.h"
@@ -173,13 +174,14 @@ py::list variants() {
     return out;
 }
 
-py::dict tile_shapes() {
+py::dict tile_shapes(int device) {
     auto shape = [](const TileShape& s) { return py::make_tuple(s.block_m, s.block_n); };
     py::dict d;
-    d["fwd"] = shape(kFwdTiles);
-    d["jvp"] = shape(kJvpTiles);
+    d["fwd"] = shape(fwd_tile_shape(false, device));
+    d["jvp"] = shape(fwd_tile_shape(true, device));
     d["bwd_q"] = shape(kBwdQTiles);
     d["bwd_kv"] = shape(kBwdKVTiles);
+    d["path"] = sm90_path(device) ? "sm90a wgmma" : "mma.sync";
     return d;
 }
 
@@ -201,6 +203,8 @@ PYBIND11_MODULE(_cuda, m) {
     m.def("forward_jvp", &jfa::forward_jvp, "o, to, lse in one fused pass; arguments in one dict");
     m.def("backward", &jfa::backward, "dq, dk, dv (dk/dv summed over GQA groups); arguments in one dict");
     m.def("variants", &jfa::variants, "(direction, dtype, head_dim_qk, head_dim_v) of every compiled kernel");
-    m.def("tile_shapes", &jfa::tile_shapes, "(block_m, block_n) of the tile description each walk needs");
+    m.def("tile_shapes", &jfa::tile_shapes, py::arg("device") = -1,
+          "(block_m, block_n) of the tile description each walk needs on a device (-1: the portable path), "
+          "and which kernel path serves its forward and JVP");
     m.def("device_count", &jfa::device_count, "visible CUDA devices (0 when none or no driver)");
 }

@@ -8,8 +8,9 @@ Environment:
   JFA_CUDA_VARIANTS  'full' (default) or 'ci' (bf16, head dim 128 only), see generate_kernels.py
   JFA_CUDA_JOBS      parallel nvcc jobs (default: min(cores, available memory / 3 GiB))
   JFA_CUDA_LINEINFO  1 adds -lineinfo (for compute-sanitizer and profilers)
-  JFA_TILES          tile-shape overrides for experiments, e.g. "fwd=128,128,8;bwd_kv=32,128,8"
-                     (keys fwd, jvp, bwd_q, bwd_kv; values block_m,block_n,warps; see jfa/tile_shapes.h)
+  JFA_TILES          tile-shape overrides for experiments, e.g. "fwd=128,128,8;bwd_kv=32,128,8;jvp90=128,128"
+                     (keys fwd, jvp, bwd_q, bwd_kv: block_m,block_n,warps; fwd90, jvp90 (the sm_90a
+                     path): block_m,block_n; see jfa/tile_shapes.h)
 """
 from __future__ import annotations
 
@@ -66,10 +67,18 @@ def archs() -> list[str]:
 
 
 def gencode_flags(arch_list: list[str]) -> list[str]:
-    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in arch_list]
+    # sm_90 is built as sm_90a: the Hopper-only wgmma path needs it (the -gencode spelling, which
+    # nvcc 13.0 accepts where the -arch=sm_90a shorthand also runs a plain sm_90 pass).
+    flags = [f"-gencode=arch=compute_{a}a,code=sm_{a}a" if a == "90" else f"-gencode=arch=compute_{a},code=sm_{a}"
+             for a in arch_list]
     top = max(arch_list, key=int)
     flags.append(f"-gencode=arch=compute_{top},code=compute_{top}")  # PTX for newer GPUs
     return flags
+
+
+def arch_defines(arch_list: list[str]) -> list[str]:
+    """-DJFA_SM90A tells host and device code that the build holds the sm_90a kernels (jfa/arch.h)."""
+    return ["-DJFA_SM90A=1"] if "90" in arch_list else []
 
 
 def default_jobs() -> int:
@@ -88,13 +97,16 @@ def default_jobs() -> int:
 
 def tile_defines() -> list[str]:
     """-D flags from JFA_TILES (empty by default: the shapes in jfa/tile_shapes.h)."""
-    names = {"fwd": "JFA_FWD", "jvp": "JFA_JVP", "bwd_q": "JFA_BWD_Q", "bwd_kv": "JFA_BWD_KV"}
+    names = {"fwd": "JFA_FWD", "jvp": "JFA_JVP", "bwd_q": "JFA_BWD_Q", "bwd_kv": "JFA_BWD_KV",
+             "fwd90": "JFA_FWD90", "jvp90": "JFA_JVP90"}   # the sm90 shapes take block_m,block_n only
     out = []
     for item in filter(None, (x.strip() for x in os.environ.get("JFA_TILES", "").split(";"))):
         key, _, value = item.partition("=")
         nums = value.split(",")
-        if key not in names or len(nums) != 3 or not all(n.strip().isdigit() for n in nums):
-            raise ValueError(f"JFA_TILES entries look like fwd=128,64,8 (keys {sorted(names)}), got {item!r}")
+        want = 2 if key.endswith("90") else 3
+        if key not in names or len(nums) != want or not all(n.strip().isdigit() for n in nums):
+            raise ValueError(f"JFA_TILES entries look like fwd=128,64,8 or fwd90=128,128 (keys {sorted(names)}), "
+                             f"got {item!r}")
         out += [f"-D{names[key]}_{suffix}={n.strip()}" for suffix, n in zip("MNW", nums)]
     return out
 
@@ -113,7 +125,7 @@ class NvccBuildExt(build_ext):
         profile = os.environ.get("JFA_CUDA_VARIANTS", "full")
         sources = generate_kernels.sources(profile)
         arch_list = archs()
-        defines = tile_defines()
+        defines = tile_defines() + arch_defines(arch_list)
         tag = "_".join(arch_list) + "-" + profile + ("-" + hashlib.md5(" ".join(defines).encode()).hexdigest()[:10] if defines else "")
         obj_dir = os.path.join(os.path.abspath(self.build_temp), "jfa_cuda", tag)
         os.makedirs(obj_dir, exist_ok=True)

@@ -1,6 +1,7 @@
 """The compiled core without a GPU (CI): it builds, imports, reports its variants and tile
 shapes, and a call without a GPU raises a clear error instead of crashing."""
 import importlib
+import os
 
 import pytest
 import torch
@@ -27,10 +28,30 @@ def test_module_lists_its_variants_and_tile_shapes():
     assert ("fwd", "bf16", 128, 128) in variants  # every build profile, the CI one too
     assert ("jvp", "bf16", 128, 128) in variants
     assert ("bwd", "bf16", 128, 128) in variants
-    shapes = m.tile_shapes()
-    assert set(shapes) == {"fwd", "jvp", "bwd_q", "bwd_kv"}
-    for bm, bn in shapes.values():
-        assert bm % 16 == 0 and bn % 16 == 0
+    portable = m.tile_shapes()            # no device: the mma.sync path's shapes
+    assert portable["path"] == "mma.sync"
+    for device in [-1] + list(range(m.device_count())):
+        shapes = m.tile_shapes(device)
+        assert set(shapes) == {"fwd", "jvp", "bwd_q", "bwd_kv", "path"}
+        assert shapes["path"] in ("mma.sync", "sm90a wgmma")
+        for key in ("fwd", "jvp", "bwd_q", "bwd_kv"):
+            bm, bn = shapes[key]
+            assert bm % 16 == 0 and bn % 16 == 0
+        if shapes["path"] == "sm90a wgmma":
+            assert shapes["fwd"][0] % 64 == 0 and shapes["jvp"][0] % 64 == 0   # whole warpgroups
+
+
+def test_sm90_path_follows_the_environment_switch():
+    """JFA_CUDA_SM90=0 forces the portable kernels (read at each call), so one process can time both."""
+    m = _module_or_skip()
+    if m.device_count() == 0:
+        pytest.skip("needs a GPU")
+    import subprocess
+    import sys
+    code = "import jvp_flash_attn._cuda as m; print(m.tile_shapes(0)['path'])"
+    off = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, JFA_CUDA_SM90="0"),
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert off == "mma.sync"
 
 
 def test_module_needs_no_torch():

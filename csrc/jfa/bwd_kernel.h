@@ -6,7 +6,9 @@
 // No atomics: the result is deterministic.
 #pragma once
 
-#include "fwd_kernel.h"
+#include "fwd_common.h"
+#include "kernel_traits.h"
+#include "mask.h"
 
 namespace jfa {
 

@@ -9,39 +9,11 @@
 //   o = acc_o / l,  to = acc_t / l - (mu / l) o.
 #pragma once
 
+#include "fwd_common.h"
 #include "kernel_traits.h"
 #include "mask.h"
-#include "params.h"
-#include "softmax.h"
 
 namespace jfa {
-
-template <class Elem>
-__device__ __forceinline__ const Elem* head_ptr(const void* base, const Strides& s, int b, int h) {
-    return static_cast<const Elem*>(base) + b * s.batch + h * s.head;
-}
-template <class Elem>
-__device__ __forceinline__ Elem* head_ptr(void* base, const Strides& s, int b, int h) {
-    return static_cast<Elem*>(base) + b * s.batch + h * s.head;
-}
-
-// Store a warp's 16 x (8 kNB) fp32 block (times row factor f) as 16-bit pairs; rows >= limit skipped.
-template <class Elem, int kNB>
-__device__ __forceinline__ void store_rows(Elem* out, int64_t row_stride, int row0, int limit, const float (&acc)[kNB][4],
-                                           const float (&f)[2], int lane) {
-    const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = row0 + g + 8 * r;
-        if (row >= limit) continue;
-        Elem* dst = out + row * row_stride + 2 * t;
-#pragma unroll
-        for (int nb = 0; nb < kNB; ++nb) {
-            *reinterpret_cast<uint32_t*>(dst + nb * 8) =
-                ElemOps<Elem>::pack(acc[nb][2 * r] * f[r], acc[nb][2 * r + 1] * f[r]);
-        }
-    }
-}
 
 template <class Tr, bool kJvp>
 __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel(const AttnParams p) {
@@ -149,20 +121,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel(const At
 
         if constexpr (kJvp) {
             scale_rows(acc_t, alpha);
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                float sum = 0.f;
-#pragma unroll
-                for (int nb = 0; nb < kNBS; ++nb) {
-#pragma unroll
-                    for (int e = 2 * r; e < 2 * r + 2; ++e) {
-                        // Masked keys contribute nothing, even where the tangent score is not finite.
-                        ts[nb][e] = s[nb][e] == 0.f ? 0.f : s[nb][e] * ts[nb][e] * p.scale;
-                        sum += ts[nb][e];
-                    }
-                }
-                mu[r] = mu[r] * alpha[r] + sum;
-            }
+            tangent_probs(ts, s, mu, alpha, p.scale);
             mma_ab_regs<Elem, kNBO, kKPV>(acc_t, pf, stage_v(st, 1), lane);
             uint32_t ptf[kKPV][4];
             c_to_a<Elem, kKPV>(ptf, ts);
@@ -171,36 +130,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel(const At
         __syncthreads();  // this stage is refilled by the next iteration's prefetch
     }
 
-    // Epilogue: normalise, write o (and to) and lse. A row with no allowed key has l = 0:
-    // o = 0, to = 0, lse = -inf.
-    float inv_l[2], lse[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const float l = quad_sum(sm.l[r]);
-        inv_l[r] = l == 0.f ? 0.f : 1.f / l;
-        lse[r] = l == 0.f ? -INFINITY : sm.m[r] * kLn2 + logf(l);
-        mu[r] = quad_sum(mu[r]) * inv_l[r];
-    }
-    Elem* o = head_ptr<Elem>(p.o, p.o_stride, b, h);
-    store_rows<Elem, kNBO>(o, p.o_stride.row, row0, p.seqlen_q, acc_o, inv_l, lane);
-    if constexpr (kJvp) {
-        // to = acc_t / l - mu o, with o = acc_o / l.
-#pragma unroll
-        for (int nb = 0; nb < kNBO; ++nb) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc_t[nb][e] -= mu[e >> 1] * acc_o[nb][e];
-        }
-        Elem* to = head_ptr<Elem>(p.to, p.to_stride, b, h);
-        store_rows<Elem, kNBO>(to, p.to_stride.row, row0, p.seqlen_q, acc_t, inv_l, lane);
-    }
-    if ((lane & 3) == 0) {
-        float* lse_row = p.lse + static_cast<int64_t>(blockIdx.y) * p.seqlen_q;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int row = row0 + (lane >> 2) + 8 * r;
-            if (row < p.seqlen_q) lse_row[row] = lse[r];
-        }
-    }
+    fwd_epilogue<Elem, kJvp, kNBO>(p, b, h, row0, lane, sm, mu, acc_o, acc_t);
 }
 
 }  // namespace jfa

@@ -35,6 +35,24 @@ struct FwdTraits : Traits<Elem, kDQK, kDV, fwd_tiles<kJvp>().block_m, fwd_tiles<
     static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
 };
 
+// Forward and fused forward+JVP on the Hopper wgmma path: warpgroups of 4 warps split the query
+// tile 64 rows each; tiles live in 128-byte-swizzled panels (wgmma.h), 1024-byte aligned.
+template <bool kJvp>
+constexpr TileShape fwd_tiles_sm90() { return kJvp ? kJvpTilesSm90 : kFwdTilesSm90; }
+
+template <class Elem, int kDQK, int kDV, bool kJvp>
+struct FwdTraitsSm90 : Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n,
+                              fwd_tiles_sm90<kJvp>().warps> {
+    using Base = Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n,
+                        fwd_tiles_sm90<kJvp>().warps>;
+    static_assert(Base::kBlockM % 64 == 0, "whole warpgroups of 64 rows");
+    static_assert(Base::kBlockN == 64 || Base::kBlockN == 128, "wgmma products are built for N = 64 and 128");
+    static constexpr int kStages = 2;
+    static constexpr int kQBytes = (kJvp ? 2 : 1) * Base::kBlockM * kDQK * 2;
+    static constexpr int kStageBytes = (kJvp ? 2 : 1) * Base::kBlockN * (kDQK + kDV) * 2;
+    static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes + 1024;  // + room to align the base
+};
+
 // dK/dV: the warps split the key tile, and the kernel walks the query tiles of its key tile.
 template <class Elem, int kDQK, int kDV>
 struct BwdKVTraits : Traits<Elem, kDQK, kDV, kBwdKVTiles.block_m, kBwdKVTiles.block_n, kBwdKVTiles.warps> {

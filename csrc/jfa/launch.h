@@ -6,8 +6,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "arch.h"
 #include "bwd_kernel.h"
 #include "fwd_kernel.h"
+#include "fwd_kernel_sm90.h"
 #include "registry.h"
 
 namespace jfa {
@@ -34,16 +36,25 @@ void set_smem(Kernel kernel, int bytes) {
                "raising the dynamic shared memory limit");
 }
 
-template <class Elem, int kDQK, int kDV, bool kJvp>
-void launch_fwd(const AttnParams& p, cudaStream_t stream) {
-    using Tr = FwdTraits<Elem, kDQK, kDV, kJvp>;
+template <class Tr, class Kernel>
+void launch_fwd_with(Kernel kernel, bool jvp, const AttnParams& p, cudaStream_t stream) {
     check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, Tr::kBlockM, Tr::kBlockN, "query");
     check_grid_y(p.batch * p.heads_q);
     if (p.num_q_tiles == 0) return;
-    auto kernel = attention_fwd_kernel<Tr, kJvp>;
     set_smem(kernel, Tr::kSmemBytes);
     kernel<<<dim3(p.num_q_tiles, p.batch * p.heads_q), Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
-    check_cuda(cudaGetLastError(), kJvp ? "launching the forward+JVP kernel" : "launching the forward kernel");
+    check_cuda(cudaGetLastError(), jvp ? "launching the forward+JVP kernel" : "launching the forward kernel");
+}
+
+template <class Elem, int kDQK, int kDV, bool kJvp>
+void launch_fwd(const AttnParams& p, cudaStream_t stream) {
+    if (sm90_path(current_device())) {
+        using Tr = FwdTraitsSm90<Elem, kDQK, kDV, kJvp>;
+        launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp>, kJvp, p, stream);
+    } else {
+        using Tr = FwdTraits<Elem, kDQK, kDV, kJvp>;
+        launch_fwd_with<Tr>(attention_fwd_kernel<Tr, kJvp>, kJvp, p, stream);
+    }
 }
 
 template <class Elem, int kDQK, int kDV>

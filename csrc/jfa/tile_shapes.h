@@ -49,9 +49,25 @@ struct TileShape {
 #define JFA_BWD_KV_W 8
 #endif
 
+// Hopper wgmma path (sm_90a): every warpgroup (4 warps) owns 64 query rows.
+#ifndef JFA_FWD90_M
+#define JFA_FWD90_M 128
+#endif
+#ifndef JFA_FWD90_N
+#define JFA_FWD90_N 128
+#endif
+#ifndef JFA_JVP90_M
+#define JFA_JVP90_M 128
+#endif
+#ifndef JFA_JVP90_N
+#define JFA_JVP90_N 64
+#endif
+
 constexpr TileShape kFwdTiles{JFA_FWD_M, JFA_FWD_N, JFA_FWD_W};
 constexpr TileShape kJvpTiles{JFA_JVP_M, JFA_JVP_N, JFA_JVP_W};
 constexpr TileShape kBwdQTiles{JFA_BWD_Q_M, JFA_BWD_Q_N, JFA_BWD_Q_W};    // dQ: walks key tiles per query tile
 constexpr TileShape kBwdKVTiles{JFA_BWD_KV_M, JFA_BWD_KV_N, JFA_BWD_KV_W};  // dK/dV: walks query tiles per key tile
+constexpr TileShape kFwdTilesSm90{JFA_FWD90_M, JFA_FWD90_N, JFA_FWD90_M / 16};
+constexpr TileShape kJvpTilesSm90{JFA_JVP90_M, JFA_JVP90_N, JFA_JVP90_M / 16};
 
 }  // namespace jfa

@@ -54,6 +54,17 @@ def _variants() -> frozenset:
     return _built_variants
 
 
+_shapes_by_device = {}
+
+
+def _tile_shapes(device: int) -> dict:
+    """The tile shapes each walk needs on a device (the sm_90a path's differ from the portable
+    ones), read from the module once per device and process: JFA_CUDA_SM90 is fixed at start-up."""
+    if device not in _shapes_by_device:
+        _shapes_by_device[device] = dict(load_module().tile_shapes(device))
+    return _shapes_by_device[device]
+
+
 def _aligned(x: torch.Tensor) -> torch.Tensor:
     """x itself when its pointer and (batch, row, head) strides suit 16-byte copies, else a contiguous copy."""
     ok = x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s % _ALIGN_ELEMS == 0 for s in x.stride()[:3])
@@ -142,7 +153,7 @@ class CudaBackend(Backend):
             mask = full(q.shape[1], k.shape[1])
         if scale is None:
             scale = q.shape[-1] ** -0.5
-        block_m, block_n = m.tile_shapes()[shape_key]
+        block_m, block_n = _tile_shapes(q.device.index)[shape_key]
         desc = mask.tiles(block_m, block_n, q.device)
         b, sq, hq, dqk = q.shape
         _, sk, hk, _ = k.shape
@@ -190,7 +201,7 @@ class CudaBackend(Backend):
                                       f"in {dt}; use backend='triton' or 'reference'")
         with torch.cuda.device(q.device):
             m, args, mask = self._common(q, k, v, mask, scale, "bwd_q")
-            kv_m, kv_n = m.tile_shapes()["bwd_kv"]
+            kv_m, kv_n = _tile_shapes(q.device.index)["bwd_kv"]
             kv_desc = mask.tiles(kv_m, kv_n, q.device)
             b, sq, hq, _ = q.shape
             dq = _empty(q.shape, q)

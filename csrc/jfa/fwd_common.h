@@ -1,0 +1,93 @@
+// Pieces shared by the forward / fused forward+JVP kernels of both paths (mma.sync and wgmma):
+// per-head pointers, 16-bit row stores, the JVP's tangent probabilities and the epilogue.
+// They work on m16n8 C fragments, which both paths' accumulators are made of (per warp, 16 rows).
+#pragma once
+
+#include "mma.h"
+#include "params.h"
+#include "softmax.h"
+
+namespace jfa {
+
+template <class Elem>
+__device__ __forceinline__ const Elem* head_ptr(const void* base, const Strides& s, int b, int h) {
+    return static_cast<const Elem*>(base) + b * s.batch + h * s.head;
+}
+template <class Elem>
+__device__ __forceinline__ Elem* head_ptr(void* base, const Strides& s, int b, int h) {
+    return static_cast<Elem*>(base) + b * s.batch + h * s.head;
+}
+
+// Store a warp's 16 x (8 kNB) fp32 block (times row factor f) as 16-bit pairs; rows >= limit skipped.
+template <class Elem, int kNB>
+__device__ __forceinline__ void store_rows(Elem* out, int64_t row_stride, int row0, int limit, const float (&acc)[kNB][4],
+                                           const float (&f)[2], int lane) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + g + 8 * r;
+        if (row >= limit) continue;
+        Elem* dst = out + row * row_stride + 2 * t;
+#pragma unroll
+        for (int nb = 0; nb < kNB; ++nb) {
+            *reinterpret_cast<uint32_t*>(dst + nb * 8) =
+                ElemOps<Elem>::pack(acc[nb][2 * r] * f[r], acc[nb][2 * r + 1] * f[r]);
+        }
+    }
+}
+
+// JVP, per key tile: with p~ the unnormalised probabilities (softmax already applied to s) and
+// ts the raw tangent scores tq k^T + q tk^T, turn ts into p~ o (scale ts) and add its row sums to
+// mu (rescaled by alpha like the accumulators). Masked keys contribute nothing, even where the
+// tangent score is not finite.
+template <int kNB>
+__device__ __forceinline__ void tangent_probs(float (&ts)[kNB][4], const float (&s)[kNB][4], float (&mu)[2],
+                                              const float (&alpha)[2], float scale) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float sum = 0.f;
+#pragma unroll
+        for (int nb = 0; nb < kNB; ++nb) {
+#pragma unroll
+            for (int e = 2 * r; e < 2 * r + 2; ++e) {
+                ts[nb][e] = s[nb][e] == 0.f ? 0.f : s[nb][e] * ts[nb][e] * scale;
+                sum += ts[nb][e];
+            }
+        }
+        mu[r] = mu[r] * alpha[r] + sum;
+    }
+}
+
+// Normalise and write o (and to = acc_t / l - (mu / l) o) and lse for a warp's 16 rows from
+// row0. A row with no allowed key has l = 0: o = 0, to = 0, lse = -inf.
+template <class Elem, bool kJvp, int kNBO>
+__device__ __forceinline__ void fwd_epilogue(const AttnParams& p, int b, int h, int row0, int lane, const OnlineSoftmax& sm,
+                                             float (&mu)[2], const float (&acc_o)[kNBO][4], float (&acc_t)[kJvp ? kNBO : 1][4]) {
+    float inv_l[2], lse[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const float l = quad_sum(sm.l[r]);
+        inv_l[r] = l == 0.f ? 0.f : 1.f / l;
+        lse[r] = l == 0.f ? -INFINITY : sm.m[r] * kLn2 + logf(l);
+        mu[r] = quad_sum(mu[r]) * inv_l[r];
+    }
+    store_rows<Elem, kNBO>(head_ptr<Elem>(p.o, p.o_stride, b, h), p.o_stride.row, row0, p.seqlen_q, acc_o, inv_l, lane);
+    if constexpr (kJvp) {
+#pragma unroll
+        for (int nb = 0; nb < kNBO; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc_t[nb][e] -= mu[e >> 1] * acc_o[nb][e];
+        }
+        store_rows<Elem, kNBO>(head_ptr<Elem>(p.to, p.to_stride, b, h), p.to_stride.row, row0, p.seqlen_q, acc_t, inv_l, lane);
+    }
+    if ((lane & 3) == 0) {
+        float* lse_row = p.lse + (static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = row0 + (lane >> 2) + 8 * r;
+            if (row < p.seqlen_q) lse_row[row] = lse[r];
+        }
+    }
+}
+
+}  // namespace jfa

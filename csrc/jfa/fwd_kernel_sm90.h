@@ -1,0 +1,152 @@
+// Forward (o, lse) and fused forward+JVP (o, to, lse) on Hopper's warpgroup products (sm_90a).
+//
+// Same walk and arithmetic as fwd_kernel.h (see its header for the JVP's algebra); what changes
+// is who multiplies. Each warpgroup owns 64 query rows; q k^T (and tq k^T + q tk^T) is one chain
+// of wgmma reading q and k straight from 128-byte-swizzled shared panels; p v (and p tv + (p o ts) v)
+// takes the probabilities from registers and reads v transposed through its descriptor. No
+// ldmatrix and no shared-memory fragment traffic from the warps: the bottleneck of the mma.sync
+// kernel (bench/NOTES_cuda.md) is gone. Tiles arrive by cp.async, two stages deep.
+#pragma once
+
+#include "fwd_common.h"
+#include "kernel_traits.h"
+#include "mask.h"
+#include "wgmma.h"
+
+namespace jfa {
+
+template <class Tr, bool kJvp>
+__global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(const AttnParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using Elem = typename Tr::Elem;
+    constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV;
+    constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
+    using QTile = PanelTile<kBM, kDQK>;
+    using KTile = PanelTile<kBN, kDQK>;
+    using VTile = PanelTile<kBN, kDV>;
+    using MmaS = Wgmma<Elem, kBN>;
+    using MmaO = Wgmma<Elem, kDV>;
+
+    extern __shared__ char smem[];
+    const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wg_row = (warp >> 2) * 64;   // this warpgroup's first row in the tile
+    const int q_tile = p.num_q_tiles - 1 - blockIdx.x;  // late query tiles see the most keys: start them first
+    const int b = blockIdx.y / p.heads_q, h = blockIdx.y % p.heads_q;
+    const int hk = h / (p.heads_q / p.heads_k);
+    const int q0 = q_tile * kBM, row0 = q0 + warp * 16;
+
+    const QTile sQ{s0}, sTQ{s0 + QTile::kBytes};
+    auto stage_k = [&](int st, int which) {  // which: 0 k, 1 tk
+        return KTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + which * KTile::kBytes};
+    };
+    auto stage_v = [&](int st, int which) {  // which: 0 v, 1 tv
+        return VTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + (kJvp ? 2 : 1) * KTile::kBytes + which * VTile::kBytes};
+    };
+
+    const Elem* q = head_ptr<Elem>(p.q, p.q_stride, b, h);
+    const Elem* k = head_ptr<Elem>(p.k, p.k_stride, b, hk);
+    const Elem* v = head_ptr<Elem>(p.v, p.v_stride, b, hk);
+    const Elem* tq = kJvp ? head_ptr<Elem>(p.tq, p.tq_stride, b, h) : nullptr;
+    const Elem* tk = kJvp ? head_ptr<Elem>(p.tk, p.tk_stride, b, hk) : nullptr;
+    const Elem* tv = kJvp ? head_ptr<Elem>(p.tv, p.tv_stride, b, hk) : nullptr;
+
+    const TileWalk walk(p.q_tiles, q_tile);
+    sQ.template load_async<Tr::kThreads>(q, p.q_stride.row, q0, p.seqlen_q, tid);
+    if constexpr (kJvp) sTQ.template load_async<Tr::kThreads>(tq, p.tq_stride.row, q0, p.seqlen_q, tid);
+    auto load_kv = [&](int i, int st) {
+        const int k0 = walk.tile(i) * kBN;
+        stage_k(st, 0).template load_async<Tr::kThreads>(k, p.k_stride.row, k0, p.seqlen_k, tid);
+        stage_v(st, 0).template load_async<Tr::kThreads>(v, p.v_stride.row, k0, p.seqlen_k, tid);
+        if constexpr (kJvp) {
+            stage_k(st, 1).template load_async<Tr::kThreads>(tk, p.tk_stride.row, k0, p.seqlen_k, tid);
+            stage_v(st, 1).template load_async<Tr::kThreads>(tv, p.tv_stride.row, k0, p.seqlen_k, tid);
+        }
+    };
+    if (walk.num_total > 0) load_kv(0, 0);
+    cp_async_commit();
+
+    float acc_o[kNBO][4], acc_t[kJvp ? kNBO : 1][4];
+    zero(acc_o);
+    zero(acc_t);
+    float mu[2] = {0.f, 0.f};
+    OnlineSoftmax sm;
+    const float scale_log2 = p.scale * kLog2e;
+    const bool edge_q = q0 + kBM > p.seqlen_q;
+
+    for (int i = 0; i < walk.num_total; ++i) {
+        const int st = i & 1;
+        if (i + 1 < walk.num_total) {
+            load_kv(i + 1, st ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async();  // this thread's copies become visible to the tensor cores' reads
+        __syncthreads();
+        const KTile sK = stage_k(st, 0);
+        const VTile sV = stage_v(st, 0);
+
+        // Scores (and tangent scores) of this warpgroup's 64 rows against the kBN keys.
+        float s[kNBS][4], ts[kJvp ? kNBS : 1][4];
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKQK; ++ks) MmaS::ss(s, sQ.desc_k_major(wg_row, ks), sK.desc_k_major(0, ks), ks > 0);
+        if constexpr (kJvp) {
+            const KTile sTK = stage_k(st, 1);
+#pragma unroll
+            for (int ks = 0; ks < kKQK; ++ks) MmaS::ss(ts, sTQ.desc_k_major(wg_row, ks), sK.desc_k_major(0, ks), ks > 0);
+#pragma unroll
+            for (int ks = 0; ks < kKQK; ++ks) MmaS::ss(ts, sQ.desc_k_major(wg_row, ks), sTK.desc_k_major(0, ks), 1);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(s);
+        if constexpr (kJvp) pin(ts);
+
+        const int k0 = walk.tile(i) * kBN;
+        if (walk.partial(i)) {
+            mask_tile<true, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
+        } else if (edge_q || k0 + kBN > p.seqlen_k) {
+            mask_tile<false, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
+        }
+
+        float alpha[2];
+        sm.update(s, scale_log2, alpha);
+        scale_rows(acc_o, alpha);
+        uint32_t pf[kKPV][4];
+        c_to_a<Elem, kKPV>(pf, s);
+        uint32_t ptf[kJvp ? kKPV : 1][4];
+        if constexpr (kJvp) {
+            scale_rows(acc_t, alpha);
+            tangent_probs(ts, s, mu, alpha, p.scale);
+            c_to_a<Elem, kKPV>(ptf, ts);
+        }
+
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf[ks], sV.desc_n_major(ks), 1);
+        if constexpr (kJvp) {
+            const VTile sTV = stage_v(st, 1);
+#pragma unroll
+            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, pf[ks], sTV.desc_n_major(ks), 1);
+#pragma unroll
+            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, ptf[ks], sV.desc_n_major(ks), 1);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(acc_o);
+        pin(pf);
+        if constexpr (kJvp) {
+            pin(acc_t);
+            pin(ptf);
+        }
+        __syncthreads();  // this stage is refilled by the next iteration's prefetch
+    }
+
+    fwd_epilogue<Elem, kJvp, kNBO>(p, b, h, row0, lane, sm, mu, acc_o, acc_t);
+#endif
+}
+
+}  // namespace jfa

@@ -1,0 +1,95 @@
+// Hopper (sm_90a) verbs: shared tiles in the 128-byte-swizzled layout that wgmma reads through
+// matrix descriptors, the descriptors themselves, and the fences around asynchronous products.
+//
+// Layout of a PanelTile<kRows, kCols> (16-bit elements): kCols / 64 panels one after the other,
+// each kRows rows of 128 bytes (64 elements); in row r the 16-byte chunk c sits at chunk c ^ (r % 8).
+// Eight rows form one 1024-byte swizzle atom, so panels start 1024-byte aligned. This is the
+// canonical SWIZZLE_128B layout for both reads:
+//   K-major (q, k as the A / B of q k^T): rows are m or n, 8-row groups 1024 bytes apart (SBO);
+//     a k16 step inside a panel moves the start address by 32 bytes.
+//   N-major (v as the B of p v, transposed read): rows are k, 8-row groups 1024 bytes apart (SBO),
+//     the next 64 columns of n are the next panel (LBO = panel bytes); a k16 step is 16 rows.
+#pragma once
+
+#include <cstdint>
+
+#include "mma.h"
+#include "wgmma_ops.h"
+
+namespace jfa {
+
+constexpr int kPanelElems = 64;    // 16-bit elements in one 128-byte row of a panel
+constexpr int kSwizzleAtom = 1024; // bytes of one 8-row swizzle atom
+
+template <int kRows, int kCols>
+struct PanelTile {
+    static constexpr int kPanels = kCols / kPanelElems;
+    static constexpr int kPanelBytes = kRows * 128;
+    static constexpr int kBytes = kPanels * kPanelBytes;
+    static_assert(kCols % kPanelElems == 0 && kRows % 8 == 0, "panels of 64 columns, rows in groups of 8");
+    uint32_t base;  // shared address, 1024-byte aligned
+
+    __device__ __forceinline__ uint32_t chunk(int row, int c) const {
+        return base + static_cast<uint32_t>((c >> 3) * kPanelBytes + row * 128 + (((c & 7) ^ (row & 7)) << 4));
+    }
+
+    // All kThreads threads copy rows [row0, row0 + kRows) of a global matrix (row stride in
+    // elements); rows at or past num_rows are zero-filled.
+    template <int kThreads>
+    __device__ __forceinline__ void load_async(const void* gbase, int64_t row_stride, int row0, int num_rows,
+                                               int tid) const {
+        constexpr int kChunks = kCols / kChunkElems;
+        const char* g = static_cast<const char*>(gbase);
+        constexpr int kIters = (kRows * kChunks + kThreads - 1) / kThreads;
+#pragma unroll
+        for (int it = 0; it < kIters; ++it) {
+            const int i = tid + it * kThreads;
+            if (kRows * kChunks % kThreads != 0 && i >= kRows * kChunks) break;
+            const int r = i / kChunks, c = i % kChunks;
+            const bool in = row0 + r < num_rows;
+            const char* src = in ? g + ((row0 + r) * row_stride + c * kChunkElems) * 2 : g;
+            cp_async_16(chunk(r, c), src, in ? 16 : 0);
+        }
+    }
+
+    // Descriptor of the k16 step ks for a K-major read of rows [row0, ...).
+    __device__ __forceinline__ uint64_t desc_k_major(int row0, int ks) const {
+        return make_desc(base + (ks >> 2) * kPanelBytes + row0 * 128 + (ks & 3) * 32, 16, kSwizzleAtom);
+    }
+    // Descriptor of the k16 step ks (rows [16 ks, 16 ks + 16)) for an N-major (transposed) read.
+    __device__ __forceinline__ uint64_t desc_n_major(int ks) const {
+        return make_desc(base + ks * 16 * 128, kPanelBytes, kSwizzleAtom);
+    }
+
+    static __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+        return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
+               (static_cast<uint64_t>(sbo >> 4) << 32) | (1ull << 62);  // layout type 1: 128-byte swizzle
+    }
+};
+
+// Ordering around the asynchronous products.
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory"); }
+// Shared memory written by cp.async (the generic proxy) and read next by wgmma (the async proxy).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Pin registers that an asynchronous product reads or writes to this point of the program: the
+// compiler may not move their other uses across it (nor reuse an operand's register before the wait).
+template <int kN>
+__device__ __forceinline__ void pin(float (&r)[kN][4]) {
+#pragma unroll
+    for (int i = 0; i < kN; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(r[i][e])::"memory");
+}
+template <int kN>
+__device__ __forceinline__ void pin(uint32_t (&r)[kN][4]) {
+#pragma unroll
+    for (int i = 0; i < kN; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(r[i][e])::"memory");
+}
+
+}  // namespace jfa
