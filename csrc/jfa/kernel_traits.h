@@ -75,4 +75,26 @@ struct BwdQTraits : Traits<Elem, kDQK, kDV, kBwdQTiles.block_m, kBwdQTiles.block
     static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
 };
 
+// The backward on the sm_90a path: the same tile shapes as the portable kernels (warpgroups of
+// 64 rows over the 128-row side), panels 1024-byte aligned.
+constexpr int round_up_1k(int x) { return (x + 1023) / 1024 * 1024; }
+
+template <class Elem, int kDQK, int kDV>
+struct BwdKVTraitsSm90 : BwdKVTraits<Elem, kDQK, kDV> {
+    using Base = BwdKVTraits<Elem, kDQK, kDV>;
+    static_assert(Base::kBlockN % 64 == 0 && (Base::kBlockM == 64 || Base::kBlockM == 128),
+                  "dK/dV: warpgroups of 64 keys, query tiles of 64 or 128");
+    static constexpr int kKVBytes = Base::kBlockN * (kDQK + kDV) * 2;
+    static constexpr int kStageBytes = round_up_1k(Base::kBlockM * (kDQK + kDV) * 2 + 2 * Base::kBlockM * 4);
+    static constexpr int kSmemBytes = kKVBytes + Base::kStages * kStageBytes + 1024;
+};
+
+template <class Elem, int kDQK, int kDV>
+struct BwdQTraitsSm90 : BwdQTraits<Elem, kDQK, kDV> {
+    using Base = BwdQTraits<Elem, kDQK, kDV>;
+    static_assert(Base::kBlockM % 64 == 0 && (Base::kBlockN == 64 || Base::kBlockN == 128),
+                  "dQ: warpgroups of 64 queries, key tiles of 64 or 128");
+    static constexpr int kSmemBytes = Base::kSmemBytes + 1024;
+};
+
 }  // namespace jfa

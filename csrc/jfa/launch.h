@@ -8,6 +8,7 @@
 
 #include "arch.h"
 #include "bwd_kernel.h"
+#include "bwd_kernel_sm90.h"
 #include "fwd_kernel.h"
 #include "fwd_kernel_sm90.h"
 #include "registry.h"
@@ -57,6 +58,16 @@ void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     }
 }
 
+template <class TrKV, class TrQ, class KVKernel, class QKernel>
+void launch_bwd_pair(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t stream) {
+    set_smem(kv, TrKV::kSmemBytes);
+    kv<<<dim3(p.num_k_tiles, p.batch * p.heads_k), TrKV::kThreads, TrKV::kSmemBytes, stream>>>(p);
+    check_cuda(cudaGetLastError(), "launching the dK/dV kernel");
+    set_smem(q, TrQ::kSmemBytes);
+    q<<<dim3(p.num_q_tiles, p.batch * p.heads_q), TrQ::kThreads, TrQ::kSmemBytes, stream>>>(p);
+    check_cuda(cudaGetLastError(), "launching the dQ kernel");
+}
+
 template <class Elem, int kDQK, int kDV>
 void launch_bwd(const AttnParams& p, cudaStream_t stream) {
     using TrKV = BwdKVTraits<Elem, kDQK, kDV>;
@@ -69,14 +80,14 @@ void launch_bwd(const AttnParams& p, cudaStream_t stream) {
     attention_bwd_delta_kernel<Elem><<<dim3((p.seqlen_q + kDeltaRows - 1) / kDeltaRows, p.batch * p.heads_q),
                                        32 * kDeltaRows, 0, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the backward preprocess kernel");
-    auto kv = attention_bwd_kv_kernel<TrKV>;
-    set_smem(kv, TrKV::kSmemBytes);
-    kv<<<dim3(p.num_k_tiles, p.batch * p.heads_k), TrKV::kThreads, TrKV::kSmemBytes, stream>>>(p);
-    check_cuda(cudaGetLastError(), "launching the dK/dV kernel");
-    auto q = attention_bwd_q_kernel<TrQ>;
-    set_smem(q, TrQ::kSmemBytes);
-    q<<<dim3(p.num_q_tiles, p.batch * p.heads_q), TrQ::kThreads, TrQ::kSmemBytes, stream>>>(p);
-    check_cuda(cudaGetLastError(), "launching the dQ kernel");
+    const bool sm90 = sm90_path(current_device());
+    if (sm90) {
+        launch_bwd_pair<BwdKVTraitsSm90<Elem, kDQK, kDV>, BwdQTraitsSm90<Elem, kDQK, kDV>>(
+            attention_bwd_kv_kernel_sm90<BwdKVTraitsSm90<Elem, kDQK, kDV>>,
+            attention_bwd_q_kernel_sm90<BwdQTraitsSm90<Elem, kDQK, kDV>>, p, stream);
+    } else {
+        launch_bwd_pair<TrKV, TrQ>(attention_bwd_kv_kernel<TrKV>, attention_bwd_q_kernel<TrQ>, p, stream);
+    }
 }
 
 }  // namespace jfa

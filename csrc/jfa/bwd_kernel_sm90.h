@@ -1,0 +1,248 @@
+// Backward on Hopper's warpgroup products (sm_90a): the dK/dV and dQ kernels of bwd_kernel.h
+// (same walks, same recomputation of P from the forward's lse, same algebra; see its header)
+// with every product a wgmma chain. Warpgroups own 64 rows of the tile they iterate with (keys
+// in dK/dV, queries in dQ); operands come from 128-byte-swizzled panels (wgmma.h), the K-major
+// reads for S and dP, the N-major (transposed) reads for dV += P^T dO, dK += dS^T Q, dQ += dS K.
+#pragma once
+
+#include "bwd_kernel.h"
+#include "wgmma.h"
+
+namespace jfa {
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(const AttnParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using Elem = typename Tr::Elem;
+    constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV;
+    constexpr int kKS = kBM / 16;    // k16 steps over queries
+    using KTile = PanelTile<kBN, kDQK>;
+    using VTile = PanelTile<kBN, kDV>;
+    using QTile = PanelTile<kBM, kDQK>;
+    using OTile = PanelTile<kBM, kDV>;
+
+    extern __shared__ char smem[];
+    const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
+    char* const sbase = smem + (s0 - smem_addr(smem));
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wg_row = (warp >> 2) * 64;
+    const int k_tile = blockIdx.x;
+    const int b = blockIdx.y / p.heads_k, hk = blockIdx.y % p.heads_k;
+    const int groups = p.heads_q / p.heads_k;
+    const int n0 = k_tile * kBN, krow0 = n0 + warp * 16;
+
+    const KTile sK{s0};
+    const VTile sV{s0 + KTile::kBytes};
+    auto stage_base = [&](int st) { return Tr::kKVBytes + st * Tr::kStageBytes; };
+    auto stage_q = [&](int st) { return QTile{s0 + stage_base(st)}; };
+    auto stage_do = [&](int st) { return OTile{s0 + stage_base(st) + QTile::kBytes}; };
+    auto stage_lse = [&](int st) { return reinterpret_cast<float*>(sbase + stage_base(st) + QTile::kBytes + OTile::kBytes); };
+    auto stage_delta = [&](int st) { return stage_lse(st) + kBM; };
+
+    const TileWalk walk(p.k_tiles, k_tile);
+    const int total = groups * walk.num_total;
+    sK.template load_async<Tr::kThreads>(head_ptr<Elem>(p.k, p.k_stride, b, hk), p.k_stride.row, n0, p.seqlen_k, tid);
+    sV.template load_async<Tr::kThreads>(head_ptr<Elem>(p.v, p.v_stride, b, hk), p.v_stride.row, n0, p.seqlen_k, tid);
+    auto load_q = [&](int j, int st) {
+        const int h = hk * groups + j / walk.num_total;
+        const int m0 = walk.tile(j % walk.num_total) * kBM;
+        stage_q(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.q, p.q_stride, b, h), p.q_stride.row, m0,
+                                                      p.seqlen_q, tid);
+        stage_do(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.do_, p.do_stride, b, h), p.do_stride.row, m0,
+                                                       p.seqlen_q, tid);
+        const int64_t bh = static_cast<int64_t>(b) * p.heads_q + h;
+        for (int i = tid; i < kBM; i += Tr::kThreads) {
+            stage_lse(st)[i] = lse_log2(p.lse + bh * p.seqlen_q, m0 + i, p.seqlen_q);
+            stage_delta(st)[i] = m0 + i < p.seqlen_q ? p.delta[bh * p.seqlen_q + m0 + i] : 0.f;
+        }
+    };
+    if (total > 0) load_q(0, 0);
+    cp_async_commit();
+
+    float acc_dk[kDQK / 8][4], acc_dv[kDV / 8][4];
+    zero(acc_dk);
+    zero(acc_dv);
+    const float scale_log2 = p.scale * kLog2e;
+    const bool edge_k = n0 + kBN > p.seqlen_k;
+    const int t2 = 2 * (lane & 3);
+
+    for (int j = 0; j < total; ++j) {
+        const int st = j & 1;
+        if (j + 1 < total) {
+            load_q(j + 1, st ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async();
+        __syncthreads();
+        const QTile sQ = stage_q(st);
+        const OTile sDO = stage_do(st);
+        const float* lse2 = stage_lse(st);
+        const float* delta = stage_delta(st);
+        const int i = j % walk.num_total;
+        const int m0 = walk.tile(i) * kBM;
+
+        // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x kBM queries.
+        float pt[kBM / 8][4], dst[kBM / 8][4];
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kDQK / 16; ++ks)
+            Wgmma<Elem, kBM>::ss(pt, sK.desc_k_major(wg_row, ks), sQ.desc_k_major(0, ks), ks > 0);
+#pragma unroll
+        for (int ks = 0; ks < kDV / 16; ++ks)
+            Wgmma<Elem, kBM>::ss(dst, sV.desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), ks > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(pt);
+        pin(dst);
+        if (walk.partial(i)) {
+            mask_tile<true, true>(pt, p.maps, krow0, m0, lane, p.seqlen_q, p.seqlen_k);
+        } else if (edge_k || m0 + kBM > p.seqlen_q) {
+            mask_tile<false, true>(pt, p.maps, krow0, m0, lane, p.seqlen_q, p.seqlen_k);
+        }
+#pragma unroll
+        for (int nb = 0; nb < kBM / 8; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                pt[nb][e] = exp2f(pt[nb][e] * scale_log2 - lse2[nb * 8 + t2 + (e & 1)]);
+                dst[nb][e] = pt[nb][e] * (dst[nb][e] - delta[nb * 8 + t2 + (e & 1)]);
+            }
+        }
+        uint32_t pf[kKS][4], dsf[kKS][4];
+        c_to_a<Elem, kKS>(pf, pt);
+        c_to_a<Elem, kKS>(dsf, dst);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sDO.desc_n_major(ks), 1);
+#pragma unroll
+        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(acc_dv);
+        pin(acc_dk);
+        pin(pf);
+        pin(dsf);
+        __syncthreads();
+    }
+
+    const float f_dk[2] = {p.scale, p.scale}, f_dv[2] = {1.f, 1.f};
+    store_rows<Elem, kDQK / 8>(head_ptr<Elem>(p.dk, p.dk_stride, b, hk), p.dk_stride.row, krow0, p.seqlen_k, acc_dk,
+                               f_dk, lane);
+    store_rows<Elem, kDV / 8>(head_ptr<Elem>(p.dv, p.dv_stride, b, hk), p.dv_stride.row, krow0, p.seqlen_k, acc_dv,
+                              f_dv, lane);
+#endif
+}
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(const AttnParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using Elem = typename Tr::Elem;
+    constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV;
+    constexpr int kNBS = kBN / 8;
+    constexpr int kKS = kBN / 16;
+    using QTile = PanelTile<kBM, kDQK>;
+    using OTile = PanelTile<kBM, kDV>;
+    using KTile = PanelTile<kBN, kDQK>;
+    using VTile = PanelTile<kBN, kDV>;
+
+    extern __shared__ char smem[];
+    const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wg_row = (warp >> 2) * 64;
+    const int q_tile = p.num_q_tiles - 1 - blockIdx.x;
+    const int b = blockIdx.y / p.heads_q, h = blockIdx.y % p.heads_q;
+    const int hk = h / (p.heads_q / p.heads_k);
+    const int q0 = q_tile * kBM, row0 = q0 + warp * 16;
+
+    const QTile sQ{s0};
+    const OTile sDO{s0 + QTile::kBytes};
+    auto stage_k = [&](int st) { return KTile{s0 + Tr::kQBytes + st * Tr::kStageBytes}; };
+    auto stage_v = [&](int st) { return VTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + KTile::kBytes}; };
+
+    const Elem* k = head_ptr<Elem>(p.k, p.k_stride, b, hk);
+    const Elem* v = head_ptr<Elem>(p.v, p.v_stride, b, hk);
+    const TileWalk walk(p.q_tiles, q_tile);
+    sQ.template load_async<Tr::kThreads>(head_ptr<Elem>(p.q, p.q_stride, b, h), p.q_stride.row, q0, p.seqlen_q, tid);
+    sDO.template load_async<Tr::kThreads>(head_ptr<Elem>(p.do_, p.do_stride, b, h), p.do_stride.row, q0, p.seqlen_q,
+                                          tid);
+    auto load_kv = [&](int i, int st) {
+        const int k0 = walk.tile(i) * kBN;
+        stage_k(st).template load_async<Tr::kThreads>(k, p.k_stride.row, k0, p.seqlen_k, tid);
+        stage_v(st).template load_async<Tr::kThreads>(v, p.v_stride.row, k0, p.seqlen_k, tid);
+    };
+    if (walk.num_total > 0) load_kv(0, 0);
+    cp_async_commit();
+
+    const int64_t bh_off = static_cast<int64_t>(blockIdx.y) * p.seqlen_q;
+    float lse2[2], delta[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + (lane >> 2) + 8 * r;
+        lse2[r] = lse_log2(p.lse + bh_off, row, p.seqlen_q);
+        delta[r] = row < p.seqlen_q ? p.delta[bh_off + row] : 0.f;
+    }
+    float acc_dq[kDQK / 8][4];
+    zero(acc_dq);
+    const float scale_log2 = p.scale * kLog2e;
+    const bool edge_q = q0 + kBM > p.seqlen_q;
+
+    for (int i = 0; i < walk.num_total; ++i) {
+        const int st = i & 1;
+        if (i + 1 < walk.num_total) {
+            load_kv(i + 1, st ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async();
+        __syncthreads();
+        const KTile sK = stage_k(st);
+        const VTile sV = stage_v(st);
+        const int k0 = walk.tile(i) * kBN;
+
+        float s[kNBS][4], dp[kNBS][4];
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kDQK / 16; ++ks)
+            Wgmma<Elem, kBN>::ss(s, sQ.desc_k_major(wg_row, ks), sK.desc_k_major(0, ks), ks > 0);
+#pragma unroll
+        for (int ks = 0; ks < kDV / 16; ++ks)
+            Wgmma<Elem, kBN>::ss(dp, sDO.desc_k_major(wg_row, ks), sV.desc_k_major(0, ks), ks > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(s);
+        pin(dp);
+        if (walk.partial(i)) {
+            mask_tile<true, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
+        } else if (edge_q || k0 + kBN > p.seqlen_k) {
+            mask_tile<false, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
+        }
+#pragma unroll
+        for (int nb = 0; nb < kNBS; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float pe = exp2f(s[nb][e] * scale_log2 - lse2[e >> 1]);
+                dp[nb][e] = pe * (dp[nb][e] - delta[e >> 1]);
+            }
+        }
+        uint32_t af[kKS][4];
+        c_to_a<Elem, kKS>(af, dp);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dq, af[ks], sK.desc_n_major(ks), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(acc_dq);
+        pin(af);
+        __syncthreads();
+    }
+    const float f[2] = {p.scale, p.scale};
+    store_rows<Elem, kDQK / 8>(head_ptr<Elem>(p.dq, p.dq_stride, b, h), p.dq_stride.row, row0, p.seqlen_q, acc_dq, f,
+                               lane);
+#endif
+}
+
+}  // namespace jfa
