@@ -14,8 +14,9 @@
 
 namespace jfa {
 
-// Until the sm_90a kernels have passed the GPU suite, they run only when asked (JFA_CUDA_SM90=1).
-constexpr bool kSm90ByDefault = false;
+// The sm_90a kernels serve Hopper by default (they passed the GPU suite, compute-sanitizer and the
+// wgmma self-test: bench/results/cuda_sm90_dev_1); JFA_CUDA_SM90=0 opts out.
+constexpr bool kSm90ByDefault = true;
 
 inline bool sm90_path(int device) {
 #ifdef JFA_SM90A
