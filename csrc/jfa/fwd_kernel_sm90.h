@@ -5,7 +5,10 @@
 // of wgmma reading q and k straight from 128-byte-swizzled shared panels; p v (and p tv + (p o ts) v)
 // takes the probabilities from registers and reads v transposed through its descriptor. No
 // ldmatrix and no shared-memory fragment traffic from the warps: the bottleneck of the mma.sync
-// kernel (bench/NOTES_cuda.md) is gone. Tiles arrive by cp.async, two stages deep.
+// kernel (bench/NOTES_cuda.md) is gone. Tiles arrive by cp.async, one tile ahead.
+// The forward overlaps the softmax of tile i (CUDA cores) with p v of tile i-1 (tensor cores):
+// it issues q k_i^T and then p_{i-1} v_{i-1}, waits for the scores only, and waits for p v just
+// before rescaling the output; value tiles therefore live one tile longer (three stages).
 #pragma once
 
 #include "fwd_common.h"
@@ -74,17 +77,29 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
     const float scale_log2 = p.scale * kLog2e;
     const bool edge_q = q0 + kBM > p.seqlen_q;
 
+    uint32_t pf_prev[kJvp ? 1 : kKPV][4];  // forward: p of the previous tile, read by its p v product
+    int st_prev = 0;
     for (int i = 0; i < walk.num_total; ++i) {
-        const int st = i & 1;
-        if (i + 1 < walk.num_total) {
-            load_kv(i + 1, st ^ 1);
-            cp_async_commit();
-            cp_async_wait<1>();
+        const int st = i % Tr::kStages;
+        if constexpr (kJvp) {
+            if (i + 1 < walk.num_total) {
+                load_kv(i + 1, st ^ 1);
+                cp_async_commit();
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+            fence_proxy_async();  // this thread's copies become visible to the tensor cores' reads
+            __syncthreads();
         } else {
+            // Tile i landed; after the barrier no warpgroup still reads stage (i + 1) % 3 (tile
+            // i-2: its p v was waited for in iteration i-1), so the prefetch of tile i+1 may go there.
             cp_async_wait<0>();
+            fence_proxy_async();
+            __syncthreads();
+            if (i + 1 < walk.num_total) load_kv(i + 1, (i + 1) % Tr::kStages);
+            cp_async_commit();
         }
-        fence_proxy_async();  // this thread's copies become visible to the tensor cores' reads
-        __syncthreads();
         const KTile sK = stage_k(st, 0);
         const VTile sV = stage_v(st, 0);
 
@@ -101,7 +116,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
             for (int ks = 0; ks < kKQK; ++ks) MmaS::ss(ts, sQ.desc_k_major(wg_row, ks), sTK.desc_k_major(0, ks), 1);
         }
         wgmma_commit();
-        wgmma_wait<0>();
+        if (!kJvp && i > 0) {
+            // p_{i-1} v_{i-1} runs on the tensor cores behind the scores while this warpgroup
+            // masks and exponentiates them.
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], stage_v(st_prev, 0).desc_n_major(ks), 1);
+            wgmma_commit();
+            wgmma_wait<1>();
+        } else {
+            wgmma_wait<0>();
+        }
         pin(s);
         if constexpr (kJvp) pin(ts);
 
@@ -114,6 +139,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
 
         float alpha[2];
         sm.update(s, scale_log2, alpha);
+        if constexpr (!kJvp) {
+            wgmma_wait<0>();   // p_{i-1} v_{i-1} (unconditional, so ptxas sees every path wait)
+            pin(acc_o);
+            pin(pf_prev);
+            scale_rows(acc_o, alpha);
+            c_to_a<Elem, kKPV>(pf_prev, s);
+            st_prev = st;
+            continue;   // this tile's p v is issued with the next tile's scores (or after the loop)
+        }
         scale_rows(acc_o, alpha);
         uint32_t pf[kKPV][4];
         c_to_a<Elem, kKPV>(pf, s);
@@ -143,6 +177,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
             pin(ptf);
         }
         __syncthreads();  // this stage is refilled by the next iteration's prefetch
+    }
+    if (!kJvp && walk.num_total > 0) {   // the last tile's p v
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], stage_v(st_prev, 0).desc_n_major(ks), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(acc_o);
+        pin(pf_prev);
     }
 
     fwd_epilogue<Elem, kJvp, kNBO>(p, b, h, row0, lane, sm, mu, acc_o, acc_t);

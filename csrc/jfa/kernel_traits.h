@@ -47,7 +47,9 @@ struct FwdTraitsSm90 : Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, f
                         fwd_tiles_sm90<kJvp>().warps>;
     static_assert(Base::kBlockM % 64 == 0, "whole warpgroups of 64 rows");
     static_assert(Base::kBlockN == 64 || Base::kBlockN == 128, "wgmma products are built for N = 64 and 128");
-    static constexpr int kStages = 2;
+    // The forward overlaps p v of tile i-1 with the softmax of tile i, so value tiles live one
+    // tile longer: three stages. The JVP's tiles do not fit three times; it keeps two and no overlap.
+    static constexpr int kStages = kJvp ? 2 : 3;
     static constexpr int kQBytes = (kJvp ? 2 : 1) * Base::kBlockM * kDQK * 2;
     static constexpr int kStageBytes = (kJvp ? 2 : 1) * Base::kBlockN * (kDQK + kDV) * 2;
     static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes + 1024;  // + room to align the base
