@@ -135,6 +135,10 @@ void forward(const py::dict& d) {
 
 void forward_jvp(const py::dict& d) {
     AttnParams p = common_params(d);
+    if (d.contains("q_zero_tangent")) {   // optional: the mask's zero-tangent hint per tile
+        p.q_zero_tangent = get_ptr<const int8_t>(d, "q_zero_tangent");
+        p.k_zero_tangent = get_ptr<const int8_t>(d, "k_zero_tangent");
+    }
     p.o = get_ptr<void>(d, "o");
     p.o_stride = get_strides(d, "o_stride");
     p.tq = get_ptr<const void>(d, "tq");

@@ -137,3 +137,27 @@ def test_adjoint_identity_jvp_vs_backward():
     lhs, rhs = terms[0].sum(), sum(x.sum() for x in terms[1:])
     spread = sum(x.square().sum().sqrt() for x in terms)
     assert abs(lhs - rhs) <= 0.05 * spread, (lhs.item(), rhs.item(), spread.item())
+
+
+@pytest.mark.parametrize("chunk", [1, 3], ids=["framewise", "chunkwise"])
+def test_zero_tangent_hint_gives_the_same_jvp(chunk):
+    """With tangents zero on the clean half of teacher forcing, the hinted mask (whose zero key
+    tiles skip tk/tv loads and products on the sm_90a path) gives the unhinted result exactly:
+    the skipped products would only have added exact zeros. Both are also within the rule."""
+    pattern = FramePattern(130, 8, chunk)
+    mask = masks.teacher_forcing(pattern)
+    clean = (0, pattern.num_tokens)
+    hinted = mask.with_zero_tangents(q_ranges=[clean], k_ranges=[clean])
+    mk = lambda s, h: torch.randn(2, s, h, 128, device="cuda", dtype=torch.bfloat16)
+    q, k, v = mk(mask.sq, 4), mk(mask.sk, 2), mk(mask.sk, 2)
+    tq, tk, tv = (torch.randn_like(a) for a in (q, k, v))
+    for t in (tq, tk, tv):
+        t[:, : pattern.num_tokens] = 0
+    be = get("cuda")
+    o, to, lse = be.forward_jvp(q, k, v, tq, tk, tv, mask, 0.1)
+    o_h, to_h, lse_h = be.forward_jvp(q, k, v, tq, tk, tv, hinted, 0.1)
+    assert torch.equal(o, o_h) and torch.equal(to, to_h) and torch.equal(lse, lse_h)
+    x64 = [a.double() for a in (q, k, v, tq, tk, tv)]
+    o64, to64, _ = reference.forward_jvp(*x64, mask, scale=0.1)
+    _, to_lp, _ = reference.forward_jvp(q, k, v, tq, tk, tv, mask, scale=0.1)
+    assert_within_rule("to", to_h, to64, to_lp)

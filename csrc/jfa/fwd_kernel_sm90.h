@@ -18,7 +18,9 @@
 
 namespace jfa {
 
-template <class Tr, bool kJvp>
+// kHint: the JVP reads the zero-tangent hint (a separate instantiation: its branches cost the
+// hint-free JVP registers).
+template <class Tr, bool kJvp, bool kHint = false>
 __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(const AttnParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Elem = typename Tr::Elem;
@@ -55,13 +57,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
     const Elem* tv = kJvp ? head_ptr<Elem>(p.tv, p.tv_stride, b, hk) : nullptr;
 
     const TileWalk walk(p.q_tiles, q_tile);
+    // Zero-tangent hint (JVP): a key tile whose tk and tv are zero skips their loads, q tk^T and
+    // p tv. (Skipping tq k^T for zero-tangent query tiles as well made ptxas spill 300 bytes in
+    // the key loop; the query side is not used.)
+    auto tan_k = [&](int i) { return !(kJvp && kHint && p.k_zero_tangent[walk.tile(i)]); };
     sQ.template load_async<Tr::kThreads>(q, p.q_stride.row, q0, p.seqlen_q, tid);
     if constexpr (kJvp) sTQ.template load_async<Tr::kThreads>(tq, p.tq_stride.row, q0, p.seqlen_q, tid);
     auto load_kv = [&](int i, int st) {
         const int k0 = walk.tile(i) * kBN;
         stage_k(st, 0).template load_async<Tr::kThreads>(k, p.k_stride.row, k0, p.seqlen_k, tid);
         stage_v(st, 0).template load_async<Tr::kThreads>(v, p.v_stride.row, k0, p.seqlen_k, tid);
-        if constexpr (kJvp) {
+        if (kJvp && tan_k(i)) {
             stage_k(st, 1).template load_async<Tr::kThreads>(tk, p.tk_stride.row, k0, p.seqlen_k, tid);
             stage_v(st, 1).template load_async<Tr::kThreads>(tv, p.tv_stride.row, k0, p.seqlen_k, tid);
         }
@@ -108,12 +114,16 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < kKQK; ++ks) MmaS::ss(s, sQ.desc_k_major(wg_row, ks), sK.desc_k_major(0, ks), ks > 0);
+        const bool tan_ki = tan_k(i);
         if constexpr (kJvp) {
             const KTile sTK = stage_k(st, 1);
 #pragma unroll
             for (int ks = 0; ks < kKQK; ++ks) MmaS::ss(ts, sTQ.desc_k_major(wg_row, ks), sK.desc_k_major(0, ks), ks > 0);
+            if (tan_ki) {
+                wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < kKQK; ++ks) MmaS::ss(ts, sQ.desc_k_major(wg_row, ks), sTK.desc_k_major(0, ks), 1);
+                for (int ks = 0; ks < kKQK; ++ks) MmaS::ss(ts, sQ.desc_k_major(wg_row, ks), sTK.desc_k_major(0, ks), 1);
+            }
         }
         wgmma_commit();
         if (!kJvp && i > 0) {
@@ -163,8 +173,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
         for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf[ks], sV.desc_n_major(ks), 1);
         if constexpr (kJvp) {
             const VTile sTV = stage_v(st, 1);
+            if (tan_ki) {
+                wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, pf[ks], sTV.desc_n_major(ks), 1);
+                for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, pf[ks], sTV.desc_n_major(ks), 1);
+            }
+            if (kHint) wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, ptf[ks], sV.desc_n_major(ks), 1);
         }

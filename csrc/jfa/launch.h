@@ -51,7 +51,11 @@ template <class Elem, int kDQK, int kDV, bool kJvp>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     if (sm90_path(current_device())) {
         using Tr = FwdTraitsSm90<Elem, kDQK, kDV, kJvp>;
-        launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp>, kJvp, p, stream);
+        if (kJvp && p.k_zero_tangent != nullptr) {
+            launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp, kJvp>, kJvp, p, stream);
+        } else {
+            launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp>, kJvp, p, stream);
+        }
     } else {
         using Tr = FwdTraits<Elem, kDQK, kDV, kJvp>;
         launch_fwd_with<Tr>(attention_fwd_kernel<Tr, kJvp>, kJvp, p, stream);

@@ -71,6 +71,11 @@ struct AttnParams {
     TileLists q_tiles;
     TileLists k_tiles;
     TokenMaps maps;
+    // Zero-tangent hint of the JVP, per tile of the q_tiles description: 1 where every token's
+    // tangent is promised to be zero (nullptr: no hint). Read by the sm_90a JVP, which skips
+    // the products and loads of zero tangents; the other kernels ignore it.
+    const int8_t* q_zero_tangent = nullptr;   // per query tile (block_m rows)
+    const int8_t* k_zero_tangent = nullptr;   // per key tile (block_n keys)
     int num_q_tiles = 0;    // query tiles of the q_tiles description (grid of fwd/JVP/dQ)
     int num_k_tiles = 0;    // key tiles of the k_tiles description (grid of dK/dV)
     // The (block_m, block_n) each description was built for; checked against the kernel's

@@ -181,7 +181,7 @@ class CudaBackend(Backend):
     def _forward_jvp(self, q, k, v, tq, tk, tv, mask, scale):
         q, k, v, tq, tk, tv = (_aligned(x) for x in (q, k, v, tq, tk, tv))
         with torch.cuda.device(q.device):
-            m, args, _ = self._common(q, k, v, mask, scale, "jvp")
+            m, args, mask = self._common(q, k, v, mask, scale, "jvp")
             b, sq, hq, _ = q.shape
             o = _empty((b, sq, hq, v.shape[-1]), q)
             to = _empty((b, sq, hq, v.shape[-1]), q)
@@ -189,6 +189,9 @@ class CudaBackend(Backend):
             args.update(o=o.data_ptr(), o_stride=_strides(o), to=to.data_ptr(), to_stride=_strides(to),
                         tq=tq.data_ptr(), tk=tk.data_ptr(), tv=tv.data_ptr(),
                         tq_stride=_strides(tq), tk_stride=_strides(tk), tv_stride=_strides(tv), lse=lse.data_ptr())
+            if mask.zero_tangent_q or mask.zero_tangent_k:   # the sm_90a JVP skips zero tangents
+                desc = mask.tiles(args["q_tiles"]["block_m"], args["q_tiles"]["block_n"], q.device)
+                args.update(q_zero_tangent=desc.q_zero_tangent.data_ptr(), k_zero_tangent=desc.k_zero_tangent.data_ptr())
             m.forward_jvp(args)
         return o, to, lse
 

@@ -16,6 +16,20 @@ import torch
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
 
+def zero_tangent_tiles(ranges, n: int, block: int) -> np.ndarray:
+    """int8 flag per tile of `block` tokens over [0, n): 1 where every token of the tile lies in
+    the union of the (start, end) ranges that the mask promises have zero tangents."""
+    cover = np.zeros(n + 1, np.int32)   # +1 at starts, -1 at ends: a prefix sum counts the ranges
+    for a, b in ranges:
+        cover[a] += 1
+        cover[b] -= 1
+    zero_token = np.cumsum(cover[:n]) > 0
+    num_tiles = -(-n // block)
+    pad = np.ones(num_tiles * block, bool)   # tokens past n are zero-filled: they count as zero
+    pad[:n] = zero_token
+    return pad.reshape(num_tiles, block).all(axis=1).astype(np.int8)
+
+
 def _csr(selected: np.ndarray):
     """Row pointers and column indices (int32) of the True entries, row by row."""
     ptr = np.zeros(selected.shape[0] + 1, dtype=np.int32)
@@ -49,6 +63,10 @@ class TileDescription:
     k_seg: torch.Tensor
     k_pos: torch.Tensor
     rule: torch.Tensor
+    # Zero-tangent hint (SegmentMask.with_zero_tangents), int8 per query tile (block_m) and per
+    # key tile (block_n): 1 where every token's tangent is promised to be zero. All 0 without a hint.
+    q_zero_tangent: torch.Tensor
+    k_zero_tangent: torch.Tensor
 
     @staticmethod
     def build(mask, block_m: int, block_n: int, device="cpu") -> "TileDescription":
@@ -72,7 +90,9 @@ class TileDescription:
         return TileDescription(
             block_m, block_n, sq, sk, state.shape[0], state.shape[1], state,
             as_t(qf), as_t(qfi), as_t(qp), as_t(qpi), as_t(kf), as_t(kfi), as_t(kp), as_t(kpi),
-            q_seg, q_pos, k_seg, k_pos, rule)
+            q_seg, q_pos, k_seg, k_pos, rule,
+            as_t(zero_tangent_tiles(getattr(mask, "zero_tangent_q", ()), sq, block_m)),
+            as_t(zero_tangent_tiles(getattr(mask, "zero_tangent_k", ()), sk, block_n)))
 
     @property
     def num_full(self) -> int:
