@@ -73,6 +73,26 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
+// All kThreads threads copy rows [row0, row0 + kRows) of a global matrix (row stride in
+// elements, kCols 16-bit columns) into a shared tile, 16 bytes at a time to tile.chunk(row, c);
+// rows at or past num_rows are zero-filled. Serves every tile layout (SmemTile, PanelTile).
+template <int kRows, int kCols, int kThreads, class Tile>
+__device__ __forceinline__ void copy_rows_async(const Tile& tile, const void* gbase, int64_t row_stride, int row0,
+                                                int num_rows, int tid) {
+    constexpr int kChunks = kCols / kChunkElems;
+    const char* g = static_cast<const char*>(gbase);
+    constexpr int kIters = (kRows * kChunks + kThreads - 1) / kThreads;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+        const int i = tid + it * kThreads;
+        if (kRows * kChunks % kThreads != 0 && i >= kRows * kChunks) break;
+        const int r = i / kChunks, c = i % kChunks;
+        const bool in = row0 + r < num_rows;
+        const char* src = in ? g + ((row0 + r) * row_stride + c * kChunkElems) * 2 : g;
+        cp_async_16(tile.chunk(r, c), src, in ? 16 : 0);
+    }
+}
+
 // A shared-memory tile of kRows x kCols 16-bit elements, row-major in 16-byte chunks whose
 // chunk index is XORed with (row % 8): the 8 row addresses of one ldmatrix hit 8 different
 // bank groups, and a row's 16-byte chunks stay contiguous for the async copies.
@@ -87,22 +107,10 @@ struct SmemTile {
         return base + static_cast<uint32_t>((row * kChunks + (c ^ (row & 7))) * 16);
     }
 
-    // All kThreads threads copy rows [row0, row0 + kRows) of a global matrix (row stride
-    // in elements); rows at or past num_rows are zero-filled.
     template <int kThreads>
     __device__ __forceinline__ void load_async(const void* gbase, int64_t row_stride, int row0, int num_rows,
                                                int tid) const {
-        const char* g = static_cast<const char*>(gbase);
-        constexpr int kIters = (kRows * kChunks + kThreads - 1) / kThreads;
-#pragma unroll
-        for (int it = 0; it < kIters; ++it) {
-            const int i = tid + it * kThreads;
-            if (kRows * kChunks % kThreads != 0 && i >= kRows * kChunks) break;
-            const int r = i / kChunks, c = i % kChunks;
-            const bool in = row0 + r < num_rows;
-            const char* src = in ? g + ((row0 + r) * row_stride + c * kChunkElems) * 2 : g;
-            cp_async_16(chunk(r, c), src, in ? 16 : 0);
-        }
+        copy_rows_async<kRows, kCols, kThreads>(*this, gbase, row_stride, row0, num_rows, tid);
     }
 
     // A fragment of the 16x16 block at (row0, 16 * kstep).

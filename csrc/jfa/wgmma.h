@@ -33,23 +33,10 @@ struct PanelTile {
         return base + static_cast<uint32_t>((c >> 3) * kPanelBytes + row * 128 + (((c & 7) ^ (row & 7)) << 4));
     }
 
-    // All kThreads threads copy rows [row0, row0 + kRows) of a global matrix (row stride in
-    // elements); rows at or past num_rows are zero-filled.
     template <int kThreads>
     __device__ __forceinline__ void load_async(const void* gbase, int64_t row_stride, int row0, int num_rows,
                                                int tid) const {
-        constexpr int kChunks = kCols / kChunkElems;
-        const char* g = static_cast<const char*>(gbase);
-        constexpr int kIters = (kRows * kChunks + kThreads - 1) / kThreads;
-#pragma unroll
-        for (int it = 0; it < kIters; ++it) {
-            const int i = tid + it * kThreads;
-            if (kRows * kChunks % kThreads != 0 && i >= kRows * kChunks) break;
-            const int r = i / kChunks, c = i % kChunks;
-            const bool in = row0 + r < num_rows;
-            const char* src = in ? g + ((row0 + r) * row_stride + c * kChunkElems) * 2 : g;
-            cp_async_16(chunk(r, c), src, in ? 16 : 0);
-        }
+        copy_rows_async<kRows, kCols, kThreads>(*this, gbase, row_stride, row0, num_rows, tid);
     }
 
     // Descriptor of the k16 step ks for a K-major read of rows [row0, ...).
