@@ -74,3 +74,12 @@ def rng():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"random seed {seed}")  # shown by pytest when the test fails
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def reference_backend():
+    """Whole-model tests (test_rcm_*) use jfa's reference backend: CI sets TRITON_INTERPRET=1,
+    under which jfa would pick the Triton interpreter on the CPU, far too slow for whole models."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JFA_BACKEND", "reference")
+        yield

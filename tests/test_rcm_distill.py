@@ -13,13 +13,8 @@ from causal_rcm_min.sample import chunk_schedules, sample_streaming, student_sch
 from test_rcm_model import build
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reference_backend():
-    """Whole-model tests use jfa's reference backend: CI sets TRITON_INTERPRET=1, under which
-    jfa would pick the Triton interpreter on the CPU, far too slow for whole models."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JFA_BACKEND", "reference")
-        yield
+# Whole-model tests run on jfa's reference backend (conftest.reference_backend).
+pytestmark = pytest.mark.usefixtures("reference_backend")
 
 
 # ---- flow matching <-> TrigFlow -------------------------------------------------------

@@ -10,13 +10,8 @@ from causal_rcm_min.data import null_cond, sample_clips, to_model
 from causal_rcm_min.model import CausalVideoDiT
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reference_backend():
-    """Whole-model tests use jfa's reference backend: CI sets TRITON_INTERPRET=1, under which
-    jfa would pick the Triton interpreter on the CPU, far too slow for whole models."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JFA_BACKEND", "reference")
-        yield
+# Whole-model tests run on jfa's reference backend (conftest.reference_backend).
+pytestmark = pytest.mark.usefixtures("reference_backend")
 
 
 LAYOUTS = {  # id -> model overrides

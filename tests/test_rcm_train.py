@@ -11,13 +11,8 @@ from causal_rcm_min.config import Config, apply_overrides, preset
 from causal_rcm_min.train import build_config, load_teacher, main, parse_args, run_stage
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reference_backend():
-    """Whole-model tests use jfa's reference backend: CI sets TRITON_INTERPRET=1, under which
-    jfa would pick the Triton interpreter on the CPU, far too slow for whole models."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JFA_BACKEND", "reference")
-        yield
+# Whole-model tests run on jfa's reference backend (conftest.reference_backend).
+pytestmark = pytest.mark.usefixtures("reference_backend")
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
