@@ -31,6 +31,7 @@ from .data import sample_clips, to_model
 from .evaluate import frechet_distance, score_clips
 from .log import Logger
 from .model import CausalVideoDiT
+from .optim import clipped_step, ema_update
 from .sample import chunk_schedules, student_schedules, sample_streaming
 from .viz import plot_curves
 
@@ -209,26 +210,17 @@ def train_student(cfg: Config, stage: str, device) -> dict:
                         rollout = L.self_forcing_rollout(student, cond, actions, data.num_frames, schedules,
                                                          dc.noisy_context, grad=False)
                     fake_loss = L.sf_dmd_fake_loss(fake, rollout, cond, actions, fake_tc)
-                    fake_opt.zero_grad(set_to_none=True)
-                    fake_loss.backward()
-                    torch.nn.utils.clip_grad_norm_(fake.parameters(), tc.grad_clip)
-                    fake_opt.step()
+                    clipped_step(fake_opt, fake_loss, fake.parameters(), tc.grad_clip)
                 rollout = L.self_forcing_rollout(student, cond, actions, data.num_frames, schedules,
                                                  dc.noisy_context, grad=True)
                 loss, info = L.sf_dmd_generator_loss(rollout, teacher, fake, cond, actions, dc)
                 info["fake_loss"] = fake_loss.detach()
             else:
                 raise ValueError(f"student stage must be one of {STUDENT_STAGES}, got {stage!r}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), tc.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), student.parameters()):
-                pe.lerp_(pm, 1 - dc.ema_decay)
-            if target is not None:
-                for pt, pm in zip(target.parameters(), student.parameters()):
-                    pt.lerp_(pm, 1 - dc.dcm_target_ema)
+        grad_norm = clipped_step(opt, loss, student.parameters(), tc.grad_clip)
+        ema_update(ema, student, dc.ema_decay)
+        if target is not None:
+            ema_update(target, student, dc.dcm_target_ema)
         _sync(device)
         step_times.append(time.time() - t0)
         train_seconds += step_times[-1]

@@ -30,6 +30,7 @@ from .evaluate import frechet_distance, score_clips
 from .log import Logger
 from .losses import objective
 from .model import CausalVideoDiT
+from .optim import clipped_step, ema_update
 from .sample import chunk_schedules, sample_full, sample_streaming, student_schedules
 from .viz import plot_by_frame, plot_curves, save_filmstrip, save_gif
 
@@ -124,13 +125,8 @@ def train_teacher(cfg: Config, stage: str, resume: bool, rank: int, world: int, 
         with amp:
             loss = loss_fn(net, to_model(clips.frames), clips.cond,
                            clips.actions if cfg.data.action_mode else None, tc)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - tc.ema_decay)
+        grad_norm = clipped_step(opt, loss, model.parameters(), tc.grad_clip)
+        ema_update(ema, model, tc.ema_decay)
         step += 1
         running.append(loss.detach())
         bar.update(1)
