@@ -91,13 +91,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const
 
     for (int j = 0; j < total; ++j) {
         const int st = j & 1;
-        if (j + 1 < total) {
-            load_q(j + 1, st ^ 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        prefetch_next_and_wait(j, total, st ^ 1, load_q);
         __syncthreads();
         const QTile sQ = stage_q(st);
         const OTile sDO = stage_do(st);
@@ -110,11 +104,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const
         float pt[kNBS][4];
         zero(pt);
         mma_abt<Elem, kNBS, kDQK / 16>(pt, sK, warp * 16, sQ, lane);
-        if (walk.partial(i)) {
-            mask_tile<true, true>(pt, p.maps, krow0, m0, lane, p.seqlen_q, p.seqlen_k);
-        } else if (edge_k || m0 + kBM > p.seqlen_q) {
-            mask_tile<false, true>(pt, p.maps, krow0, m0, lane, p.seqlen_q, p.seqlen_k);
-        }
+        mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
 #pragma unroll
         for (int nb = 0; nb < kNBS; ++nb) {
 #pragma unroll
@@ -197,13 +187,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel(const 
 
     for (int i = 0; i < walk.num_total; ++i) {
         const int st = i & 1;
-        if (i + 1 < walk.num_total) {
-            load_kv(i + 1, st ^ 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        prefetch_next_and_wait(i, walk.num_total, st ^ 1, load_kv);
         __syncthreads();
         const KTile sK = stage_k(st);
         const int k0 = walk.tile(i) * kBN;
@@ -211,11 +195,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel(const 
         float s[kNBS][4];
         zero(s);
         mma_abt<Elem, kNBS, kDQK / 16>(s, sQ, warp * 16, sK, lane);
-        if (walk.partial(i)) {
-            mask_tile<true, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
-        } else if (edge_q || k0 + kBN > p.seqlen_k) {
-            mask_tile<false, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
-        }
+        mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
         float dp[kNBS][4];
         zero(dp);
         mma_abt<Elem, kNBS, kDV / 16>(dp, sDO, warp * 16, stage_v(st), lane);

@@ -68,13 +68,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
 
     for (int j = 0; j < total; ++j) {
         const int st = j & 1;
-        if (j + 1 < total) {
-            load_q(j + 1, st ^ 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        prefetch_next_and_wait(j, total, st ^ 1, load_q);
         fence_proxy_async();
         __syncthreads();
         const QTile sQ = stage_q(st);
@@ -97,11 +91,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         wgmma_wait<0>();
         pin(pt);
         pin(dst);
-        if (walk.partial(i)) {
-            mask_tile<true, true>(pt, p.maps, krow0, m0, lane, p.seqlen_q, p.seqlen_k);
-        } else if (edge_k || m0 + kBM > p.seqlen_q) {
-            mask_tile<false, true>(pt, p.maps, krow0, m0, lane, p.seqlen_q, p.seqlen_k);
-        }
+        mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
 #pragma unroll
         for (int nb = 0; nb < kBM / 8; ++nb) {
 #pragma unroll
@@ -190,13 +180,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(c
 
     for (int i = 0; i < walk.num_total; ++i) {
         const int st = i & 1;
-        if (i + 1 < walk.num_total) {
-            load_kv(i + 1, st ^ 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        prefetch_next_and_wait(i, walk.num_total, st ^ 1, load_kv);
         fence_proxy_async();
         __syncthreads();
         const KTile sK = stage_k(st);
@@ -215,11 +199,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(c
         wgmma_wait<0>();
         pin(s);
         pin(dp);
-        if (walk.partial(i)) {
-            mask_tile<true, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
-        } else if (edge_q || k0 + kBN > p.seqlen_k) {
-            mask_tile<false, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
-        }
+        mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
 #pragma unroll
         for (int nb = 0; nb < kNBS; ++nb) {
 #pragma unroll

@@ -88,13 +88,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
     for (int i = 0; i < walk.num_total; ++i) {
         const int st = i % Tr::kStages;
         if constexpr (kJvp) {
-            if (i + 1 < walk.num_total) {
-                load_kv(i + 1, st ^ 1);
-                cp_async_commit();
-                cp_async_wait<1>();
-            } else {
-                cp_async_wait<0>();
-            }
+            prefetch_next_and_wait(i, walk.num_total, st ^ 1, load_kv);
             fence_proxy_async();  // this thread's copies become visible to the tensor cores' reads
             __syncthreads();
         } else {
@@ -141,11 +135,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
         if constexpr (kJvp) pin(ts);
 
         const int k0 = walk.tile(i) * kBN;
-        if (walk.partial(i)) {
-            mask_tile<true, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
-        } else if (edge_q || k0 + kBN > p.seqlen_k) {
-            mask_tile<false, false>(s, p.maps, row0, k0, lane, p.seqlen_q, p.seqlen_k);
-        }
+        mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
 
         float alpha[2];
         sm.update(s, scale_log2, alpha);

@@ -57,4 +57,16 @@ __device__ __forceinline__ void mask_tile(float (&s)[kNB][4], const TokenMaps& m
     }
 }
 
+// Mask one tile's scores as the walk says: element-wise from the maps on a PARTIAL tile, by
+// bounds alone on a FULL tile that crosses the end of Sq or Sk (edge), not at all otherwise.
+template <bool kTransposed, int kNB>
+__device__ __forceinline__ void mask_scores(float (&s)[kNB][4], const AttnParams& p, bool partial, bool edge, int row0,
+                                            int col0, int lane) {
+    if (partial) {
+        mask_tile<true, kTransposed>(s, p.maps, row0, col0, lane, p.seqlen_q, p.seqlen_k);
+    } else if (edge) {
+        mask_tile<false, kTransposed>(s, p.maps, row0, col0, lane, p.seqlen_q, p.seqlen_k);
+    }
+}
+
 }  // namespace jfa

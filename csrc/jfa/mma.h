@@ -64,6 +64,19 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
+// The two-stage copy step at the top of iteration i of n: start the copies of tile i+1 into
+// stage next_stage (load(i + 1, next_stage)), then wait until tile i's own copies have landed.
+template <class Load>
+__device__ __forceinline__ void prefetch_next_and_wait(int i, int n, int next_stage, Load&& load) {
+    if (i + 1 < n) {
+        load(i + 1, next_stage);
+        cp_async_commit();
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+}
+
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
