@@ -165,12 +165,12 @@ class CudaBackend(Backend):
             "q_tiles": _tile_args(desc), "maps": _maps(desc),
             "stream": torch.cuda.current_stream(q.device).cuda_stream, "device": q.device.index,
         }
-        return m, args, mask
+        return m, args, mask, desc
 
     def _forward(self, q, k, v, mask, scale):
         q, k, v = (_aligned(x) for x in (q, k, v))
         with torch.cuda.device(q.device):
-            m, args, _ = self._common(q, k, v, mask, scale, "fwd")
+            m, args, _, _ = self._common(q, k, v, mask, scale, "fwd")
             b, sq, hq, _ = q.shape
             o = _empty((b, sq, hq, v.shape[-1]), q)
             lse = _empty((b, hq, sq), q, dtype=torch.float32)
@@ -181,7 +181,7 @@ class CudaBackend(Backend):
     def _forward_jvp(self, q, k, v, tq, tk, tv, mask, scale):
         q, k, v, tq, tk, tv = (_aligned(x) for x in (q, k, v, tq, tk, tv))
         with torch.cuda.device(q.device):
-            m, args, mask = self._common(q, k, v, mask, scale, "jvp")
+            m, args, mask, desc = self._common(q, k, v, mask, scale, "jvp")
             b, sq, hq, _ = q.shape
             o = _empty((b, sq, hq, v.shape[-1]), q)
             to = _empty((b, sq, hq, v.shape[-1]), q)
@@ -190,7 +190,6 @@ class CudaBackend(Backend):
                         tq=tq.data_ptr(), tk=tk.data_ptr(), tv=tv.data_ptr(),
                         tq_stride=_strides(tq), tk_stride=_strides(tk), tv_stride=_strides(tv), lse=lse.data_ptr())
             if mask.zero_tangent_q or mask.zero_tangent_k:   # the sm_90a JVP skips zero tangents
-                desc = mask.tiles(args["q_tiles"]["block_m"], args["q_tiles"]["block_n"], q.device)
                 args.update(q_zero_tangent=desc.q_zero_tangent.data_ptr(), k_zero_tangent=desc.k_zero_tangent.data_ptr())
             m.forward_jvp(args)
         return o, to, lse
@@ -203,7 +202,7 @@ class CudaBackend(Backend):
             raise NotImplementedError(f"the cuda backend has no backward kernel for head dims (q/k {dqk}, v {dv_dim}) "
                                       f"in {dt}; use backend='triton' or 'reference'")
         with torch.cuda.device(q.device):
-            m, args, mask = self._common(q, k, v, mask, scale, "bwd_q")
+            m, args, mask, _ = self._common(q, k, v, mask, scale, "bwd_q")
             kv_m, kv_n = _tile_shapes(q.device.index)["bwd_kv"]
             kv_desc = mask.tiles(kv_m, kv_n, q.device)
             b, sq, hq, _ = q.shape
