@@ -186,3 +186,63 @@ def test_triton_backend_matches_reference(monkeypatch):
     out, tan = run()
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(tan, ref_tan, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_fused_pointwise_pieces_equal_eager():
+    """Each compiled piece gives the eager piece's values and gradients (float64; inductor on a CPU)."""
+    from causal_rcm_min import pointwise
+
+    fused = pointwise.Pointwise(True)
+    g = torch.Generator().manual_seed(3)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    B, Fr, T, H, D = 2, 3, 5, 2, 8
+    cases = {
+        "modulated_layer_norm": (rnd(B, Fr, T, H * D), rnd(B, Fr, 1, H * D), rnd(B, Fr, 1, H * D)),
+        "gated_add": (rnd(B, Fr, T, H * D), rnd(B, Fr, 1, H * D), rnd(B, Fr, T, H * D)),
+        "qk_norm_rope": (rnd(B, Fr * T, H, D), rnd(B, Fr * T, H, D), rnd(D), rnd(D),
+                         torch.rand(Fr * T, D // 2, dtype=torch.float64, generator=g).cos(),
+                         torch.rand(Fr * T, D // 2, dtype=torch.float64, generator=g).sin(), torch.float64),
+    }
+    for name, args in cases.items():
+        outs = {}
+        for kind, fn in (("eager", getattr(pointwise.EAGER, name)), ("fused", getattr(fused, name))):
+            out = fn(*args)
+            out = out if isinstance(out, tuple) else (out,)
+            leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+            grads = torch.autograd.grad(sum((o * (i + 1)).sum() for i, o in enumerate(out)), leaves)
+            outs[kind] = (*out, *grads)
+        assert len(outs["fused"]) == len(outs["eager"])
+        for a, b in zip(outs["fused"], outs["eager"]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fusion is used on a GPU only")
+def test_fused_model_matches_eager_on_gpu():
+    """The whole model with fused pieces: the forward and the parameter gradients of the eager model
+    (bf16 autocast, so within bf16 rounding), and a CPU model ignores the switch."""
+    cpu_model, _ = build("chunkwise", dtype=torch.float32)
+    assert not cpu_model.fuse_pointwise(True).fused
+    model, clips = build("chunkwise", dtype=torch.float32)
+    model = model.cuda()
+    x0, noisy, t, _ = inputs(model, clips, torch.float32)
+    x0, noisy, t = x0.cuda(), noisy.cuda(), t.cuda()
+    cond = clips.cond.cuda()
+
+    def run(fused):
+        model.fuse_pointwise(fused)
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(noisy, t, cond, mode="teacher_forcing", clean=x0)
+        out.float().square().mean().backward()
+        return out.float(), [p.grad.clone() for p in model.parameters()]
+
+    ref, ref_grads = run(False)
+    out, grads = run(True)
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    for (name, _), a, b in zip(model.named_parameters(), grads, ref_grads):
+        rel = ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+        assert rel < 2e-2, f"{name}: relative gradient difference {rel:.3g}"

@@ -57,6 +57,7 @@ class TrainConfig:
     t_shift: float = 1.0
     cond_dropout: float = 0.1
     amp: bool = True                # bf16 autocast on CUDA
+    fused_pointwise: bool = True    # teachers: compiled norms/rotary/gates on CUDA (pointwise.py)
     seed: int = 0
     log_every: int = 50
     ckpt_every: int = 1000

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 
 import jvp_flash_attn as jfa
 
+from . import pointwise
 from .config import DataConfig, ModelConfig
 from .data import ACTIONS, NUM_SLOT_VALUES, NUM_SLOTS
+from .pointwise import Pointwise
 
 MODES = ("teacher_forcing", "block_causal", "full")
 
@@ -40,13 +42,11 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+    """Holds the weight; the norm itself is ``pointwise.rms_norm`` (fused with the rotary)."""
 
-    def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
 
 
 class Rope3D:
@@ -73,13 +73,6 @@ class Rope3D:
         return torch.cat([f[:, None] * self._freqs(dt, 10000.0), r[:, None] * self._freqs(dh, 100.0),
                           c[:, None] * self._freqs(dw, 100.0)], -1)
 
-    @staticmethod
-    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate consecutive pairs of x (B, S, H, D) by angles with cos/sin (S, D/2)."""
-        x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-        cos, sin = cos[:, None], sin[:, None]
-        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
-
 
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
@@ -92,16 +85,14 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(dim // heads)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, cos, sin, mask, context=None):
+    def forward(self, x, cos, sin, mask, context=None, pw: Pointwise = pointwise.EAGER):
         """x (B, S, dim); context: cached (k, v) prepended to this call's keys.
 
         Returns the output and this call's rotated (k, v), which a KV cache stores.
         """
         B, S, _ = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, -1).unbind(2)
-        # The norms' float32 weights would promote q, k under autocast; keep v's dtype.
-        q = Rope3D.apply(self.q_norm(q), cos, sin).to(v.dtype)
-        k = Rope3D.apply(self.k_norm(k), cos, sin).to(v.dtype)
+        q, k = pw.qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, cos, sin, v.dtype)
         kv = (k, v)
         if context is not None:
             k, v = torch.cat([context[0], k], 1), torch.cat([context[1], v], 1)
@@ -114,23 +105,21 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.ada = nn.Linear(dim, 6 * dim)
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x, c, cos, sin, mask, context=None):
+    def forward(self, x, c, cos, sin, mask, context=None, pw: Pointwise = pointwise.EAGER):
         """x (B, Fr, T, dim) tokens by frame, c (B, Fr, dim) per-frame conditioning."""
         B, Fr, T, D = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c))[:, :, None].chunk(6, -1)
-        h = self.norm1(x) * (1 + scale1) + shift1
-        a, kv = self.attn(h.reshape(B, Fr * T, D), cos, sin, mask, context)
-        x = x + gate1 * a.view(B, Fr, T, D)
-        x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+        h = pw.modulated_layer_norm(x, shift1, scale1)
+        a, kv = self.attn(h.reshape(B, Fr * T, D), cos, sin, mask, context, pw)
+        x = pw.gated_add(x, gate1, a.view(B, Fr, T, D))
+        x = pw.gated_add(x, gate2, self.mlp(pw.modulated_layer_norm(x, shift2, scale2)))
         return x, kv
 
 
@@ -204,6 +193,13 @@ class CausalVideoDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         self._masks = {}
+        self.fused = False   # a flag, not the compiled functions: deepcopy (EMA, targets) copies it
+
+    def fuse_pointwise(self, on: bool = True) -> "CausalVideoDiT":
+        """Run the norms, rotary and residual gates as compiled fused kernels (GPU only; see
+        pointwise.py). Not for forward-mode AD: TF-sCM and TF-MeanFlow keep the eager pieces."""
+        self.fused = on and next(self.parameters()).is_cuda
+        return self
 
     # ---- pieces ---------------------------------------------------------------------
     def pattern(self, num_frames: int) -> "jfa.masks.FramePattern":
@@ -320,7 +316,7 @@ class CausalVideoDiT(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         mask = self.mask(mode, Fr, zero_clean_tangent)
         for block in self.blocks:
-            tokens, _ = block(tokens, c, cos, sin, mask)
+            tokens, _ = block(tokens, c, cos, sin, mask, pw=pointwise.pieces(self.fused))
         out = self.head(tokens, c)
         return out[:, Fr:] if mode == "teacher_forcing" else out
 
@@ -340,7 +336,7 @@ class CausalVideoDiT(nn.Module):
         mask = jfa.masks.from_segments([n], sizes + [n], [[1] * (len(sizes) + 1)])
         kvs = []
         for i, block in enumerate(self.blocks):
-            tokens, kv = block(tokens, c, cos, sin, mask, cache.context(i))
+            tokens, kv = block(tokens, c, cos, sin, mask, cache.context(i), pointwise.pieces(self.fused))
             kvs.append(kv)
         if write:
             cache.append(kvs, Fr)

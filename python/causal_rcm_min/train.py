@@ -87,7 +87,7 @@ def train_teacher(cfg: Config, stage: str, resume: bool, rank: int, world: int, 
     if tc.batch_size % world:
         raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the world size {world}")
     torch.manual_seed(tc.seed + rank)
-    model = CausalVideoDiT(cfg.model, cfg.data).to(device)
+    model = CausalVideoDiT(cfg.model, cfg.data).to(device).fuse_pointwise(tc.fused_pointwise)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     step, history = 0, []
