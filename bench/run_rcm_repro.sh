@@ -11,10 +11,11 @@
 #   LAYOUTS=chunkwise bench/run_rcm_repro.sh              # one layout only
 #   PARALLEL=0 bench/run_rcm_repro.sh                     # layouts one after the other
 #
-# By default the two layouts train as two processes side by side on the one GPU: the toy model
-# leaves most of an H200 idle (its step time is bound by kernel launches), so the pair takes about
-# as long as the slower layout alone. Step times (the convergence curves' seconds) are then measured
-# under that sharing, the same for TF-sCM and TF-dCM.
+# By default the two layouts train as two processes side by side on the one GPU. The teachers'
+# steps are GPU-bound and share it (each gets half), but the later stages (SF-DMD rollouts,
+# sampling) are bound by kernel launches and overlap: on an H200 the stages add up to 39 min and
+# the pair takes 22 (bench/results/rcm_repro_small_2026-11-21). Step times (the convergence
+# curves' seconds) are measured under that sharing, the same for TF-sCM and TF-dCM.
 #   PRESET=gpu_check KEEP_GOING=1 LAYOUTS=chunkwise BUDGET_S=400 bench/run_rcm_repro.sh   # one-piece GPU check
 #
 # Work (checkpoints, markers of finished stages) stays in $WORK (default runs/rcm_repro_<preset>,

@@ -7,7 +7,7 @@
 #
 #   JFA_GIT_SHA=... bash bench/run_rcm_repro_device.sh      # exit 75 while it runs: call again
 #
-# Start it on a fresh machine: the whole run takes about 23 min (both layouts side by side, the
+# Start it on a fresh machine: the whole run takes about 22 min (both layouts side by side, the
 # frame-wise one the longer), and a machine goes back 30 min after it was started.
 set -u
 export PYTHONUNBUFFERED=1
