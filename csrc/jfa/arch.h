@@ -50,4 +50,6 @@ inline TileShape fwd_tile_shape(bool jvp, int device) {
     return jvp ? kJvpTiles : kFwdTiles;
 }
 
+inline TileShape bwd_q_tile_shape(int device) { return sm90_path(device) ? kBwdQTilesSm90 : kBwdQTiles; }
+
 }  // namespace jfa

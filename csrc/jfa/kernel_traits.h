@@ -67,9 +67,10 @@ struct BwdKVTraits : Traits<Elem, kDQK, kDV, kBwdKVTiles.block_m, kBwdKVTiles.bl
 };
 
 // dQ: the warps split the query tile, and the kernel walks the key tiles of its query tile.
-template <class Elem, int kDQK, int kDV>
-struct BwdQTraits : Traits<Elem, kDQK, kDV, kBwdQTiles.block_m, kBwdQTiles.block_n, kBwdQTiles.warps> {
-    using Base = Traits<Elem, kDQK, kDV, kBwdQTiles.block_m, kBwdQTiles.block_n, kBwdQTiles.warps>;
+template <class Elem, int kDQK, int kDV, int kM = kBwdQTiles.block_m, int kN = kBwdQTiles.block_n,
+          int kW = kBwdQTiles.warps>
+struct BwdQTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
+    using Base = Traits<Elem, kDQK, kDV, kM, kN, kW>;
     static_assert(Base::kBlockM == Base::kWarpRows * Base::kNWarps, "one 16-row slice per warp");
     static constexpr int kStages = 2;
     static constexpr int kQBytes = Base::kBlockM * (kDQK + kDV) * 2;
@@ -77,8 +78,8 @@ struct BwdQTraits : Traits<Elem, kDQK, kDV, kBwdQTiles.block_m, kBwdQTiles.block
     static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
 };
 
-// The backward on the sm_90a path: the same tile shapes as the portable kernels (warpgroups of
-// 64 rows over the 128-row side), panels 1024-byte aligned.
+// The backward on the sm_90a path: dK/dV has the portable kernel's tile shape (warpgroups of 64
+// keys); dQ has its own (kBwdQTilesSm90). Panels are 1024-byte aligned.
 constexpr int round_up_1k(int x) { return (x + 1023) / 1024 * 1024; }
 
 template <class Elem, int kDQK, int kDV>
@@ -92,8 +93,9 @@ struct BwdKVTraitsSm90 : BwdKVTraits<Elem, kDQK, kDV> {
 };
 
 template <class Elem, int kDQK, int kDV>
-struct BwdQTraitsSm90 : BwdQTraits<Elem, kDQK, kDV> {
-    using Base = BwdQTraits<Elem, kDQK, kDV>;
+struct BwdQTraitsSm90
+    : BwdQTraits<Elem, kDQK, kDV, kBwdQTilesSm90.block_m, kBwdQTilesSm90.block_n, kBwdQTilesSm90.warps> {
+    using Base = BwdQTraits<Elem, kDQK, kDV, kBwdQTilesSm90.block_m, kBwdQTilesSm90.block_n, kBwdQTilesSm90.warps>;
     static_assert(Base::kBlockM % 64 == 0 && (Base::kBlockN == 64 || Base::kBlockN == 128),
                   "dQ: warpgroups of 64 queries, key tiles of 64 or 128");
     static constexpr int kSmemBytes = Base::kSmemBytes + 1024;

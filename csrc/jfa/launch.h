@@ -35,6 +35,10 @@ template <class Kernel>
 void set_smem(Kernel kernel, int bytes) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
                "raising the dynamic shared memory limit");
+    // All of the unified L1/shared storage as shared memory, so that kernels small enough for two
+    // blocks per SM (the sm_90a dQ kernel) get them.
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
+               "setting the shared memory carveout");
 }
 
 template <class Tr, class Kernel>
@@ -64,6 +68,8 @@ void launch_fwd(const AttnParams& p, cudaStream_t stream) {
 
 template <class TrKV, class TrQ, class KVKernel, class QKernel>
 void launch_bwd_pair(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t stream) {
+    check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, TrQ::kBlockM, TrQ::kBlockN, "query");
+    check_tiles(p.k_tiles_block_m, p.k_tiles_block_n, TrKV::kBlockM, TrKV::kBlockN, "key");
     set_smem(kv, TrKV::kSmemBytes);
     kv<<<dim3(p.num_k_tiles, p.batch * p.heads_k), TrKV::kThreads, TrKV::kSmemBytes, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the dK/dV kernel");
@@ -76,8 +82,6 @@ template <class Elem, int kDQK, int kDV>
 void launch_bwd(const AttnParams& p, cudaStream_t stream) {
     using TrKV = BwdKVTraits<Elem, kDQK, kDV>;
     using TrQ = BwdQTraits<Elem, kDQK, kDV>;
-    check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, TrQ::kBlockM, TrQ::kBlockN, "query");
-    check_tiles(p.k_tiles_block_m, p.k_tiles_block_n, TrKV::kBlockM, TrKV::kBlockN, "key");
     check_grid_y(p.batch * p.heads_q);
     if (p.seqlen_q == 0 || p.seqlen_k == 0) return;
     constexpr int kDeltaRows = 8;

@@ -59,6 +59,14 @@ struct TileShape {
 #ifndef JFA_JVP90_M
 #define JFA_JVP90_M 128
 #endif
+// dQ on sm_90a: one warpgroup of 64 query rows, so two blocks share an SM (96 KB of shared
+// memory and 128 x 255 registers each) and one's pointwise work overlaps the other's products.
+#ifndef JFA_BWDQ90_M
+#define JFA_BWDQ90_M 64
+#endif
+#ifndef JFA_BWDQ90_N
+#define JFA_BWDQ90_N 64
+#endif
 #ifndef JFA_JVP90_N
 #define JFA_JVP90_N 64
 #endif
@@ -69,5 +77,6 @@ constexpr TileShape kBwdQTiles{JFA_BWD_Q_M, JFA_BWD_Q_N, JFA_BWD_Q_W};    // dQ:
 constexpr TileShape kBwdKVTiles{JFA_BWD_KV_M, JFA_BWD_KV_N, JFA_BWD_KV_W};  // dK/dV: walks query tiles per key tile
 constexpr TileShape kFwdTilesSm90{JFA_FWD90_M, JFA_FWD90_N, JFA_FWD90_M / 16};
 constexpr TileShape kJvpTilesSm90{JFA_JVP90_M, JFA_JVP90_N, JFA_JVP90_M / 16};
+constexpr TileShape kBwdQTilesSm90{JFA_BWDQ90_M, JFA_BWDQ90_N, JFA_BWDQ90_M / 16};
 
 }  // namespace jfa
