@@ -184,7 +184,7 @@ py::dict tile_shapes(int device) {
     d["fwd"] = shape(fwd_tile_shape(false, device));
     d["jvp"] = shape(fwd_tile_shape(true, device));
     d["bwd_q"] = shape(bwd_q_tile_shape(device));
-    d["bwd_kv"] = shape(kBwdKVTiles);
+    d["bwd_kv"] = shape(bwd_kv_tile_shape(device));
     d["path"] = sm90_path(device) ? "sm90a wgmma" : "mma.sync";
     return d;
 }

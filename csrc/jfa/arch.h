@@ -51,5 +51,6 @@ inline TileShape fwd_tile_shape(bool jvp, int device) {
 }
 
 inline TileShape bwd_q_tile_shape(int device) { return sm90_path(device) ? kBwdQTilesSm90 : kBwdQTiles; }
+inline TileShape bwd_kv_tile_shape(int device) { return sm90_path(device) ? kBwdKVTilesSm90 : kBwdKVTiles; }
 
 }  // namespace jfa

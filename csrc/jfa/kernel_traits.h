@@ -56,9 +56,10 @@ struct FwdTraitsSm90 : Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, f
 };
 
 // dK/dV: the warps split the key tile, and the kernel walks the query tiles of its key tile.
-template <class Elem, int kDQK, int kDV>
-struct BwdKVTraits : Traits<Elem, kDQK, kDV, kBwdKVTiles.block_m, kBwdKVTiles.block_n, kBwdKVTiles.warps> {
-    using Base = Traits<Elem, kDQK, kDV, kBwdKVTiles.block_m, kBwdKVTiles.block_n, kBwdKVTiles.warps>;
+template <class Elem, int kDQK, int kDV, int kM = kBwdKVTiles.block_m, int kN = kBwdKVTiles.block_n,
+          int kW = kBwdKVTiles.warps>
+struct BwdKVTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
+    using Base = Traits<Elem, kDQK, kDV, kM, kN, kW>;
     static_assert(Base::kBlockN == Base::kWarpRows * Base::kNWarps, "one 16-key slice per warp");
     static constexpr int kStages = 2;
     static constexpr int kKVBytes = Base::kBlockN * (kDQK + kDV) * 2;
@@ -78,13 +79,14 @@ struct BwdQTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
     static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
 };
 
-// The backward on the sm_90a path: dK/dV has the portable kernel's tile shape (warpgroups of 64
-// keys); dQ has its own (kBwdQTilesSm90). Panels are 1024-byte aligned.
+// The backward on the sm_90a path: its own tile shapes (kBwdKVTilesSm90, kBwdQTilesSm90; warpgroups
+// of 64 keys in dK/dV, of 64 queries in dQ). Panels are 1024-byte aligned.
 constexpr int round_up_1k(int x) { return (x + 1023) / 1024 * 1024; }
 
 template <class Elem, int kDQK, int kDV>
-struct BwdKVTraitsSm90 : BwdKVTraits<Elem, kDQK, kDV> {
-    using Base = BwdKVTraits<Elem, kDQK, kDV>;
+struct BwdKVTraitsSm90
+    : BwdKVTraits<Elem, kDQK, kDV, kBwdKVTilesSm90.block_m, kBwdKVTilesSm90.block_n, kBwdKVTilesSm90.warps> {
+    using Base = BwdKVTraits<Elem, kDQK, kDV, kBwdKVTilesSm90.block_m, kBwdKVTilesSm90.block_n, kBwdKVTilesSm90.warps>;
     static_assert(Base::kBlockN % 64 == 0 && (Base::kBlockM == 64 || Base::kBlockM == 128),
                   "dK/dV: warpgroups of 64 keys, query tiles of 64 or 128");
     static constexpr int kKVBytes = Base::kBlockN * (kDQK + kDV) * 2;

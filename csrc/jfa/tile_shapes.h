@@ -59,13 +59,20 @@ struct TileShape {
 #ifndef JFA_JVP90_M
 #define JFA_JVP90_M 128
 #endif
-// dQ on sm_90a: one warpgroup of 64 query rows, so two blocks share an SM (96 KB of shared
-// memory and 128 x 255 registers each) and one's pointwise work overlaps the other's products.
+// The backward on sm_90a: one warpgroup of 64 rows per block (queries in dQ, keys in dK/dV), so
+// two blocks share an SM (about 97 KB of shared memory and 128 x 230 registers each) and one's
+// pointwise work overlaps the other's products.
 #ifndef JFA_BWDQ90_M
 #define JFA_BWDQ90_M 64
 #endif
 #ifndef JFA_BWDQ90_N
 #define JFA_BWDQ90_N 64
+#endif
+#ifndef JFA_BWDKV90_M
+#define JFA_BWDKV90_M 64
+#endif
+#ifndef JFA_BWDKV90_N
+#define JFA_BWDKV90_N 64
 #endif
 #ifndef JFA_JVP90_N
 #define JFA_JVP90_N 64
@@ -78,5 +85,6 @@ constexpr TileShape kBwdKVTiles{JFA_BWD_KV_M, JFA_BWD_KV_N, JFA_BWD_KV_W};  // d
 constexpr TileShape kFwdTilesSm90{JFA_FWD90_M, JFA_FWD90_N, JFA_FWD90_M / 16};
 constexpr TileShape kJvpTilesSm90{JFA_JVP90_M, JFA_JVP90_N, JFA_JVP90_M / 16};
 constexpr TileShape kBwdQTilesSm90{JFA_BWDQ90_M, JFA_BWDQ90_N, JFA_BWDQ90_M / 16};
+constexpr TileShape kBwdKVTilesSm90{JFA_BWDKV90_M, JFA_BWDKV90_N, JFA_BWDKV90_N / 16};
 
 }  // namespace jfa

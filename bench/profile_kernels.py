@@ -1,0 +1,63 @@
+"""Per-kernel GPU time of one attention op on one DESIGN §6 workload, for each backend.
+
+    python bench/profile_kernels.py W3 bwd                 # cuda and triton, 5 profiled calls
+    python bench/profile_kernels.py W1 fwd --backends cuda
+
+The suite (bench.run) times whole ops; this splits an op into its kernels (the backward's
+preprocess, dK/dV and dQ kernels), which is where an optimisation's prediction can be checked.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import bench  # noqa: F401  (makes jvp_flash_attn importable from a checkout)
+import jvp_flash_attn as jfa
+from bench.workloads import select
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workload")
+    ap.add_argument("op", choices=("fwd", "bwd"))
+    ap.add_argument("--backends", default="cuda,triton")
+    ap.add_argument("--calls", type=int, default=5)
+    args = ap.parse_args(argv)
+    (w,) = select(args.workload)
+    mask = w.mask()
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(s, d):
+        return torch.randn(w.batch, s, w.heads, d, device="cuda", dtype=w.dtype, generator=g)
+
+    q, k, v = rnd(mask.sq, w.d_qk), rnd(mask.sk, w.d_qk), rnd(mask.sk, w.d_v)
+    do = rnd(mask.sq, w.d_v)
+    for backend in args.backends.split(","):
+        q_, k_, v_ = (t.clone().requires_grad_(args.op == "bwd") for t in (q, k, v))
+
+        def call():
+            o = jfa.attention(q_, k_, v_, mask=mask, backend=backend)
+            if args.op == "bwd":
+                torch.autograd.grad(o, (q_, k_, v_), do)
+
+        for _ in range(2):
+            call()
+        torch.cuda.synchronize()
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.calls):
+                call()
+            torch.cuda.synchronize()
+        rows = [(e.key, e.self_device_time_total / args.calls / 1e3) for e in prof.key_averages()
+                if e.self_device_time_total > 0 and e.device_type == torch.autograd.DeviceType.CUDA]
+        rows.sort(key=lambda r: -r[1])
+        print(f"== {w.id} {args.op} {backend}: ms per call, by kernel")
+        for name, ms in rows[:8]:
+            print(f"{ms:9.3f}  {name[:110]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
