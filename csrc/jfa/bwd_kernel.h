@@ -35,6 +35,40 @@ __global__ void attention_bwd_delta_kernel(const AttnParams p) {
     if (lane == 0) p.delta[static_cast<int64_t>(blockIdx.y) * p.seqlen_q + row] = sum;
 }
 
+// The query side of the dK/dV walk, the same on both paths (only the tile types differ): each of
+// two stages after the key/value tiles holds a q tile, its dO tile, and the rows' lse (log2
+// units) and delta. Step j of the walk is query tile j % num_total of head j / num_total of the
+// group, so dK/dV sum over the group.
+template <class Tr, class QTile, class OTile>
+struct BwdKVQueryStages {
+    uint32_t s0;   // shared address of the (aligned) base
+    char* base;    // the same place as a pointer
+    int b, hk, groups;
+
+    __device__ __forceinline__ int offset(int st) const { return Tr::kKVBytes + st * Tr::kStageBytes; }
+    __device__ __forceinline__ QTile q(int st) const { return QTile{s0 + offset(st)}; }
+    __device__ OTile dO(int st) const { return OTile{s0 + offset(st) + QTile::kBytes}; }
+    __device__ float* lse2(int st) const {
+        return reinterpret_cast<float*>(base + offset(st) + QTile::kBytes + OTile::kBytes);
+    }
+    __device__ float* delta(int st) const { return lse2(st) + Tr::kBlockM; }
+
+    __device__ void load(const AttnParams& p, const TileWalk& walk, int j, int st, int tid) const {
+        using Elem = typename Tr::Elem;
+        const int h = hk * groups + j / walk.num_total;
+        const int m0 = walk.tile(j % walk.num_total) * Tr::kBlockM;
+        q(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.q, p.q_stride, b, h), p.q_stride.row, m0,
+                                                p.seqlen_q, tid);
+        dO(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.do_, p.do_stride, b, h), p.do_stride.row, m0,
+                                                 p.seqlen_q, tid);
+        const int64_t bh = static_cast<int64_t>(b) * p.heads_q + h;
+        for (int i = tid; i < Tr::kBlockM; i += Tr::kThreads) {
+            lse2(st)[i] = lse_log2(p.lse + bh * p.seqlen_q, m0 + i, p.seqlen_q);
+            delta(st)[i] = m0 + i < p.seqlen_q ? p.delta[bh * p.seqlen_q + m0 + i] : 0.f;
+        }
+    }
+};
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const AttnParams p) {
     using Elem = typename Tr::Elem;
@@ -56,29 +90,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const
     const uint32_t s0 = smem_addr(smem);
     const KTile sK{s0};
     const VTile sV{s0 + KTile::kBytes};
-    auto stage_base = [&](int st) { return Tr::kKVBytes + st * Tr::kStageBytes; };
-    auto stage_q = [&](int st) { return QTile{s0 + stage_base(st)}; };
-    auto stage_do = [&](int st) { return OTile{s0 + stage_base(st) + QTile::kBytes}; };
-    auto stage_lse = [&](int st) { return reinterpret_cast<float*>(smem + stage_base(st) + QTile::kBytes + OTile::kBytes); };
-    auto stage_delta = [&](int st) { return stage_lse(st) + kBM; };
+    const BwdKVQueryStages<Tr, QTile, OTile> stages{s0, smem, b, hk, groups};
 
     const TileWalk walk(p.k_tiles, k_tile);
     const int total = groups * walk.num_total;
     sK.template load_async<Tr::kThreads>(head_ptr<Elem>(p.k, p.k_stride, b, hk), p.k_stride.row, n0, p.seqlen_k, tid);
     sV.template load_async<Tr::kThreads>(head_ptr<Elem>(p.v, p.v_stride, b, hk), p.v_stride.row, n0, p.seqlen_k, tid);
-    auto load_q = [&](int j, int st) {
-        const int h = hk * groups + j / walk.num_total;
-        const int m0 = walk.tile(j % walk.num_total) * kBM;
-        stage_q(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.q, p.q_stride, b, h), p.q_stride.row, m0,
-                                                      p.seqlen_q, tid);
-        stage_do(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.do_, p.do_stride, b, h), p.do_stride.row, m0,
-                                                       p.seqlen_q, tid);
-        const int64_t bh = static_cast<int64_t>(b) * p.heads_q + h;
-        for (int i = tid; i < kBM; i += Tr::kThreads) {
-            stage_lse(st)[i] = lse_log2(p.lse + bh * p.seqlen_q, m0 + i, p.seqlen_q);
-            stage_delta(st)[i] = m0 + i < p.seqlen_q ? p.delta[bh * p.seqlen_q + m0 + i] : 0.f;
-        }
-    };
+    auto load_q = [&](int j, int st) { stages.load(p, walk, j, st, tid); };
     if (total > 0) load_q(0, 0);
     cp_async_commit();
 
@@ -93,10 +111,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const
         const int st = j & 1;
         prefetch_next_and_wait(j, total, st ^ 1, load_q);
         __syncthreads();
-        const QTile sQ = stage_q(st);
-        const OTile sDO = stage_do(st);
-        const float* lse2 = stage_lse(st);
-        const float* delta = stage_delta(st);
+        const QTile sQ = stages.q(st);
+        const OTile sDO = stages.dO(st);
+        const float* lse2 = stages.lse2(st);
+        const float* delta = stages.delta(st);
         const int i = j % walk.num_total;
         const int m0 = walk.tile(i) * kBM;
 

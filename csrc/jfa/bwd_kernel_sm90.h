@@ -33,29 +33,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
 
     const KTile sK{s0};
     const VTile sV{s0 + KTile::kBytes};
-    auto stage_base = [&](int st) { return Tr::kKVBytes + st * Tr::kStageBytes; };
-    auto stage_q = [&](int st) { return QTile{s0 + stage_base(st)}; };
-    auto stage_do = [&](int st) { return OTile{s0 + stage_base(st) + QTile::kBytes}; };
-    auto stage_lse = [&](int st) { return reinterpret_cast<float*>(sbase + stage_base(st) + QTile::kBytes + OTile::kBytes); };
-    auto stage_delta = [&](int st) { return stage_lse(st) + kBM; };
+    const BwdKVQueryStages<Tr, QTile, OTile> stages{s0, sbase, b, hk, groups};
 
     const TileWalk walk(p.k_tiles, k_tile);
     const int total = groups * walk.num_total;
     sK.template load_async<Tr::kThreads>(head_ptr<Elem>(p.k, p.k_stride, b, hk), p.k_stride.row, n0, p.seqlen_k, tid);
     sV.template load_async<Tr::kThreads>(head_ptr<Elem>(p.v, p.v_stride, b, hk), p.v_stride.row, n0, p.seqlen_k, tid);
-    auto load_q = [&](int j, int st) {
-        const int h = hk * groups + j / walk.num_total;
-        const int m0 = walk.tile(j % walk.num_total) * kBM;
-        stage_q(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.q, p.q_stride, b, h), p.q_stride.row, m0,
-                                                      p.seqlen_q, tid);
-        stage_do(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.do_, p.do_stride, b, h), p.do_stride.row, m0,
-                                                       p.seqlen_q, tid);
-        const int64_t bh = static_cast<int64_t>(b) * p.heads_q + h;
-        for (int i = tid; i < kBM; i += Tr::kThreads) {
-            stage_lse(st)[i] = lse_log2(p.lse + bh * p.seqlen_q, m0 + i, p.seqlen_q);
-            stage_delta(st)[i] = m0 + i < p.seqlen_q ? p.delta[bh * p.seqlen_q + m0 + i] : 0.f;
-        }
-    };
+    auto load_q = [&](int j, int st) { stages.load(p, walk, j, st, tid); };
     if (total > 0) load_q(0, 0);
     cp_async_commit();
 
@@ -71,10 +55,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         prefetch_next_and_wait(j, total, st ^ 1, load_q);
         fence_proxy_async();
         __syncthreads();
-        const QTile sQ = stage_q(st);
-        const OTile sDO = stage_do(st);
-        const float* lse2 = stage_lse(st);
-        const float* delta = stage_delta(st);
+        const QTile sQ = stages.q(st);
+        const OTile sDO = stages.dO(st);
+        const float* lse2 = stages.lse2(st);
+        const float* delta = stages.delta(st);
         const int i = j % walk.num_total;
         const int m0 = walk.tile(i) * kBM;
 

@@ -18,6 +18,46 @@ __device__ __forceinline__ Elem* head_ptr(void* base, const Strides& s, int b, i
     return static_cast<Elem*>(base) + b * s.batch + h * s.head;
 }
 
+// The operands of one (batch, query head): q, k, v and, for the JVP, their tangents (k, v, tk,
+// tv of the query head's kv head under GQA).
+template <class Elem, bool kJvp>
+struct FwdHeads {
+    const Elem *q, *k, *v, *tq, *tk, *tv;
+    __device__ __forceinline__ FwdHeads(const AttnParams& p, int b, int h, int hk)
+        : q(head_ptr<Elem>(p.q, p.q_stride, b, h)),
+          k(head_ptr<Elem>(p.k, p.k_stride, b, hk)),
+          v(head_ptr<Elem>(p.v, p.v_stride, b, hk)),
+          tq(kJvp ? head_ptr<Elem>(p.tq, p.tq_stride, b, h) : nullptr),
+          tk(kJvp ? head_ptr<Elem>(p.tk, p.tk_stride, b, hk) : nullptr),
+          tv(kJvp ? head_ptr<Elem>(p.tv, p.tv_stride, b, hk) : nullptr) {}
+};
+
+// The key/value stages after the query tile(s), the same on both paths but for the tile types:
+// stage st holds k, [tk,] v, [tv] (the tangents for the JVP).
+template <class Tr, class KTile, class VTile, bool kJvp>
+struct FwdKVStages {
+    uint32_t s0;   // shared address of the (aligned) base
+
+    __device__ __forceinline__ KTile k(int st, int which) const {   // which: 0 k, 1 tk
+        return KTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + which * KTile::kBytes};
+    }
+    __device__ __forceinline__ VTile v(int st, int which) const {   // which: 0 v, 1 tv
+        return VTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + (kJvp ? 2 : 1) * KTile::kBytes + which * VTile::kBytes};
+    }
+    // Start the copies of key tile k0 into stage st; for the JVP the tangents' too, unless
+    // tangents() says they are zero (asked after the other copies are issued).
+    template <class Elem, class Tangents>
+    __device__ __forceinline__ void load(const AttnParams& p, const FwdHeads<Elem, kJvp>& x, int k0, int st,
+                                         Tangents&& tangents, int tid) const {
+        k(st, 0).template load_async<Tr::kThreads>(x.k, p.k_stride.row, k0, p.seqlen_k, tid);
+        v(st, 0).template load_async<Tr::kThreads>(x.v, p.v_stride.row, k0, p.seqlen_k, tid);
+        if (kJvp && tangents()) {
+            k(st, 1).template load_async<Tr::kThreads>(x.tk, p.tk_stride.row, k0, p.seqlen_k, tid);
+            v(st, 1).template load_async<Tr::kThreads>(x.tv, p.tv_stride.row, k0, p.seqlen_k, tid);
+        }
+    }
+};
+
 // Store a warp's 16 x (8 kNB) fp32 block (times row factor f) as 16-bit pairs; rows >= limit skipped.
 template <class Elem, int kNB>
 __device__ __forceinline__ void store_rows(Elem* out, int64_t row_stride, int row0, int limit, const float (&acc)[kNB][4],

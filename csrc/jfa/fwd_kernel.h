@@ -36,32 +36,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel(const At
 
     const uint32_t s0 = smem_addr(smem);
     const QTile sQ{s0}, sTQ{s0 + QTile::kBytes};
-    auto stage_k = [&](int st, int which) {  // which: 0 k, 1 tk
-        return KTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + which * KTile::kBytes};
-    };
-    auto stage_v = [&](int st, int which) {  // which: 0 v, 1 tv
-        return VTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + (kJvp ? 2 : 1) * KTile::kBytes + which * VTile::kBytes};
-    };
-
-    const Elem* q = head_ptr<Elem>(p.q, p.q_stride, b, h);
-    const Elem* k = head_ptr<Elem>(p.k, p.k_stride, b, hk);
-    const Elem* v = head_ptr<Elem>(p.v, p.v_stride, b, hk);
-    const Elem* tq = kJvp ? head_ptr<Elem>(p.tq, p.tq_stride, b, h) : nullptr;
-    const Elem* tk = kJvp ? head_ptr<Elem>(p.tk, p.tk_stride, b, hk) : nullptr;
-    const Elem* tv = kJvp ? head_ptr<Elem>(p.tv, p.tv_stride, b, hk) : nullptr;
+    const FwdKVStages<Tr, KTile, VTile, kJvp> stages{s0};
+    const FwdHeads<Elem, kJvp> heads(p, b, h, hk);
 
     const TileWalk walk(p.q_tiles, q_tile);
-    sQ.template load_async<Tr::kThreads>(q, p.q_stride.row, q0, p.seqlen_q, tid);
-    if constexpr (kJvp) sTQ.template load_async<Tr::kThreads>(tq, p.tq_stride.row, q0, p.seqlen_q, tid);
-    auto load_kv = [&](int i, int st) {
-        const int k0 = walk.tile(i) * kBN;
-        stage_k(st, 0).template load_async<Tr::kThreads>(k, p.k_stride.row, k0, p.seqlen_k, tid);
-        stage_v(st, 0).template load_async<Tr::kThreads>(v, p.v_stride.row, k0, p.seqlen_k, tid);
-        if constexpr (kJvp) {
-            stage_k(st, 1).template load_async<Tr::kThreads>(tk, p.tk_stride.row, k0, p.seqlen_k, tid);
-            stage_v(st, 1).template load_async<Tr::kThreads>(tv, p.tv_stride.row, k0, p.seqlen_k, tid);
-        }
-    };
+    sQ.template load_async<Tr::kThreads>(heads.q, p.q_stride.row, q0, p.seqlen_q, tid);
+    if constexpr (kJvp) sTQ.template load_async<Tr::kThreads>(heads.tq, p.tq_stride.row, q0, p.seqlen_q, tid);
+    auto load_kv = [&](int i, int st) { stages.load(p, heads, walk.tile(i) * kBN, st, [] { return true; }, tid); };
     if (walk.num_total > 0) load_kv(0, 0);
     cp_async_commit();
 
@@ -78,8 +59,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel(const At
         const int st = i & 1;
         prefetch_next_and_wait(i, walk.num_total, st ^ 1, load_kv);
         __syncthreads();
-        const KTile sK = stage_k(st, 0);
-        const VTile sV = stage_v(st, 0);
+        const KTile sK = stages.k(st, 0);
+        const VTile sV = stages.v(st, 0);
 
         float s[kNBS][4];
         zero(s);
@@ -96,7 +77,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel(const At
         if constexpr (kJvp) {
             zero(ts);
             mma_abt<Elem, kNBS, kKQK>(ts, sTQ, warp * 16, sK, lane);
-            mma_abt<Elem, kNBS, kKQK>(ts, sQ, warp * 16, stage_k(st, 1), lane);
+            mma_abt<Elem, kNBS, kKQK>(ts, sQ, warp * 16, stages.k(st, 1), lane);
         }
 
         const int k0 = walk.tile(i) * kBN;
@@ -112,7 +93,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel(const At
         if constexpr (kJvp) {
             scale_rows(acc_t, alpha);
             tangent_probs(ts, s, mu, alpha, p.scale);
-            mma_ab_regs<Elem, kNBO, kKPV>(acc_t, pf, stage_v(st, 1), lane);
+            mma_ab_regs<Elem, kNBO, kKPV>(acc_t, pf, stages.v(st, 1), lane);
             uint32_t ptf[kKPV][4];
             c_to_a<Elem, kKPV>(ptf, ts);
             mma_ab_regs<Elem, kNBO, kKPV>(acc_t, ptf, sV, lane);

@@ -42,35 +42,18 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
     const int q0 = q_tile * kBM, row0 = q0 + warp * 16;
 
     const QTile sQ{s0}, sTQ{s0 + QTile::kBytes};
-    auto stage_k = [&](int st, int which) {  // which: 0 k, 1 tk
-        return KTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + which * KTile::kBytes};
-    };
-    auto stage_v = [&](int st, int which) {  // which: 0 v, 1 tv
-        return VTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + (kJvp ? 2 : 1) * KTile::kBytes + which * VTile::kBytes};
-    };
-
-    const Elem* q = head_ptr<Elem>(p.q, p.q_stride, b, h);
-    const Elem* k = head_ptr<Elem>(p.k, p.k_stride, b, hk);
-    const Elem* v = head_ptr<Elem>(p.v, p.v_stride, b, hk);
-    const Elem* tq = kJvp ? head_ptr<Elem>(p.tq, p.tq_stride, b, h) : nullptr;
-    const Elem* tk = kJvp ? head_ptr<Elem>(p.tk, p.tk_stride, b, hk) : nullptr;
-    const Elem* tv = kJvp ? head_ptr<Elem>(p.tv, p.tv_stride, b, hk) : nullptr;
+    const FwdKVStages<Tr, KTile, VTile, kJvp> stages{s0};
+    const FwdHeads<Elem, kJvp> heads(p, b, h, hk);
 
     const TileWalk walk(p.q_tiles, q_tile);
     // Zero-tangent hint (JVP): a key tile whose tk and tv are zero skips their loads, q tk^T and
     // p tv. (Skipping tq k^T for zero-tangent query tiles as well made ptxas spill 300 bytes in
     // the key loop; the query side is not used.)
     auto tan_k = [&](int i) { return !(kJvp && kHint && p.k_zero_tangent[walk.tile(i)]); };
-    sQ.template load_async<Tr::kThreads>(q, p.q_stride.row, q0, p.seqlen_q, tid);
-    if constexpr (kJvp) sTQ.template load_async<Tr::kThreads>(tq, p.tq_stride.row, q0, p.seqlen_q, tid);
+    sQ.template load_async<Tr::kThreads>(heads.q, p.q_stride.row, q0, p.seqlen_q, tid);
+    if constexpr (kJvp) sTQ.template load_async<Tr::kThreads>(heads.tq, p.tq_stride.row, q0, p.seqlen_q, tid);
     auto load_kv = [&](int i, int st) {
-        const int k0 = walk.tile(i) * kBN;
-        stage_k(st, 0).template load_async<Tr::kThreads>(k, p.k_stride.row, k0, p.seqlen_k, tid);
-        stage_v(st, 0).template load_async<Tr::kThreads>(v, p.v_stride.row, k0, p.seqlen_k, tid);
-        if (kJvp && tan_k(i)) {
-            stage_k(st, 1).template load_async<Tr::kThreads>(tk, p.tk_stride.row, k0, p.seqlen_k, tid);
-            stage_v(st, 1).template load_async<Tr::kThreads>(tv, p.tv_stride.row, k0, p.seqlen_k, tid);
-        }
+        stages.load(p, heads, walk.tile(i) * kBN, st, [&] { return tan_k(i); }, tid);
     };
     if (walk.num_total > 0) load_kv(0, 0);
     cp_async_commit();
@@ -100,8 +83,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
             if (i + 1 < walk.num_total) load_kv(i + 1, (i + 1) % Tr::kStages);
             cp_async_commit();
         }
-        const KTile sK = stage_k(st, 0);
-        const VTile sV = stage_v(st, 0);
+        const KTile sK = stages.k(st, 0);
+        const VTile sV = stages.v(st, 0);
 
         // Scores (and tangent scores) of this warpgroup's 64 rows against the kBN keys.
         float s[kNBS][4], ts[kJvp ? kNBS : 1][4];
@@ -110,7 +93,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
         for (int ks = 0; ks < kKQK; ++ks) MmaS::ss(s, sQ.desc_k_major(wg_row, ks), sK.desc_k_major(0, ks), ks > 0);
         const bool tan_ki = tan_k(i);
         if constexpr (kJvp) {
-            const KTile sTK = stage_k(st, 1);
+            const KTile sTK = stages.k(st, 1);
 #pragma unroll
             for (int ks = 0; ks < kKQK; ++ks) MmaS::ss(ts, sTQ.desc_k_major(wg_row, ks), sK.desc_k_major(0, ks), ks > 0);
             if (tan_ki) {
@@ -125,7 +108,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
             // masks and exponentiates them.
             wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], stage_v(st_prev, 0).desc_n_major(ks), 1);
+            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], stages.v(st_prev, 0).desc_n_major(ks), 1);
             wgmma_commit();
             wgmma_wait<1>();
         } else {
@@ -162,7 +145,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
 #pragma unroll
         for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf[ks], sV.desc_n_major(ks), 1);
         if constexpr (kJvp) {
-            const VTile sTV = stage_v(st, 1);
+            const VTile sTV = stages.v(st, 1);
             if (tan_ki) {
                 wgmma_fence();
 #pragma unroll
@@ -185,7 +168,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
     if (!kJvp && walk.num_total > 0) {   // the last tile's p v
         wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], stage_v(st_prev, 0).desc_n_major(ks), 1);
+        for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], stages.v(st_prev, 0).desc_n_major(ks), 1);
         wgmma_commit();
         wgmma_wait<0>();
         pin(acc_o);
