@@ -38,7 +38,8 @@ def test_module_lists_its_variants_and_tile_shapes():
             bm, bn = shapes[key]
             assert bm % 16 == 0 and bn % 16 == 0
         if shapes["path"] == "sm90a wgmma":
-            assert all(shapes[key][0] % 64 == 0 for key in ("fwd", "jvp", "bwd_q"))   # whole warpgroups
+            # whole warpgroups: of query rows (fwd, jvp, dQ), of keys (dK/dV)
+            assert all(shapes[key][0] % 64 == 0 for key in ("fwd", "jvp", "bwd_q")) and shapes["bwd_kv"][1] % 64 == 0
 
 
 def test_sm90_path_follows_the_environment_switch():

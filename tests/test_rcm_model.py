@@ -207,6 +207,8 @@ def test_fused_pointwise_pieces_equal_eager():
                          torch.rand(Fr * T, D // 2, dtype=torch.float64, generator=g).cos(),
                          torch.rand(Fr * T, D // 2, dtype=torch.float64, generator=g).sin(), torch.float64),
     }
+    from torch._dynamo.utils import counters
+    graphs = counters["stats"]["unique_graphs"]
     for name, args in cases.items():
         outs = {}
         for kind, fn in (("eager", getattr(pointwise.EAGER, name)), ("fused", getattr(fused, name))):
@@ -218,6 +220,37 @@ def test_fused_pointwise_pieces_equal_eager():
         assert len(outs["fused"]) == len(outs["eager"])
         for a, b in zip(outs["fused"], outs["eager"]):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    assert counters["stats"]["unique_graphs"] > graphs, "nothing was compiled"
+
+
+@pytest.mark.slow
+def test_fused_model_keeps_tangents_under_forward_ad():
+    """A model switched to fused pieces runs the eager ones while tangents are carried (compiled code
+    would drop them): torch.func.jvp and forward_ad give the eager model's tangent."""
+    from torch.autograd import forward_ad
+
+    model, clips = build("chunkwise")
+    x0, noisy, t, _ = inputs(model, clips)
+
+    def f(x):
+        return model(x, t, clips.cond, mode="teacher_forcing", clean=x0)
+
+    _, ref = torch.func.jvp(f, (noisy,), (x0,))
+    model.fused = True   # as fuse_pointwise sets it on a GPU; inductor also runs on a CPU
+    _, tan = torch.func.jvp(f, (noisy,), (x0,))
+    torch.testing.assert_close(tan, ref, rtol=0, atol=0)
+    with forward_ad.dual_level():
+        tan_ad = forward_ad.unpack_dual(f(forward_ad.make_dual(noisy, x0))).tangent
+    assert tan_ad is not None
+    torch.testing.assert_close(tan_ad, ref, rtol=1e-12, atol=1e-12)
+    # The switch itself: with a dual level open, the pieces handed out are the eager ones (a
+    # compiled piece called on dual tensors returns a plain tensor).
+    from causal_rcm_min import pointwise
+    with forward_ad.dual_level():
+        d = forward_ad.make_dual(noisy, x0)
+        assert pointwise.pieces(True) is pointwise.EAGER
+        assert forward_ad.unpack_dual(pointwise.pieces(True).gated_add(d, 2.0, noisy)).tangent is not None
+    assert pointwise.pieces(True) is not pointwise.EAGER
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fusion is used on a GPU only")
@@ -228,6 +261,7 @@ def test_fused_model_matches_eager_on_gpu():
     assert not cpu_model.fuse_pointwise(True).fused
     model, clips = build("chunkwise", dtype=torch.float32)
     model = model.cuda()
+    assert model.fuse_pointwise(True).fused
     x0, noisy, t, _ = inputs(model, clips, torch.float32)
     x0, noisy, t = x0.cuda(), noisy.cuda(), t.cuda()
     cond = clips.cond.cuda()

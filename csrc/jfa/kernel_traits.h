@@ -82,6 +82,7 @@ struct BwdQTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
 // The backward on the sm_90a path: its own tile shapes (kBwdKVTilesSm90, kBwdQTilesSm90; warpgroups
 // of 64 keys in dK/dV, of 64 queries in dQ). Panels are 1024-byte aligned.
 constexpr int round_up_1k(int x) { return (x + 1023) / 1024 * 1024; }
+constexpr int kSmemPerSm90 = 228 * 1024;   // shared memory of an H100/H200 SM (1 KiB of it reserved per block)
 
 template <class Elem, int kDQK, int kDV>
 struct BwdKVTraitsSm90
@@ -92,6 +93,8 @@ struct BwdKVTraitsSm90
     static constexpr int kKVBytes = Base::kBlockN * (kDQK + kDV) * 2;
     static constexpr int kStageBytes = round_up_1k(Base::kBlockM * (kDQK + kDV) * 2 + 2 * Base::kBlockM * 4);
     static constexpr int kSmemBytes = kKVBytes + Base::kStages * kStageBytes + 1024;
+    static_assert(Base::kThreads > 128 || 2 * (kSmemBytes + 1024) <= kSmemPerSm90,
+                  "one-warpgroup blocks are meant to run two per SM: shrink the tile");
 };
 
 template <class Elem, int kDQK, int kDV>
@@ -101,6 +104,8 @@ struct BwdQTraitsSm90
     static_assert(Base::kBlockM % 64 == 0 && (Base::kBlockN == 64 || Base::kBlockN == 128),
                   "dQ: warpgroups of 64 queries, key tiles of 64 or 128");
     static constexpr int kSmemBytes = Base::kSmemBytes + 1024;
+    static_assert(Base::kThreads > 128 || 2 * (kSmemBytes + 1024) <= kSmemPerSm90,
+                  "one-warpgroup blocks are meant to run two per SM: shrink the tile");
 };
 
 }  // namespace jfa

@@ -32,13 +32,13 @@ inline void check_grid_y(int y) {
 }
 
 template <class Kernel>
-void set_smem(Kernel kernel, int bytes) {
+void set_smem(Kernel kernel, int bytes, bool two_per_sm = false) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
                "raising the dynamic shared memory limit");
-    // All of the unified L1/shared storage as shared memory, so that kernels small enough for two
-    // blocks per SM (the sm_90a dQ kernel) get them.
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
-               "setting the shared memory carveout");
+    if (two_per_sm) {   // all of the unified L1/shared storage as shared memory, so two blocks fit
+        check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
+                   "setting the shared memory carveout");
+    }
 }
 
 template <class Tr, class Kernel>
@@ -66,35 +66,36 @@ void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     }
 }
 
-template <class TrKV, class TrQ, class KVKernel, class QKernel>
-void launch_bwd_pair(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t stream) {
+// The backward of one path: tile checks first, then delta = rowsum(dO o O), dK/dV and dQ.
+template <class Elem, class TrKV, class TrQ, class KVKernel, class QKernel>
+void launch_bwd_with(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t stream) {
     check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, TrQ::kBlockM, TrQ::kBlockN, "query");
     check_tiles(p.k_tiles_block_m, p.k_tiles_block_n, TrKV::kBlockM, TrKV::kBlockN, "key");
-    set_smem(kv, TrKV::kSmemBytes);
-    kv<<<dim3(p.num_k_tiles, p.batch * p.heads_k), TrKV::kThreads, TrKV::kSmemBytes, stream>>>(p);
-    check_cuda(cudaGetLastError(), "launching the dK/dV kernel");
-    set_smem(q, TrQ::kSmemBytes);
-    q<<<dim3(p.num_q_tiles, p.batch * p.heads_q), TrQ::kThreads, TrQ::kSmemBytes, stream>>>(p);
-    check_cuda(cudaGetLastError(), "launching the dQ kernel");
-}
-
-template <class Elem, int kDQK, int kDV>
-void launch_bwd(const AttnParams& p, cudaStream_t stream) {
-    using TrKV = BwdKVTraits<Elem, kDQK, kDV>;
-    using TrQ = BwdQTraits<Elem, kDQK, kDV>;
     check_grid_y(p.batch * p.heads_q);
     if (p.seqlen_q == 0 || p.seqlen_k == 0) return;
     constexpr int kDeltaRows = 8;
     attention_bwd_delta_kernel<Elem><<<dim3((p.seqlen_q + kDeltaRows - 1) / kDeltaRows, p.batch * p.heads_q),
                                        32 * kDeltaRows, 0, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the backward preprocess kernel");
-    const bool sm90 = sm90_path(current_device());
-    if (sm90) {
-        launch_bwd_pair<BwdKVTraitsSm90<Elem, kDQK, kDV>, BwdQTraitsSm90<Elem, kDQK, kDV>>(
-            attention_bwd_kv_kernel_sm90<BwdKVTraitsSm90<Elem, kDQK, kDV>>,
-            attention_bwd_q_kernel_sm90<BwdQTraitsSm90<Elem, kDQK, kDV>>, p, stream);
+    set_smem(kv, TrKV::kSmemBytes, TrKV::kThreads == 128);
+    kv<<<dim3(p.num_k_tiles, p.batch * p.heads_k), TrKV::kThreads, TrKV::kSmemBytes, stream>>>(p);
+    check_cuda(cudaGetLastError(), "launching the dK/dV kernel");
+    set_smem(q, TrQ::kSmemBytes, TrQ::kThreads == 128);
+    q<<<dim3(p.num_q_tiles, p.batch * p.heads_q), TrQ::kThreads, TrQ::kSmemBytes, stream>>>(p);
+    check_cuda(cudaGetLastError(), "launching the dQ kernel");
+}
+
+template <class Elem, int kDQK, int kDV>
+void launch_bwd(const AttnParams& p, cudaStream_t stream) {
+    if (sm90_path(current_device())) {
+        using TrKV = BwdKVTraitsSm90<Elem, kDQK, kDV>;
+        using TrQ = BwdQTraitsSm90<Elem, kDQK, kDV>;
+        launch_bwd_with<Elem, TrKV, TrQ>(attention_bwd_kv_kernel_sm90<TrKV>, attention_bwd_q_kernel_sm90<TrQ>, p,
+                                         stream);
     } else {
-        launch_bwd_pair<TrKV, TrQ>(attention_bwd_kv_kernel<TrKV>, attention_bwd_q_kernel<TrQ>, p, stream);
+        using TrKV = BwdKVTraits<Elem, kDQK, kDV>;
+        using TrQ = BwdQTraits<Elem, kDQK, kDV>;
+        launch_bwd_with<Elem, TrKV, TrQ>(attention_bwd_kv_kernel<TrKV>, attention_bwd_q_kernel<TrQ>, p, stream);
     }
 }
 

@@ -59,8 +59,11 @@ struct TileShape {
 #ifndef JFA_JVP90_M
 #define JFA_JVP90_M 128
 #endif
+#ifndef JFA_JVP90_N
+#define JFA_JVP90_N 64
+#endif
 // The backward on sm_90a: one warpgroup of 64 rows per block (queries in dQ, keys in dK/dV), so
-// two blocks share an SM (about 97 KB of shared memory and 128 x 230 registers each) and one's
+// two blocks share an SM (dQ: 97 KiB of shared memory, 230 registers; dK/dV: 99 KiB, 255) and one's
 // pointwise work overlaps the other's products.
 #ifndef JFA_BWDQ90_M
 #define JFA_BWDQ90_M 64
@@ -73,9 +76,6 @@ struct TileShape {
 #endif
 #ifndef JFA_BWDKV90_N
 #define JFA_BWDKV90_N 64
-#endif
-#ifndef JFA_JVP90_N
-#define JFA_JVP90_N 64
 #endif
 
 constexpr TileShape kFwdTiles{JFA_FWD_M, JFA_FWD_N, JFA_FWD_W};

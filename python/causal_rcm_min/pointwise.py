@@ -54,9 +54,20 @@ EAGER = Pointwise(False)
 _fused = None
 
 
+def tangents_active() -> bool:
+    """Inside torch.func transforms or a forward-AD dual level: compiled code there would drop the
+    tangents (dual tensors come out plain), so the eager pieces must run."""
+    from torch.autograd import forward_ad
+    if getattr(forward_ad, "_current_level", -1) >= 0:
+        return True
+    level = getattr(getattr(torch._C, "_functorch", None), "maybe_current_level", None)
+    return level is not None and level() is not None
+
+
 def pieces(fused: bool) -> Pointwise:
+    """The fused pieces when asked for and no tangent is being carried; the eager ones otherwise."""
     global _fused
-    if not fused:
+    if not fused or tangents_active():
         return EAGER
     if _fused is None:   # compiled once per process; every model shares the compiled code
         _fused = Pointwise(True)
