@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
-import bench  # noqa: F401  (makes jvp_flash_attn importable from a checkout)
-import jvp_flash_attn as jfa
-from bench.workloads import select
+if __package__ in (None, ""):   # run as a script: the repository root makes `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bench  # noqa: F401,E402  (makes jvp_flash_attn importable from a checkout)
+import jvp_flash_attn as jfa  # noqa: E402
+from bench.workloads import select  # noqa: E402
 
 
 def main(argv=None):
