@@ -69,6 +69,35 @@ struct BwdKVQueryStages {
     }
 };
 
+// The key side of the dQ walk, the same on both paths but for the tile types: each of two stages
+// after the q and dO tiles holds a k tile and its v tile.
+template <class Tr, class KTile, class VTile>
+struct BwdQKeyStages {
+    uint32_t s0;                 // shared address of the (aligned) base
+    const typename Tr::Elem *k, *v;   // this query head's kv head
+
+    __device__ __forceinline__ KTile key(int st) const { return KTile{s0 + Tr::kQBytes + st * Tr::kStageBytes}; }
+    __device__ __forceinline__ VTile value(int st) const {
+        return VTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + KTile::kBytes};
+    }
+    __device__ __forceinline__ void load(const AttnParams& p, int k0, int st, int tid) const {
+        key(st).template load_async<Tr::kThreads>(k, p.k_stride.row, k0, p.seqlen_k, tid);
+        value(st).template load_async<Tr::kThreads>(v, p.v_stride.row, k0, p.seqlen_k, tid);
+    }
+};
+
+// lse (log2 units) and delta of the two rows a thread holds in a warp's 16-row slice from row0.
+__device__ __forceinline__ void row_lse_delta(const AttnParams& p, int row0, int lane, float (&lse2)[2],
+                                              float (&delta)[2]) {
+    const int64_t bh_off = static_cast<int64_t>(blockIdx.y) * p.seqlen_q;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + (lane >> 2) + 8 * r;
+        lse2[r] = lse_log2(p.lse + bh_off, row, p.seqlen_q);
+        delta[r] = row < p.seqlen_q ? p.delta[bh_off + row] : 0.f;
+    }
+}
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const AttnParams p) {
     using Elem = typename Tr::Elem;
@@ -173,31 +202,18 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel(const 
     const uint32_t s0 = smem_addr(smem);
     const QTile sQ{s0};
     const OTile sDO{s0 + QTile::kBytes};
-    auto stage_k = [&](int st) { return KTile{s0 + Tr::kQBytes + st * Tr::kStageBytes}; };
-    auto stage_v = [&](int st) { return VTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + KTile::kBytes}; };
-
-    const Elem* k = head_ptr<Elem>(p.k, p.k_stride, b, hk);
-    const Elem* v = head_ptr<Elem>(p.v, p.v_stride, b, hk);
+    const BwdQKeyStages<Tr, KTile, VTile> stages{s0, head_ptr<Elem>(p.k, p.k_stride, b, hk),
+                                                 head_ptr<Elem>(p.v, p.v_stride, b, hk)};
     const TileWalk walk(p.q_tiles, q_tile);
     sQ.template load_async<Tr::kThreads>(head_ptr<Elem>(p.q, p.q_stride, b, h), p.q_stride.row, q0, p.seqlen_q, tid);
     sDO.template load_async<Tr::kThreads>(head_ptr<Elem>(p.do_, p.do_stride, b, h), p.do_stride.row, q0, p.seqlen_q,
                                           tid);
-    auto load_kv = [&](int i, int st) {
-        const int k0 = walk.tile(i) * kBN;
-        stage_k(st).template load_async<Tr::kThreads>(k, p.k_stride.row, k0, p.seqlen_k, tid);
-        stage_v(st).template load_async<Tr::kThreads>(v, p.v_stride.row, k0, p.seqlen_k, tid);
-    };
+    auto load_kv = [&](int i, int st) { stages.load(p, walk.tile(i) * kBN, st, tid); };
     if (walk.num_total > 0) load_kv(0, 0);
     cp_async_commit();
 
-    const int64_t bh_off = static_cast<int64_t>(blockIdx.y) * p.seqlen_q;
     float lse2[2], delta[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = row0 + (lane >> 2) + 8 * r;
-        lse2[r] = lse_log2(p.lse + bh_off, row, p.seqlen_q);
-        delta[r] = row < p.seqlen_q ? p.delta[bh_off + row] : 0.f;
-    }
+    row_lse_delta(p, row0, lane, lse2, delta);
     float acc_dq[kDQK / 8][4];
     zero(acc_dq);
     const float scale_log2 = p.scale * kLog2e;
@@ -207,7 +223,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel(const 
         const int st = i & 1;
         prefetch_next_and_wait(i, walk.num_total, st ^ 1, load_kv);
         __syncthreads();
-        const KTile sK = stage_k(st);
+        const KTile sK = stages.key(st);
         const int k0 = walk.tile(i) * kBN;
 
         float s[kNBS][4];
@@ -216,7 +232,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel(const 
         mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
         float dp[kNBS][4];
         zero(dp);
-        mma_abt<Elem, kNBS, kDV / 16>(dp, sDO, warp * 16, stage_v(st), lane);
+        mma_abt<Elem, kNBS, kDV / 16>(dp, sDO, warp * 16, stages.value(st), lane);
 #pragma unroll
         for (int nb = 0; nb < kNBS; ++nb) {
 #pragma unroll

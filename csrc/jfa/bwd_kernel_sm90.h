@@ -132,31 +132,18 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(c
 
     const QTile sQ{s0};
     const OTile sDO{s0 + QTile::kBytes};
-    auto stage_k = [&](int st) { return KTile{s0 + Tr::kQBytes + st * Tr::kStageBytes}; };
-    auto stage_v = [&](int st) { return VTile{s0 + Tr::kQBytes + st * Tr::kStageBytes + KTile::kBytes}; };
-
-    const Elem* k = head_ptr<Elem>(p.k, p.k_stride, b, hk);
-    const Elem* v = head_ptr<Elem>(p.v, p.v_stride, b, hk);
+    const BwdQKeyStages<Tr, KTile, VTile> stages{s0, head_ptr<Elem>(p.k, p.k_stride, b, hk),
+                                                 head_ptr<Elem>(p.v, p.v_stride, b, hk)};
     const TileWalk walk(p.q_tiles, q_tile);
     sQ.template load_async<Tr::kThreads>(head_ptr<Elem>(p.q, p.q_stride, b, h), p.q_stride.row, q0, p.seqlen_q, tid);
     sDO.template load_async<Tr::kThreads>(head_ptr<Elem>(p.do_, p.do_stride, b, h), p.do_stride.row, q0, p.seqlen_q,
                                           tid);
-    auto load_kv = [&](int i, int st) {
-        const int k0 = walk.tile(i) * kBN;
-        stage_k(st).template load_async<Tr::kThreads>(k, p.k_stride.row, k0, p.seqlen_k, tid);
-        stage_v(st).template load_async<Tr::kThreads>(v, p.v_stride.row, k0, p.seqlen_k, tid);
-    };
+    auto load_kv = [&](int i, int st) { stages.load(p, walk.tile(i) * kBN, st, tid); };
     if (walk.num_total > 0) load_kv(0, 0);
     cp_async_commit();
 
-    const int64_t bh_off = static_cast<int64_t>(blockIdx.y) * p.seqlen_q;
     float lse2[2], delta[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = row0 + (lane >> 2) + 8 * r;
-        lse2[r] = lse_log2(p.lse + bh_off, row, p.seqlen_q);
-        delta[r] = row < p.seqlen_q ? p.delta[bh_off + row] : 0.f;
-    }
+    row_lse_delta(p, row0, lane, lse2, delta);
     float acc_dq[kDQK / 8][4];
     zero(acc_dq);
     const float scale_log2 = p.scale * kLog2e;
@@ -167,8 +154,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(c
         prefetch_next_and_wait(i, walk.num_total, st ^ 1, load_kv);
         fence_proxy_async();
         __syncthreads();
-        const KTile sK = stage_k(st);
-        const VTile sV = stage_v(st);
+        const KTile sK = stages.key(st);
+        const VTile sV = stages.value(st);
         const int k0 = walk.tile(i) * kBN;
 
         float s[kNBS][4], dp[kNBS][4];

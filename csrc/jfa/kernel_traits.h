@@ -84,6 +84,13 @@ struct BwdQTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
 constexpr int round_up_1k(int x) { return (x + 1023) / 1024 * 1024; }
 constexpr int kSmemPerSm90 = 228 * 1024;   // shared memory of an H100/H200 SM (1 KiB of it reserved per block)
 
+// Backward blocks of one warpgroup are meant to run two per SM (the launcher then asks for the
+// largest shared-memory carveout); their traits check that two fit.
+constexpr bool two_per_sm(int threads) { return threads == 128; }
+constexpr bool fits_two_per_sm(int threads, int smem_bytes) {
+    return !two_per_sm(threads) || 2 * (smem_bytes + 1024) <= kSmemPerSm90;
+}
+
 template <class Elem, int kDQK, int kDV>
 struct BwdKVTraitsSm90
     : BwdKVTraits<Elem, kDQK, kDV, kBwdKVTilesSm90.block_m, kBwdKVTilesSm90.block_n, kBwdKVTilesSm90.warps> {
@@ -93,8 +100,7 @@ struct BwdKVTraitsSm90
     static constexpr int kKVBytes = Base::kBlockN * (kDQK + kDV) * 2;
     static constexpr int kStageBytes = round_up_1k(Base::kBlockM * (kDQK + kDV) * 2 + 2 * Base::kBlockM * 4);
     static constexpr int kSmemBytes = kKVBytes + Base::kStages * kStageBytes + 1024;
-    static_assert(Base::kThreads > 128 || 2 * (kSmemBytes + 1024) <= kSmemPerSm90,
-                  "one-warpgroup blocks are meant to run two per SM: shrink the tile");
+    static_assert(fits_two_per_sm(Base::kThreads, kSmemBytes), "two one-warpgroup blocks must fit an SM");
 };
 
 template <class Elem, int kDQK, int kDV>
@@ -104,8 +110,7 @@ struct BwdQTraitsSm90
     static_assert(Base::kBlockM % 64 == 0 && (Base::kBlockN == 64 || Base::kBlockN == 128),
                   "dQ: warpgroups of 64 queries, key tiles of 64 or 128");
     static constexpr int kSmemBytes = Base::kSmemBytes + 1024;
-    static_assert(Base::kThreads > 128 || 2 * (kSmemBytes + 1024) <= kSmemPerSm90,
-                  "one-warpgroup blocks are meant to run two per SM: shrink the tile");
+    static_assert(fits_two_per_sm(Base::kThreads, kSmemBytes), "two one-warpgroup blocks must fit an SM");
 };
 
 }  // namespace jfa

@@ -77,10 +77,10 @@ void launch_bwd_with(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t s
     attention_bwd_delta_kernel<Elem><<<dim3((p.seqlen_q + kDeltaRows - 1) / kDeltaRows, p.batch * p.heads_q),
                                        32 * kDeltaRows, 0, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the backward preprocess kernel");
-    set_smem(kv, TrKV::kSmemBytes, TrKV::kThreads == 128);
+    set_smem(kv, TrKV::kSmemBytes, two_per_sm(TrKV::kThreads));
     kv<<<dim3(p.num_k_tiles, p.batch * p.heads_k), TrKV::kThreads, TrKV::kSmemBytes, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the dK/dV kernel");
-    set_smem(q, TrQ::kSmemBytes, TrQ::kThreads == 128);
+    set_smem(q, TrQ::kSmemBytes, two_per_sm(TrQ::kThreads));
     q<<<dim3(p.num_q_tiles, p.batch * p.heads_q), TrQ::kThreads, TrQ::kSmemBytes, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the dQ kernel");
 }
