@@ -17,6 +17,8 @@ Providers:
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -118,13 +120,35 @@ class Provider:
         raise NotImplementedError
 
 
+@contextmanager
+def _bwd_form(form: str | None):
+    """The cuda backend's backward form (JFA_CUDA_BWD) inside; None leaves the default."""
+    if form is None:
+        yield
+        return
+    prev = os.environ.get("JFA_CUDA_BWD")
+    os.environ["JFA_CUDA_BWD"] = form
+    try:
+        yield
+    finally:
+        if prev is None:
+            del os.environ["JFA_CUDA_BWD"]
+        else:
+            os.environ["JFA_CUDA_BWD"] = prev
+
+
 class JfaProvider(Provider):
-    """One of our backends through the public API."""
+    """One of our backends through the public API; ``bwd_form`` pins the cuda backend's backward
+    form (provider name cuda-<form>, backward only)."""
 
     ops = OPS
 
-    def __init__(self, backend: str):
-        self.name = self.backend = backend
+    def __init__(self, backend: str, bwd_form: str | None = None):
+        self.backend = backend
+        self.bwd_form = bwd_form
+        self.name = backend if bwd_form is None else f"{backend}-{bwd_form}"
+        if bwd_form is not None:
+            self.ops = ("bwd",)
 
     def availability(self, device):
         why = jfa.backends().get(self.backend, f"unknown backend {self.backend!r}")
@@ -150,7 +174,11 @@ class JfaProvider(Provider):
         if op == "bwd":
             q, k, v = _leaf(inp.q), _leaf(inp.k), _leaf(inp.v)
             o = jfa.attention(q, k, v, mask=mask, scale=scale, backend=be)
-            return Prepared(lambda: torch.autograd.grad(o, (q, k, v), inp.do, retain_graph=True), tuple)
+
+            def bwd():
+                with _bwd_form(self.bwd_form):
+                    return torch.autograd.grad(o, (q, k, v), inp.do, retain_graph=True)
+            return Prepared(bwd, tuple)
         if op == "jvp":
             def jvp():
                 with torch.no_grad():
@@ -304,7 +332,7 @@ class MathJvpProvider(Provider):
 
 
 def all_providers(flex_mask: str = "create") -> dict[str, Provider]:
-    ps = [JfaProvider("cuda"), JfaProvider("triton"), JfaProvider("reference"),
+    ps = [JfaProvider("cuda"), JfaProvider("cuda", "fused"), JfaProvider("cuda", "two-kernel"), JfaProvider("triton"), JfaProvider("reference"),
           FlexProvider(flex_mask), SdpaProvider(), MathJvpProvider()]
     return {p.name: p for p in ps}
 

@@ -165,6 +165,7 @@ void backward(const py::dict& d) {
     p.dk_stride = get_strides(d, "dk_stride");
     p.dv_stride = get_strides(d, "dv_stride");
     p.delta = get_ptr<float>(d, "delta");
+    if (d.contains("dq_accum")) p.dq_accum = get_ptr<float>(d, "dq_accum");   // optional: the one-kernel backward
     fill_tiles(item(d, "k_tiles").cast<py::dict>(), p.k_tiles, p.num_k_tiles, p.k_tiles_block_m, p.k_tiles_block_n);
     run(Direction::kBwd, p, d);
 }
@@ -186,6 +187,8 @@ py::dict tile_shapes(int device) {
     d["bwd_q"] = shape(bwd_q_tile_shape(device));
     d["bwd_kv"] = shape(bwd_kv_tile_shape(device));
     d["path"] = sm90_path(device) ? "sm90a wgmma" : "mma.sync";
+    // the fused backward's key description (a float32 dq_accum buffer selects it), where it is built
+    d["bwd_fused"] = sm90_path(device) ? py::object(shape(kBwdFusedTilesSm90)) : py::object(py::none());
     return d;
 }
 

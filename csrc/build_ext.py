@@ -9,8 +9,8 @@ Environment:
   JFA_CUDA_JOBS      parallel nvcc jobs (default: min(cores, available memory / 3 GiB))
   JFA_CUDA_LINEINFO  1 adds -lineinfo (for compute-sanitizer and profilers)
   JFA_TILES          tile-shape overrides for experiments, e.g. "fwd=128,128,8;bwd_kv=32,128,8;jvp90=128,128"
-                     (keys fwd, jvp, bwd_q, bwd_kv: block_m,block_n,warps; fwd90, jvp90, bwdq90, bwdkv90 (the sm_90a
-                     path): block_m,block_n; see jfa/tile_shapes.h)
+                     (keys fwd, jvp, bwd_q, bwd_kv: block_m,block_n,warps; fwd90, jvp90, bwdq90, bwdkv90,
+                     bwdf90 (the sm_90a path): block_m,block_n; see jfa/tile_shapes.h)
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def tile_defines() -> list[str]:
     """-D flags from JFA_TILES (empty by default: the shapes in jfa/tile_shapes.h)."""
     names = {"fwd": "JFA_FWD", "jvp": "JFA_JVP", "bwd_q": "JFA_BWD_Q", "bwd_kv": "JFA_BWD_KV",
              "fwd90": "JFA_FWD90", "jvp90": "JFA_JVP90", "bwdq90": "JFA_BWDQ90",
-             "bwdkv90": "JFA_BWDKV90"}   # the sm90 shapes take block_m,block_n only
+             "bwdkv90": "JFA_BWDKV90", "bwdf90": "JFA_BWDF90"}   # the sm90 shapes take block_m,block_n only
     out = []
     for item in filter(None, (x.strip() for x in os.environ.get("JFA_TILES", "").split(";"))):
         key, _, value = item.partition("=")

@@ -32,8 +32,12 @@ def test_module_lists_its_variants_and_tile_shapes():
     assert portable["path"] == "mma.sync"
     for device in [-1] + list(range(m.device_count())):
         shapes = m.tile_shapes(device)
-        assert set(shapes) == {"fwd", "jvp", "bwd_q", "bwd_kv", "path"}
+        assert set(shapes) == {"fwd", "jvp", "bwd_q", "bwd_kv", "path", "bwd_fused"}
         assert shapes["path"] in ("mma.sync", "sm90a wgmma")
+        # the fused backward is sm_90a only: 64 query rows, whole warpgroups of keys
+        assert (shapes["bwd_fused"] is not None) == (shapes["path"] == "sm90a wgmma")
+        if shapes["bwd_fused"] is not None:
+            assert shapes["bwd_fused"][0] == 64 and shapes["bwd_fused"][1] % 64 == 0
         for key in ("fwd", "jvp", "bwd_q", "bwd_kv"):
             bm, bn = shapes[key]
             assert bm % 16 == 0 and bn % 16 == 0

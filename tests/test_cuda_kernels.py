@@ -161,3 +161,56 @@ def test_zero_tangent_hint_gives_the_same_jvp(chunk):
     o64, to64, _ = reference.forward_jvp(*x64, mask, scale=0.1)
     _, to_lp, _ = reference.forward_jvp(q, k, v, tq, tk, tv, mask, scale=0.1)
     assert_within_rule("to", to_h, to64, to_lp)
+
+
+def _backward_kernels(be, args):
+    """The grads of be.backward(*args) and the names of the CUDA kernels it launched."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        grads = be.backward(*args)
+        torch.cuda.synchronize()
+    return grads, {e.name for e in prof.events() if e.device_type.name == "CUDA"}
+
+
+@pytest.mark.parametrize("case", [c for c, spec in CASES.items() if spec[4] == spec[5]])
+def test_both_backward_forms_within_rule(case, monkeypatch):
+    """Both backward forms within the rule on every mask family. The two-kernel form (no atomics)
+    is bitwise equal from run to run; the fused form runs where built (its dQ conversion pass shows
+    in the profile) and the deterministic switch overrides it."""
+    mask, x, _, do = _inputs(case, torch.bfloat16)
+    be, scale = get("cuda"), x[0].shape[-1] ** -0.5
+    x64 = [a.double() for a in x]
+    o64, lse64 = reference.forward(*x64, mask)
+    o_lp, lse_lp = reference.forward(*x, mask)
+    grads64 = reference.backward(*x64, o64, lse64, do.double(), mask)
+    grads_lp = reference.backward(*x, o_lp, lse_lp.float(), do, mask)
+    o, lse = be.forward(*x, mask, scale)
+    built = cuda_backend._tile_shapes(x[0].device.index)["bwd_fused"] is not None
+    runs = {}
+    for form, deterministic in (("fused", "0"), ("two-kernel", "0"), ("fused", "1")):
+        monkeypatch.setenv("JFA_CUDA_BWD", form)
+        monkeypatch.setenv("JFA_CUDA_DETERMINISTIC", deterministic)
+        grads, kernels = _backward_kernels(be, (*x, o, lse, do, mask, scale))
+        ran_fused = any("dq_convert" in k for k in kernels)
+        assert ran_fused == (built and form == "fused" and deterministic == "0"), (form, sorted(kernels))
+        for name, got, ref, lp in zip(("dq", "dk", "dv"), grads, grads64, grads_lp):
+            assert_within_rule(f"{name} ({'fused' if ran_fused else 'two-kernel'})", got, ref, lp)
+        runs[(form, deterministic)] = grads
+    # the deterministic switch ran the two-kernel form: the same bits as asking for it
+    assert all(torch.equal(a, b) for a, b in zip(runs[("two-kernel", "0")], runs[("fused", "1")]))
+
+
+def test_backward_form_switches(monkeypatch):
+    monkeypatch.delenv("JFA_CUDA_DETERMINISTIC", raising=False)
+    monkeypatch.setenv("JFA_CUDA_BWD", "fused")
+    built = cuda_backend._tile_shapes(0)["bwd_fused"] is not None
+    assert cuda_backend.backward_form(0) == ("fused" if built else "two-kernel")
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        assert cuda_backend.backward_form(0) == "two-kernel"
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    monkeypatch.setenv("JFA_CUDA_BWD", "atomic")
+    with pytest.raises(ValueError, match="JFA_CUDA_BWD"):
+        cuda_backend.backward_form(0)

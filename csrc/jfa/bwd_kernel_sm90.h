@@ -3,12 +3,71 @@
 // with every product a wgmma chain. Warpgroups own 64 rows of the tile they iterate with (keys
 // in dK/dV, queries in dQ); operands come from 128-byte-swizzled panels (wgmma.h), the K-major
 // reads for S and dP, the N-major (transposed) reads for dV += P^T dO, dK += dS^T Q, dQ += dS K.
+//
+// The fused backward (Tr::kFused) is the dK/dV kernel that also does dQ's work: it stores dS^T
+// of each step in shared memory, runs dQ_tile = dS K (both operands read transposed), stages the
+// float32 tile in shared memory (the step's q and dO tiles, free once dK and dV are done) and
+// adds it into a float32 buffer with one bulk reduce-add of the TMA unit; a last pass scales and
+// converts the buffer into dq. 5 products per tile pair instead of the two kernels' 7, at the
+// price of an atomic (so not bitwise repeatable) sum order. Per-thread vector atomics instead of
+// the bulk reduce-add doubled the kernel's time (bench/NOTES_cuda.md, item 8).
+//
+// The buffer holds, per (batch, head, 64-row query tile), the tile's 64-column halves one after
+// the other, each 64 x 64 row-major with the 16-byte chunks of row r XOR-swizzled by r % 8 (so
+// the staging writes are free of bank conflicts); dq_tile_offset and the conversion read it so.
 #pragma once
 
 #include "bwd_kernel.h"
 #include "wgmma.h"
 
 namespace jfa {
+
+// Rows row0 + g (+8) of a warp's dS^T slice (A fragments, k16 steps over queries) into the
+// dS^T panel tile, as the 16-bit pairs the fragments already hold.
+template <int kKS, class Tile>
+__device__ __forceinline__ void store_a_frags(const Tile& t, const uint32_t (&af)[kKS][4], int row0, int lane) {
+    const int g = lane >> 2, c2 = 2 * (lane & 3);
+#pragma unroll
+    for (int ks = 0; ks < kKS; ++ks) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int row = row0 + g + 8 * (r & 1), col = 16 * ks + 8 * (r >> 1) + c2;
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(t.chunk(row, col >> 3) + (col & 7) * 2), "r"(af[ks][r]));
+        }
+    }
+}
+
+constexpr int kDQHalf = 64;                           // columns per staged dQ half tile
+constexpr int kDQHalfBytes = 64 * kDQHalf * 4;         // 64 query rows of float32
+
+// Float offset of element (row r, column c) inside a staged 64 x 64 half tile.
+__host__ __device__ __forceinline__ int dq_half_offset(int r, int c) {
+    return r * kDQHalf + ((((c >> 2) ^ (r & 7))) << 2) + (c & 3);
+}
+
+// acc (C fragments of a 64-column wgmma, warp rows row0 + g (+8)) into a staged half tile.
+__device__ __forceinline__ void stage_dq_half(uint32_t tile, const float (&acc)[kDQHalf / 8][4], int row0, int lane) {
+    const int g = lane >> 2, c2 = 2 * (lane & 3);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + g + 8 * r;
+#pragma unroll
+        for (int nb = 0; nb < kDQHalf / 8; ++nb) {
+            const uint32_t a = tile + 4 * dq_half_offset(row, nb * 8 + c2);
+            asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(a), "f"(acc[nb][2 * r]), "f"(acc[nb][2 * r + 1]));
+        }
+    }
+}
+
+// The TMA unit adds `bytes` of float32 from shared memory into global memory (one bulk group).
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, int bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+                 "cp.async.bulk.commit_group;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
+}
+// Wait until the bulk groups in flight have read their shared-memory source (not for the adds).
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// Wait until they are complete.
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(const AttnParams p) {
@@ -20,6 +79,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
     using VTile = PanelTile<kBN, kDV>;
     using QTile = PanelTile<kBM, kDQK>;
     using OTile = PanelTile<kBM, kDV>;
+    using DSTile = PanelTile<kBN, kBM>;   // dS^T: keys x queries, the fused dQ product's A (read transposed)
+    constexpr int kWarpGroups = Tr::kThreads / 128;
 
     extern __shared__ char smem[];
     const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
@@ -34,6 +95,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
     const KTile sK{s0};
     const VTile sV{s0 + KTile::kBytes};
     const BwdKVQueryStages<Tr, QTile, OTile> stages{s0, sbase, b, hk, groups};
+    const DSTile sDS{s0 + Tr::kDSOffset};
 
     const TileWalk walk(p.k_tiles, k_tile);
     const int total = groups * walk.num_total;
@@ -87,12 +149,50 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         uint32_t pf[kKS][4], dsf[kKS][4];
         c_to_a<Elem, kKS>(pf, pt);
         c_to_a<Elem, kKS>(dsf, dst);
+        if constexpr (Tr::kFused) {
+            store_a_frags(sDS, dsf, warp * 16, lane);
+            fence_proxy_async();
+            __syncthreads();   // the whole dS^T tile is written before the product reads it
+        }
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sDO.desc_n_major(ks), 1);
 #pragma unroll
         for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
         wgmma_commit();
+        if constexpr (Tr::kFused) {
+            // dQ rows of this query tile, dS (queries x keys) K, dS^T and K both stored with rows = keys;
+            // 64 columns at a time (dQ's accumulators then fit beside dK's and dV's), staged in the
+            // step's q and dO tiles once the dK and dV products that read them are done.
+            static_assert(QTile::kBytes + OTile::kBytes >= kDQK / kDQHalf * kDQHalfBytes, "staging room");
+            const uint32_t staging = sQ.base;   // dO's tile follows q's
+            if constexpr (kWarpGroups > 1) {   // every warpgroup's dK and dV products have read q and dO
+                wgmma_wait<0>();
+                __syncthreads();
+            }
+            // Half c of dQ's columns is warpgroup c's (with d = 64 one warpgroup does all).
+#pragma unroll
+            for (int c = warp >> 2; c < kDQK / kDQHalf; c += kWarpGroups) {
+                float acc_dq[kDQHalf / 8][4];
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < kBN / 16; ++ks)
+                    Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sDS.desc_n_major(ks), sK.desc_n_major(ks, c), ks > 0);
+                wgmma_commit();
+                wgmma_wait<0>();
+                pin(acc_dq);
+                stage_dq_half(staging + c * kDQHalfBytes, acc_dq, (warp & 3) * 16, lane);
+            }
+            fence_proxy_async();
+            __syncthreads();   // the staged tile is complete
+            if (tid == 0) {
+                const int h = hk * groups + j / walk.num_total;
+                const int q_tiles = (p.seqlen_q + kBM - 1) / kBM;
+                const int64_t tile = (static_cast<int64_t>(b) * p.heads_q + h) * q_tiles + m0 / kBM;
+                bulk_reduce_add_f32(p.dq_accum + tile * kBM * kDQK, staging, kDQK / kDQHalf * kDQHalfBytes);
+                bulk_wait_read();   // the stage is refilled by the next step's prefetch
+            }
+        }
         wgmma_wait<0>();
         pin(acc_dv);
         pin(acc_dk);
@@ -101,6 +201,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         __syncthreads();
     }
 
+    if constexpr (Tr::kFused) {
+        if (tid == 0) bulk_wait_all();
+    }
     const float f_dk[2] = {p.scale, p.scale}, f_dv[2] = {1.f, 1.f};
     store_rows<Elem, kDQK / 8>(head_ptr<Elem>(p.dk, p.dk_stride, b, hk), p.dk_stride.row, krow0, p.seqlen_k, acc_dk,
                                f_dk, lane);
@@ -194,6 +297,32 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(c
     store_rows<Elem, kDQK / 8>(head_ptr<Elem>(p.dq, p.dq_stride, b, h), p.dq_stride.row, row0, p.seqlen_q, acc_dq, f,
                                lane);
 #endif
+}
+
+// dq = scale dq_accum in the element type: 8 columns of one row per thread, read from the
+// buffer's (query tile, half, swizzled 64 x 64) layout.
+template <class Elem, int kDQK>
+__global__ void attention_bwd_dq_convert_kernel(const AttnParams p) {
+    constexpr int kVec = 8, kPerRow = kDQK / kVec, kTileRows = 64;
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t row = i / kPerRow;   // (b, h, s) row of dq
+    if (row >= static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q) return;
+    const int c = static_cast<int>(i % kPerRow) * kVec;
+    const int s = static_cast<int>(row % p.seqlen_q);
+    const int bh = static_cast<int>(row / p.seqlen_q);
+    const int q_tiles = (p.seqlen_q + kTileRows - 1) / kTileRows;
+    const float* half = p.dq_accum + ((static_cast<int64_t>(bh) * q_tiles + s / kTileRows) * kDQK + c / kDQHalf * kDQHalf) * kTileRows;
+    const int r = s % kTileRows, cc = c % kDQHalf;
+    const float4 lo = *reinterpret_cast<const float4*>(half + dq_half_offset(r, cc));
+    const float4 hi = *reinterpret_cast<const float4*>(half + dq_half_offset(r, cc + 4));
+    const float f = p.scale;
+    uint4 out;
+    out.x = ElemOps<Elem>::pack(f * lo.x, f * lo.y);
+    out.y = ElemOps<Elem>::pack(f * lo.z, f * lo.w);
+    out.z = ElemOps<Elem>::pack(f * hi.x, f * hi.y);
+    out.w = ElemOps<Elem>::pack(f * hi.z, f * hi.w);
+    Elem* dst = head_ptr<Elem>(p.dq, p.dq_stride, bh / p.heads_q, bh % p.heads_q) + s * p.dq_stride.row + c;
+    *reinterpret_cast<uint4*>(dst) = out;
 }
 
 }  // namespace jfa

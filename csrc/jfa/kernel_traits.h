@@ -91,16 +91,27 @@ constexpr bool fits_two_per_sm(int threads, int smem_bytes) {
     return !two_per_sm(threads) || 2 * (smem_bytes + 1024) <= kSmemPerSm90;
 }
 
-template <class Elem, int kDQK, int kDV>
-struct BwdKVTraitsSm90
-    : BwdKVTraits<Elem, kDQK, kDV, kBwdKVTilesSm90.block_m, kBwdKVTilesSm90.block_n, kBwdKVTilesSm90.warps> {
-    using Base = BwdKVTraits<Elem, kDQK, kDV, kBwdKVTilesSm90.block_m, kBwdKVTilesSm90.block_n, kBwdKVTilesSm90.warps>;
+// kFusedDQ: the kernel also adds dQ into a float32 buffer (the fused backward), through a dS^T
+// tile in shared memory after the query stages; it has its own tile shape (kBwdFusedTilesSm90).
+template <bool kFusedDQ>
+constexpr TileShape bwd_kv_tiles_sm90() { return kFusedDQ ? kBwdFusedTilesSm90 : kBwdKVTilesSm90; }
+
+template <class Elem, int kDQK, int kDV, bool kFusedDQ = false>
+struct BwdKVTraitsSm90 : BwdKVTraits<Elem, kDQK, kDV, bwd_kv_tiles_sm90<kFusedDQ>().block_m,
+                                     bwd_kv_tiles_sm90<kFusedDQ>().block_n, bwd_kv_tiles_sm90<kFusedDQ>().warps> {
+    using Base = BwdKVTraits<Elem, kDQK, kDV, bwd_kv_tiles_sm90<kFusedDQ>().block_m,
+                             bwd_kv_tiles_sm90<kFusedDQ>().block_n, bwd_kv_tiles_sm90<kFusedDQ>().warps>;
     static_assert(Base::kBlockN % 64 == 0 && (Base::kBlockM == 64 || Base::kBlockM == 128),
                   "dK/dV: warpgroups of 64 keys, query tiles of 64 or 128");
+    static_assert(!kFusedDQ || Base::kBlockM == 64, "the fused dQ product is one wgmma's 64 query rows");
+    static constexpr bool kFused = kFusedDQ;
     static constexpr int kKVBytes = Base::kBlockN * (kDQK + kDV) * 2;
     static constexpr int kStageBytes = round_up_1k(Base::kBlockM * (kDQK + kDV) * 2 + 2 * Base::kBlockM * 4);
-    static constexpr int kSmemBytes = kKVBytes + Base::kStages * kStageBytes + 1024;
+    static constexpr int kDSOffset = kKVBytes + Base::kStages * kStageBytes;   // 1 KiB aligned
+    static constexpr int kDSBytes = kFusedDQ ? Base::kBlockN * Base::kBlockM * 2 : 0;
+    static constexpr int kSmemBytes = kDSOffset + kDSBytes + 1024;
     static_assert(fits_two_per_sm(Base::kThreads, kSmemBytes), "two one-warpgroup blocks must fit an SM");
+    static_assert(kSmemBytes <= kSmemPerSm90 - 1024, "the block must fit an SM");
 };
 
 template <class Elem, int kDQK, int kDV>

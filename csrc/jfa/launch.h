@@ -66,17 +66,23 @@ void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     }
 }
 
-// The backward of one path: tile checks first, then delta = rowsum(dO o O), dK/dV and dQ.
+// delta = rowsum(dO o O), the first pass of both backward forms.
+template <class Elem>
+void launch_bwd_delta(const AttnParams& p, cudaStream_t stream) {
+    constexpr int kDeltaRows = 8;
+    attention_bwd_delta_kernel<Elem><<<dim3((p.seqlen_q + kDeltaRows - 1) / kDeltaRows, p.batch * p.heads_q),
+                                       32 * kDeltaRows, 0, stream>>>(p);
+    check_cuda(cudaGetLastError(), "launching the backward preprocess kernel");
+}
+
+// The two-kernel (deterministic) backward of one path: tile checks first, then delta, dK/dV and dQ.
 template <class Elem, class TrKV, class TrQ, class KVKernel, class QKernel>
 void launch_bwd_with(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t stream) {
     check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, TrQ::kBlockM, TrQ::kBlockN, "query");
     check_tiles(p.k_tiles_block_m, p.k_tiles_block_n, TrKV::kBlockM, TrKV::kBlockN, "key");
     check_grid_y(p.batch * p.heads_q);
     if (p.seqlen_q == 0 || p.seqlen_k == 0) return;
-    constexpr int kDeltaRows = 8;
-    attention_bwd_delta_kernel<Elem><<<dim3((p.seqlen_q + kDeltaRows - 1) / kDeltaRows, p.batch * p.heads_q),
-                                       32 * kDeltaRows, 0, stream>>>(p);
-    check_cuda(cudaGetLastError(), "launching the backward preprocess kernel");
+    launch_bwd_delta<Elem>(p, stream);
     set_smem(kv, TrKV::kSmemBytes, two_per_sm(TrKV::kThreads));
     kv<<<dim3(p.num_k_tiles, p.batch * p.heads_k), TrKV::kThreads, TrKV::kSmemBytes, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the dK/dV kernel");
@@ -85,9 +91,37 @@ void launch_bwd_with(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t s
     check_cuda(cudaGetLastError(), "launching the dQ kernel");
 }
 
+// The one-kernel backward (sm_90a): zero the float32 dQ buffer (B x Hq x Sq rounded up to whole query
+// tiles, x Dqk), delta, the fused dK/dV/dQ kernel, then dq = scale * buffer.
+template <class Elem, int kDQK>
+void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
+    using Tr = BwdKVTraitsSm90<Elem, kDQK, kDQK, true>;
+    check_tiles(p.k_tiles_block_m, p.k_tiles_block_n, Tr::kBlockM, Tr::kBlockN, "key");
+    check_grid_y(p.batch * p.heads_q);
+    if (p.seqlen_q == 0 || p.seqlen_k == 0) return;
+    const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
+    const int64_t padded = static_cast<int64_t>(p.batch) * p.heads_q * ((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM) * Tr::kBlockM;
+    check_cuda(cudaMemsetAsync(p.dq_accum, 0, padded * kDQK * sizeof(float), stream), "zeroing the dQ buffer");
+    launch_bwd_delta<Elem>(p, stream);
+    auto kernel = attention_bwd_kv_kernel_sm90<Tr>;
+    set_smem(kernel, Tr::kSmemBytes, two_per_sm(Tr::kThreads));
+    kernel<<<dim3(p.num_k_tiles, p.batch * p.heads_k), Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+    check_cuda(cudaGetLastError(), "launching the fused backward kernel");
+    constexpr int kThreads = 256;
+    const int64_t work = rows * (kDQK / 8);
+    attention_bwd_dq_convert_kernel<Elem, kDQK>
+        <<<static_cast<unsigned>((work + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p);
+    check_cuda(cudaGetLastError(), "launching the dQ conversion kernel");
+}
+
 template <class Elem, int kDQK, int kDV>
 void launch_bwd(const AttnParams& p, cudaStream_t stream) {
     if (sm90_path(current_device())) {
+        if (p.dq_accum != nullptr) {
+            static_assert(kDQK == kDV, "the backward is built for equal head dims");
+            launch_bwd_fused<Elem, kDQK>(p, stream);
+            return;
+        }
         using TrKV = BwdKVTraitsSm90<Elem, kDQK, kDV>;
         using TrQ = BwdQTraitsSm90<Elem, kDQK, kDV>;
         launch_bwd_with<Elem, TrKV, TrQ>(attention_bwd_kv_kernel_sm90<TrKV>, attention_bwd_q_kernel_sm90<TrQ>, p,

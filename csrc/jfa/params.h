@@ -64,6 +64,10 @@ struct AttnParams {
     void* dk = nullptr;
     void* dv = nullptr;
     float* delta = nullptr;
+    // Set: the sm_90a path runs the one-kernel backward, which adds dQ / scale into this float32
+    // (B, Hq, Sq, Dqk) buffer with atomics (not bitwise deterministic) and then converts it into dq.
+    // nullptr: the deterministic two-kernel backward.
+    float* dq_accum = nullptr;
     Strides do_stride, dq_stride, dk_stride, dv_stride;
 
     // Tile description: q_tiles walks key tiles per query tile (forward, JVP, dQ);

@@ -78,6 +78,16 @@ struct TileShape {
 #define JFA_BWDKV90_N 64
 #endif
 
+// The fused backward on sm_90a: 64 query rows x 128 keys, two warpgroups of 64 keys; dQ's two
+// 64-column halves are one per warpgroup. (64 keys in one warpgroup, two blocks per SM, sent twice
+// the dQ bytes to the reduce-add per product: bench/NOTES_cuda.md, item 8.)
+#ifndef JFA_BWDF90_M
+#define JFA_BWDF90_M 64
+#endif
+#ifndef JFA_BWDF90_N
+#define JFA_BWDF90_N 128
+#endif
+
 constexpr TileShape kFwdTiles{JFA_FWD_M, JFA_FWD_N, JFA_FWD_W};
 constexpr TileShape kJvpTiles{JFA_JVP_M, JFA_JVP_N, JFA_JVP_W};
 constexpr TileShape kBwdQTiles{JFA_BWD_Q_M, JFA_BWD_Q_N, JFA_BWD_Q_W};    // dQ: walks key tiles per query tile
@@ -86,5 +96,6 @@ constexpr TileShape kFwdTilesSm90{JFA_FWD90_M, JFA_FWD90_N, JFA_FWD90_M / 16};
 constexpr TileShape kJvpTilesSm90{JFA_JVP90_M, JFA_JVP90_N, JFA_JVP90_M / 16};
 constexpr TileShape kBwdQTilesSm90{JFA_BWDQ90_M, JFA_BWDQ90_N, JFA_BWDQ90_M / 16};
 constexpr TileShape kBwdKVTilesSm90{JFA_BWDKV90_M, JFA_BWDKV90_N, JFA_BWDKV90_N / 16};
+constexpr TileShape kBwdFusedTilesSm90{JFA_BWDF90_M, JFA_BWDF90_N, JFA_BWDF90_N / 16};
 
 }  // namespace jfa

@@ -43,9 +43,10 @@ struct PanelTile {
     __device__ __forceinline__ uint64_t desc_k_major(int row0, int ks) const {
         return make_desc(base + (ks >> 2) * kPanelBytes + row0 * 128 + (ks & 3) * 32, 16, kSwizzleAtom);
     }
-    // Descriptor of the k16 step ks (rows [16 ks, 16 ks + 16)) for an N-major (transposed) read.
-    __device__ __forceinline__ uint64_t desc_n_major(int ks) const {
-        return make_desc(base + ks * 16 * 128, kPanelBytes, kSwizzleAtom);
+    // Descriptor of the k16 step ks (rows [16 ks, 16 ks + 16)) for an N-major (transposed) read,
+    // from panel `panel` on (columns [64 panel, ...)).
+    __device__ __forceinline__ uint64_t desc_n_major(int ks, int panel = 0) const {
+        return make_desc(base + panel * kPanelBytes + ks * 16 * 128, kPanelBytes, kSwizzleAtom);
     }
 
     static __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {

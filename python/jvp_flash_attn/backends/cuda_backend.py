@@ -3,6 +3,11 @@
 The module is torch-free: it takes device pointers, shapes, element strides, the mask's tile
 description and a stream handle. Everything torch does (input layout, allocation, the stream,
 the tile descriptions) happens here, so one build serves every torch version.
+
+Two forms of the backward: "two-kernel" (dK/dV, then dQ; bitwise repeatable) and, on Hopper,
+"fused" (one kernel that also adds dQ into a float32 buffer through the TMA unit's reduce-add, so
+its dQ is not bitwise repeatable). ``JFA_CUDA_BWD`` picks one (default: ``DEFAULT_BWD_FORM``);
+``torch.use_deterministic_algorithms(True)`` or ``JFA_CUDA_DETERMINISTIC=1`` always gives "two-kernel".
 """
 from __future__ import annotations
 
@@ -63,6 +68,26 @@ def _tile_shapes(device: int) -> dict:
     if device not in _shapes_by_device:
         _shapes_by_device[device] = dict(load_module().tile_shapes(device))
     return _shapes_by_device[device]
+
+
+BWD_FORMS = ("two-kernel", "fused")
+DEFAULT_BWD_FORM = "two-kernel"   # bench/NOTES_cuda.md, item 8: the fused form is not faster yet
+
+
+def deterministic() -> bool:
+    """Whether the backward must be bitwise repeatable (torch's switch or JFA_CUDA_DETERMINISTIC=1)."""
+    return torch.are_deterministic_algorithms_enabled() or os.environ.get("JFA_CUDA_DETERMINISTIC") == "1"
+
+
+def backward_form(device: int) -> str:
+    """The backward form a call on ``device`` runs: "fused" only where built (sm_90a), asked for
+    (JFA_CUDA_BWD or the default) and allowed (not deterministic)."""
+    form = os.environ.get("JFA_CUDA_BWD", DEFAULT_BWD_FORM)
+    if form not in BWD_FORMS:
+        raise ValueError(f"JFA_CUDA_BWD must be one of {BWD_FORMS}, got {form!r}")
+    if form == "fused" and (_tile_shapes(device).get("bwd_fused") is None or deterministic()):
+        return "two-kernel"
+    return form
 
 
 def _aligned(x: torch.Tensor) -> torch.Tensor:
@@ -203,13 +228,19 @@ class CudaBackend(Backend):
                                       f"in {dt}; use backend='triton' or 'reference'")
         with torch.cuda.device(q.device):
             m, args, mask, _ = self._common(q, k, v, mask, scale, "bwd_q")
-            kv_m, kv_n = _tile_shapes(q.device.index)["bwd_kv"]
+            fused = backward_form(q.device.index) == "fused"
+            kv_m, kv_n = _tile_shapes(q.device.index)["bwd_fused" if fused else "bwd_kv"]
             kv_desc = mask.tiles(kv_m, kv_n, q.device)
             b, sq, hq, _ = q.shape
             dq = _empty(q.shape, q)
             dk = _empty(k.shape, k)
             dv = _empty(v.shape, v)
             delta = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
+            dq_accum = None   # the fused backward's float32 dQ sum (zeroed and laid out by the module)
+            if fused:         # in whole query tiles
+                rows = -(-sq // kv_m) * kv_m
+                dq_accum = torch.empty((b, hq, rows, dqk), dtype=torch.float32, device=q.device)
+                args["dq_accum"] = dq_accum.data_ptr()
             args.update(o=o.data_ptr(), o_stride=_strides(o), lse=lse.data_ptr(), do=do.data_ptr(),
                         do_stride=_strides(do), dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(),
                         dq_stride=_strides(dq), dk_stride=_strides(dk), dv_stride=_strides(dv),
