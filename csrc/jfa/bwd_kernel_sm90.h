@@ -6,8 +6,8 @@
 //
 // The fused backward (Tr::kFused) is the dK/dV kernel that also does dQ's work: it stores dS^T
 // of each step in shared memory, runs dQ_tile = dS K (both operands read transposed), stages the
-// float32 tile in shared memory (the step's q and dO tiles, free once dK and dV are done) and
-// adds it into a float32 buffer with one bulk reduce-add of the TMA unit; a last pass scales and
+// float32 tile in shared memory and adds it into a float32 buffer with one bulk reduce-add of the
+// TMA unit, which reads the staging tile while the next step computes; a last pass scales and
 // converts the buffer into dq. 5 products per tile pair instead of the two kernels' 7, at the
 // price of an atomic (so not bitwise repeatable) sum order. Per-thread vector atomics instead of
 // the bulk reduce-add doubled the kernel's time (bench/NOTES_cuda.md, item 8).
@@ -152,7 +152,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         if constexpr (Tr::kFused) {
             store_a_frags(sDS, dsf, warp * 16, lane);
             fence_proxy_async();
-            __syncthreads();   // the whole dS^T tile is written before the product reads it
+            if (tid == 0) bulk_wait_read();   // the previous step's dQ tile has left the staging tile
+            __syncthreads();   // and the whole dS^T tile is written before the product reads it
         }
         wgmma_fence();
 #pragma unroll
@@ -162,14 +163,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         wgmma_commit();
         if constexpr (Tr::kFused) {
             // dQ rows of this query tile, dS (queries x keys) K, dS^T and K both stored with rows = keys;
-            // 64 columns at a time (dQ's accumulators then fit beside dK's and dV's), staged in the
-            // step's q and dO tiles once the dK and dV products that read them are done.
-            static_assert(QTile::kBytes + OTile::kBytes >= kDQK / kDQHalf * kDQHalfBytes, "staging room");
-            const uint32_t staging = sQ.base;   // dO's tile follows q's
-            if constexpr (kWarpGroups > 1) {   // every warpgroup's dK and dV products have read q and dO
-                wgmma_wait<0>();
-                __syncthreads();
-            }
+            // 64 columns at a time (dQ's accumulators then fit beside dK's and dV's) into the staging tile.
+            const uint32_t staging = s0 + Tr::kDQOffset;
             // Half c of dQ's columns is warpgroup c's (with d = 64 one warpgroup does all).
 #pragma unroll
             for (int c = warp >> 2; c < kDQK / kDQHalf; c += kWarpGroups) {
@@ -189,8 +184,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
                 const int h = hk * groups + j / walk.num_total;
                 const int q_tiles = (p.seqlen_q + kBM - 1) / kBM;
                 const int64_t tile = (static_cast<int64_t>(b) * p.heads_q + h) * q_tiles + m0 / kBM;
-                bulk_reduce_add_f32(p.dq_accum + tile * kBM * kDQK, staging, kDQK / kDQHalf * kDQHalfBytes);
-                bulk_wait_read();   // the stage is refilled by the next step's prefetch
+                bulk_reduce_add_f32(p.dq_accum + tile * kBM * kDQK, staging, Tr::kDQBytes);
             }
         }
         wgmma_wait<0>();

@@ -92,7 +92,8 @@ constexpr bool fits_two_per_sm(int threads, int smem_bytes) {
 }
 
 // kFusedDQ: the kernel also adds dQ into a float32 buffer (the fused backward), through a dS^T
-// tile in shared memory after the query stages; it has its own tile shape (kBwdFusedTilesSm90).
+// tile and a float32 dQ staging tile in shared memory after the query stages; it has its own tile
+// shape (kBwdFusedTilesSm90).
 template <bool kFusedDQ>
 constexpr TileShape bwd_kv_tiles_sm90() { return kFusedDQ ? kBwdFusedTilesSm90 : kBwdKVTilesSm90; }
 
@@ -109,7 +110,9 @@ struct BwdKVTraitsSm90 : BwdKVTraits<Elem, kDQK, kDV, bwd_kv_tiles_sm90<kFusedDQ
     static constexpr int kStageBytes = round_up_1k(Base::kBlockM * (kDQK + kDV) * 2 + 2 * Base::kBlockM * 4);
     static constexpr int kDSOffset = kKVBytes + Base::kStages * kStageBytes;   // 1 KiB aligned
     static constexpr int kDSBytes = kFusedDQ ? Base::kBlockN * Base::kBlockM * 2 : 0;
-    static constexpr int kSmemBytes = kDSOffset + kDSBytes + 1024;
+    static constexpr int kDQOffset = kDSOffset + kDSBytes;   // the fused kernel's float32 dQ staging tile
+    static constexpr int kDQBytes = kFusedDQ ? Base::kBlockM * kDQK * 4 : 0;
+    static constexpr int kSmemBytes = kDQOffset + kDQBytes + 1024;
     static_assert(fits_two_per_sm(Base::kThreads, kSmemBytes), "two one-warpgroup blocks must fit an SM");
     static_assert(kSmemBytes <= kSmemPerSm90 - 1024, "the block must fit an SM");
 };
