@@ -1,8 +1,9 @@
 """Timing experiment for the one-kernel backward (bench/NOTES_cuda.md, item 8): builds copies of
 the tree with one change each to the fused kernel and times W1's backward kernels in each.
 Results are not checked (some variants compute wrong dQ on purpose); this only splits time.
-The edits are written against the kernel of commit f1734b5 (item 8, 64 keys per block) and
-assert that they apply: on a later kernel, adapt them first.
+The edits assert that they apply. E-H were run on item 8's bulk reduce-add kernel with 64 keys
+per block, a version never committed; they also apply to commit f1734b5's (128 keys per block),
+not to later kernels: adapt them first.
 
     python bench/experiments/fused_bwd_variants.py OUT_DIR          # on a GPU machine
 
