@@ -332,7 +332,8 @@ class MathJvpProvider(Provider):
 
 
 def all_providers(flex_mask: str = "create") -> dict[str, Provider]:
-    ps = [JfaProvider("cuda"), JfaProvider("cuda", "fused"), JfaProvider("cuda", "two-kernel"), JfaProvider("triton"), JfaProvider("reference"),
+    ps = [JfaProvider("cuda"), JfaProvider("cuda", "fused"), JfaProvider("cuda", "two-kernel"),
+          JfaProvider("triton"), JfaProvider("reference"),
           FlexProvider(flex_mask), SdpaProvider(), MathJvpProvider()]
     return {p.name: p for p in ps}
 

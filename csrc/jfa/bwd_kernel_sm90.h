@@ -14,7 +14,7 @@
 //
 // The buffer holds, per (batch, head, 64-row query tile), the tile's 64-column halves one after
 // the other, each 64 x 64 row-major with the 16-byte chunks of row r XOR-swizzled by r % 8 (so
-// the staging writes are free of bank conflicts); dq_tile_offset and the conversion read it so.
+// the staging writes are free of bank conflicts); dq_tile and dq_half_offset say where.
 #pragma once
 
 #include "bwd_kernel.h"
@@ -37,8 +37,16 @@ __device__ __forceinline__ void store_a_frags(const Tile& t, const uint32_t (&af
     }
 }
 
+constexpr int kDQTileRows = 64;                       // query rows per tile of the dQ buffer
 constexpr int kDQHalf = 64;                           // columns per staged dQ half tile
-constexpr int kDQHalfBytes = 64 * kDQHalf * 4;         // 64 query rows of float32
+constexpr int kDQHalfBytes = kDQTileRows * kDQHalf * 4;
+
+// The dQ buffer's tile of query tile qt of row (batch x head) bh.
+template <int kDQK>
+__device__ __forceinline__ float* dq_tile(const AttnParams& p, int bh, int qt) {
+    const int q_tiles = (p.seqlen_q + kDQTileRows - 1) / kDQTileRows;
+    return p.dq_accum + (static_cast<int64_t>(bh) * q_tiles + qt) * kDQTileRows * kDQK;
+}
 
 // Float offset of element (row r, column c) inside a staged 64 x 64 half tile.
 __host__ __device__ __forceinline__ int dq_half_offset(int r, int c) {
@@ -181,10 +189,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
             fence_proxy_async();
             __syncthreads();   // the staged tile is complete
             if (tid == 0) {
+                static_assert(kBM == kDQTileRows, "a query tile is a tile of the dQ buffer");
                 const int h = hk * groups + j / walk.num_total;
-                const int q_tiles = (p.seqlen_q + kBM - 1) / kBM;
-                const int64_t tile = (static_cast<int64_t>(b) * p.heads_q + h) * q_tiles + m0 / kBM;
-                bulk_reduce_add_f32(p.dq_accum + tile * kBM * kDQK, staging, Tr::kDQBytes);
+                bulk_reduce_add_f32(dq_tile<kDQK>(p, b * p.heads_q + h, m0 / kBM), staging, Tr::kDQBytes);
             }
         }
         wgmma_wait<0>();
@@ -297,16 +304,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(c
 // buffer's (query tile, half, swizzled 64 x 64) layout.
 template <class Elem, int kDQK>
 __global__ void attention_bwd_dq_convert_kernel(const AttnParams p) {
-    constexpr int kVec = 8, kPerRow = kDQK / kVec, kTileRows = 64;
+    constexpr int kVec = 8, kPerRow = kDQK / kVec;
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const int64_t row = i / kPerRow;   // (b, h, s) row of dq
     if (row >= static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q) return;
     const int c = static_cast<int>(i % kPerRow) * kVec;
     const int s = static_cast<int>(row % p.seqlen_q);
     const int bh = static_cast<int>(row / p.seqlen_q);
-    const int q_tiles = (p.seqlen_q + kTileRows - 1) / kTileRows;
-    const float* half = p.dq_accum + ((static_cast<int64_t>(bh) * q_tiles + s / kTileRows) * kDQK + c / kDQHalf * kDQHalf) * kTileRows;
-    const int r = s % kTileRows, cc = c % kDQHalf;
+    const float* half = dq_tile<kDQK>(p, bh, s / kDQTileRows) + c / kDQHalf * (kDQTileRows * kDQHalf);
+    const int r = s % kDQTileRows, cc = c % kDQHalf;
     const float4 lo = *reinterpret_cast<const float4*>(half + dq_half_offset(r, cc));
     const float4 hi = *reinterpret_cast<const float4*>(half + dq_half_offset(r, cc + 4));
     const float f = p.scale;
