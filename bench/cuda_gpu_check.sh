@@ -47,7 +47,7 @@ for mask, hq, hk, d, dv in ((masks.teacher_forcing(masks.FramePattern(37, 4, 2))
         be.backward(q, k, v, o, lse, torch.randn_like(o), mask, 0.1)
 torch.cuda.synchronize(); print("small cases ran")
 PY
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck}; do
     timeout 150 compute-sanitizer --tool $tool --kernel-name kns=attention --print-limit 20 python3 /tmp/jfa_small.py \
       > "$OUT/sanitizer_$tool.log" 2>&1; echo "sanitizer $tool rc=$?"; tail -3 "$OUT/sanitizer_$tool.log"
   done

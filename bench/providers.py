@@ -120,35 +120,45 @@ class Provider:
         raise NotImplementedError
 
 
+# Kernel forms of the cuda backend a provider can pin: name -> (environment variable, value,
+# the op it concerns). The provider is then cuda-<name> and times that op alone.
+CUDA_FORMS = {
+    "fused": ("JFA_CUDA_BWD", "fused", "bwd"),            # the one-kernel backward (Hopper default)
+    "two-kernel": ("JFA_CUDA_BWD", "two-kernel", "bwd"),  # the deterministic backward
+    "fwd-plain": ("JFA_CUDA_FWD", "plain", "fwd"),        # the sm_90a forward without warp specialisation
+}
+
+
 @contextmanager
-def _bwd_form(form: str | None):
-    """The cuda backend's backward form (JFA_CUDA_BWD) inside; None leaves the default."""
+def _cuda_form(form: str | None):
+    """The cuda backend pinned to one of CUDA_FORMS inside; None leaves the defaults."""
     if form is None:
         yield
         return
-    prev = os.environ.get("JFA_CUDA_BWD")
-    os.environ["JFA_CUDA_BWD"] = form
+    var, value, _ = CUDA_FORMS[form]
+    prev = os.environ.get(var)
+    os.environ[var] = value
     try:
         yield
     finally:
         if prev is None:
-            del os.environ["JFA_CUDA_BWD"]
+            del os.environ[var]
         else:
-            os.environ["JFA_CUDA_BWD"] = prev
+            os.environ[var] = prev
 
 
 class JfaProvider(Provider):
-    """One of our backends through the public API; ``bwd_form`` pins the cuda backend's backward
-    form (provider name cuda-<form>, backward only)."""
+    """One of our backends through the public API; ``form`` pins one of the cuda backend's
+    CUDA_FORMS (provider name cuda-<form>, that form's op only)."""
 
     ops = OPS
 
-    def __init__(self, backend: str, bwd_form: str | None = None):
+    def __init__(self, backend: str, form: str | None = None):
         self.backend = backend
-        self.bwd_form = bwd_form
-        self.name = backend if bwd_form is None else f"{backend}-{bwd_form}"
-        if bwd_form is not None:
-            self.ops = ("bwd",)
+        self.form = form
+        self.name = backend if form is None else f"{backend}-{form}"
+        if form is not None:
+            self.ops = (CUDA_FORMS[form][2],)
 
     def availability(self, device):
         why = jfa.backends().get(self.backend, f"unknown backend {self.backend!r}")
@@ -168,7 +178,7 @@ class JfaProvider(Provider):
         mask, scale, be = inp.mask, inp.scale, self.backend
         if op == "fwd":
             def fwd():
-                with torch.no_grad():
+                with torch.no_grad(), _cuda_form(self.form):
                     return jfa.attention(inp.q, inp.k, inp.v, mask=mask, scale=scale, backend=be)
             return Prepared(fwd, lambda o: (o,))
         if op == "bwd":
@@ -176,7 +186,7 @@ class JfaProvider(Provider):
             o = jfa.attention(q, k, v, mask=mask, scale=scale, backend=be)
 
             def bwd():
-                with _bwd_form(self.bwd_form):
+                with _cuda_form(self.form):
                     return torch.autograd.grad(o, (q, k, v), inp.do, retain_graph=True)
             return Prepared(bwd, tuple)
         if op == "jvp":
@@ -332,7 +342,7 @@ class MathJvpProvider(Provider):
 
 
 def all_providers(flex_mask: str = "create") -> dict[str, Provider]:
-    ps = [JfaProvider("cuda"), JfaProvider("cuda", "fused"), JfaProvider("cuda", "two-kernel"),
+    ps = [JfaProvider("cuda"), *(JfaProvider("cuda", form) for form in CUDA_FORMS),
           JfaProvider("triton"), JfaProvider("reference"),
           FlexProvider(flex_mask), SdpaProvider(), MathJvpProvider()]
     return {p.name: p for p in ps}

@@ -309,7 +309,7 @@ def main(argv=None) -> int:
     log((out / "results.md").read_text())
     # A wrong result anywhere, or an error in one of our own backends, fails the run;
     # errors of the other providers (say FlexAttention's backward on a CPU) are reported only.
-    ours = {"cuda", "cuda-fused", "cuda-two-kernel", "triton", "reference"}
+    ours = {*report.OURS, "reference"}
     bad = any(k == "failed" or (k == "error" and p in ours) for _, _, p, k, _ in notes)
     return 1 if bad or interrupted else 0
 

@@ -163,13 +163,44 @@ def test_zero_tangent_hint_gives_the_same_jvp(chunk):
     assert_within_rule("to", to_h, to64, to_lp)
 
 
-def _backward_kernels(be, args):
-    """The grads of be.backward(*args) and the names of the CUDA kernels it launched."""
+def _kernels_of(fn, *args):
+    """fn(*args) and the names of the CUDA kernels it launched."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        grads = be.backward(*args)
+        out = fn(*args)
         torch.cuda.synchronize()
-    return grads, {e.name for e in prof.events() if e.device_type.name == "CUDA"}
+    return out, {e.name for e in prof.events() if e.device_type.name == "CUDA"}
+
+
+def _backward_kernels(be, args):
+    """The grads of be.backward(*args) and the names of the CUDA kernels it launched."""
+    return _kernels_of(be.backward, *args)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_both_forward_forms_agree(case, monkeypatch):
+    """On Hopper the warp-specialised forward (TMA loads, ping-pong warpgroups) is the default;
+    JFA_CUDA_FWD=plain runs the kernel whose warps all load. Both within the rule; the same
+    products in the same order per row, so lse agrees to float32 rounding (the compiler may fuse
+    the softmax's multiply and subtract differently in the two kernels, so not bit for bit)."""
+    mask, x, _, _ = _inputs(case, torch.bfloat16)
+    be, scale = get("cuda"), x[0].shape[-1] ** -0.5
+    o64, lse64 = reference.forward(*(a.double() for a in x), mask)
+    o_lp, lse_lp = reference.forward(*x, mask)
+    hopper = cuda_backend._tile_shapes(x[0].device.index)["path"] == "sm90a wgmma"
+    runs = {}
+    for form in ("ws", "plain"):
+        monkeypatch.setenv("JFA_CUDA_FWD", form)
+        (o, lse), kernels = _kernels_of(be.forward, *x, mask, scale)
+        ran_ws = any("fwd_kernel_sm90_ws" in k for k in kernels)
+        assert ran_ws == (hopper and form == "ws"), (form, sorted(kernels))
+        assert_within_rule(f"o ({form})", o, o64, o_lp)
+        assert_within_rule(f"lse ({form})", lse, lse64, lse_lp)
+        runs[form] = (o, lse)
+    lse_ws, lse_plain = runs["ws"][1], runs["plain"][1]
+    assert torch.equal(torch.isinf(lse_ws), torch.isinf(lse_plain))
+    finite = torch.isfinite(lse_plain)
+    assert (lse_ws[finite] - lse_plain[finite]).abs().max() <= 1e-5 * lse_plain[finite].abs().max().clamp(min=1)
 
 
 @pytest.mark.parametrize("case", [c for c, spec in CASES.items() if spec[4] == spec[5]])

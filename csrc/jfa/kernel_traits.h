@@ -37,6 +37,8 @@ struct FwdTraits : Traits<Elem, kDQK, kDV, fwd_tiles<kJvp>().block_m, fwd_tiles<
 
 // Forward and fused forward+JVP on the Hopper wgmma path: warpgroups of 4 warps split the query
 // tile 64 rows each; tiles live in 128-byte-swizzled panels (wgmma.h), 1024-byte aligned.
+constexpr int kSmemPerSm90 = 228 * 1024;   // shared memory of an H100/H200 SM (1 KiB of it reserved per block)
+
 template <bool kJvp>
 constexpr TileShape fwd_tiles_sm90() { return kJvp ? kJvpTilesSm90 : kFwdTilesSm90; }
 
@@ -53,6 +55,28 @@ struct FwdTraitsSm90 : Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, f
     static constexpr int kQBytes = (kJvp ? 2 : 1) * Base::kBlockM * kDQK * 2;
     static constexpr int kStageBytes = (kJvp ? 2 : 1) * Base::kBlockN * (kDQK + kDV) * 2;
     static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes + 1024;  // + room to align the base
+};
+
+// The warp-specialised forward (fwd_kernel_sm90_ws.h): one producer warpgroup that loads tiles
+// by TMA and two consumer warpgroups of 64 query rows; k and v tiles have their own stages, each
+// with a "full" and an "empty" barrier, so a value tile is released after its p v product while
+// the next key tile is already being read. The barriers sit after the (1024-byte aligned) tiles.
+template <class Elem, int kDQK, int kDV>
+struct FwdWsTraitsSm90 : Traits<Elem, kDQK, kDV, kFwdTilesSm90.block_m, kFwdTilesSm90.block_n, kFwdTilesSm90.warps + 4> {
+    using Base = Traits<Elem, kDQK, kDV, kFwdTilesSm90.block_m, kFwdTilesSm90.block_n, kFwdTilesSm90.warps + 4>;
+    static_assert(Base::kBlockM == 128, "two consumer warpgroups of 64 query rows");
+    static_assert(Base::kBlockN == 64 || Base::kBlockN == 128, "wgmma products are built for N = 64 and 128");
+    static constexpr int kConsumerThreads = 256;
+    static constexpr int kStages = 2;
+    static constexpr int kQBytes = Base::kBlockM * kDQK * 2;
+    static constexpr int kKBytes = Base::kBlockN * kDQK * 2;
+    static constexpr int kVBytes = Base::kBlockN * kDV * 2;
+    static constexpr int kKOffset = kQBytes;
+    static constexpr int kVOffset = kKOffset + kStages * kKBytes;
+    static constexpr int kBarOffset = kVOffset + kStages * kVBytes;
+    static constexpr int kBarBytes = 8 * (1 + 4 * kStages);
+    static constexpr int kSmemBytes = kBarOffset + kBarBytes + 1024;  // + room to align the base
+    static_assert(kSmemBytes <= kSmemPerSm90 - 1024, "the block must fit an SM");
 };
 
 // dK/dV: the warps split the key tile, and the kernel walks the query tiles of its key tile.
@@ -82,7 +106,6 @@ struct BwdQTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
 // The backward on the sm_90a path: its own tile shapes (kBwdKVTilesSm90, kBwdQTilesSm90; warpgroups
 // of 64 keys in dK/dV, of 64 queries in dQ). Panels are 1024-byte aligned.
 constexpr int round_up_1k(int x) { return (x + 1023) / 1024 * 1024; }
-constexpr int kSmemPerSm90 = 228 * 1024;   // shared memory of an H100/H200 SM (1 KiB of it reserved per block)
 
 // Backward blocks of one warpgroup are meant to run two per SM (the launcher then asks for the
 // largest shared-memory carveout); their traits check that two fit.

@@ -3,15 +3,20 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "arch.h"
 #include "bwd_kernel.h"
 #include "bwd_kernel_sm90.h"
 #include "fwd_kernel.h"
 #include "fwd_kernel_sm90.h"
+#include "fwd_kernel_sm90_ws.h"
 #include "registry.h"
+#include "tensor_maps.h"
 
 namespace jfa {
 
@@ -51,9 +56,38 @@ void launch_fwd_with(Kernel kernel, bool jvp, const AttnParams& p, cudaStream_t 
     check_cuda(cudaGetLastError(), jvp ? "launching the forward+JVP kernel" : "launching the forward kernel");
 }
 
+// JFA_CUDA_FWD=plain runs the sm_90a forward whose warps all load and compute (to compare the
+// two); the default is the warp-specialised one.
+inline bool fwd_ws_enabled() {
+    const char* env = std::getenv("JFA_CUDA_FWD");
+    return env == nullptr || std::strcmp(env, "plain") != 0;
+}
+
+// The warp-specialised forward; false (nothing launched) when the TMA unit cannot describe an
+// operand, and the caller falls back to the kernel that loads with cp.async.
+template <class Elem, int kDQK, int kDV>
+bool launch_fwd_ws(const AttnParams& p, cudaStream_t stream) {
+    using Tr = FwdWsTraitsSm90<Elem, kDQK, kDV>;
+    constexpr bool kBf16 = std::is_same_v<Elem, __nv_bfloat16>;
+    FwdTensorMaps maps;
+    if (!encode_panel_map(&maps.q, kBf16, p.q, p.q_stride, p.batch, p.seqlen_q, p.heads_q, kDQK, Tr::kBlockM) ||
+        !encode_panel_map(&maps.k, kBf16, p.k, p.k_stride, p.batch, p.seqlen_k, p.heads_k, kDQK, Tr::kBlockN) ||
+        !encode_panel_map(&maps.v, kBf16, p.v, p.v_stride, p.batch, p.seqlen_k, p.heads_k, kDV, Tr::kBlockN)) {
+        return false;
+    }
+    check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, Tr::kBlockM, Tr::kBlockN, "query");
+    check_grid_y(p.batch * p.heads_q);
+    auto kernel = attention_fwd_kernel_sm90_ws<Tr>;
+    set_smem(kernel, Tr::kSmemBytes);
+    kernel<<<dim3(p.num_q_tiles, p.batch * p.heads_q), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, maps);
+    check_cuda(cudaGetLastError(), "launching the forward kernel");
+    return true;
+}
+
 template <class Elem, int kDQK, int kDV, bool kJvp>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     if (sm90_path(current_device())) {
+        if (!kJvp && p.num_q_tiles > 0 && fwd_ws_enabled() && launch_fwd_ws<Elem, kDQK, kDV>(p, stream)) return;
         using Tr = FwdTraitsSm90<Elem, kDQK, kDV, kJvp>;
         if (kJvp && p.k_zero_tangent != nullptr) {
             launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp, kJvp>, kJvp, p, stream);
