@@ -25,7 +25,7 @@ build)
   grep -E "error" "$OUT/build.log" | head -20
   ;;
 tests)
-  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -x -q -rs tests/test_cuda_build.py tests/test_cuda_kernels.py -s -p no:cacheprovider \
+  timeout ${TEST_TIMEOUT:-200} python3 -m pytest --maxfail=10 -q -rs tests/test_cuda_build.py tests/test_cuda_kernels.py -s -p no:cacheprovider \
      > "$OUT/tests.log" 2>&1; echo "tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests.log" | tail -15
   timeout ${SHARED_TIMEOUT:-120} python3 -m pytest -q -k "cuda" tests/test_backends.py -p no:cacheprovider \
      > "$OUT/tests_shared.log" 2>&1; echo "shared suite rc=$?"; tail -3 "$OUT/tests_shared.log"

@@ -121,11 +121,11 @@ class Provider:
 
 
 # Kernel forms of the cuda backend a provider can pin: name -> (environment variable, value,
-# the op it concerns). The provider is then cuda-<name> and times that op alone.
+# the ops it concerns). The provider is then cuda-<name> and times those ops alone.
 CUDA_FORMS = {
-    "fused": ("JFA_CUDA_BWD", "fused", "bwd"),            # the one-kernel backward (Hopper default)
-    "two-kernel": ("JFA_CUDA_BWD", "two-kernel", "bwd"),  # the deterministic backward
-    "fwd-plain": ("JFA_CUDA_FWD", "plain", "fwd"),        # the sm_90a forward without warp specialisation
+    "fused": ("JFA_CUDA_BWD", "fused", ("bwd",)),            # the one-kernel backward (Hopper default)
+    "two-kernel": ("JFA_CUDA_BWD", "two-kernel", ("bwd",)),  # the deterministic backward
+    "plain": ("JFA_CUDA_FWD", "plain", ("fwd", "jvp")),      # sm_90a forward / JVP without warp specialisation
 }
 
 
@@ -158,7 +158,7 @@ class JfaProvider(Provider):
         self.form = form
         self.name = backend if form is None else f"{backend}-{form}"
         if form is not None:
-            self.ops = (CUDA_FORMS[form][2],)
+            self.ops = CUDA_FORMS[form][2]
 
     def availability(self, device):
         why = jfa.backends().get(self.backend, f"unknown backend {self.backend!r}")
@@ -191,7 +191,7 @@ class JfaProvider(Provider):
             return Prepared(bwd, tuple)
         if op == "jvp":
             def jvp():
-                with torch.no_grad():
+                with torch.no_grad(), _cuda_form(self.form):
                     return jfa.attention_jvp(inp.q, inp.k, inp.v, inp.tq, inp.tk, inp.tv,
                                              mask=mask, scale=scale, backend=be)
             return Prepared(jvp, tuple)

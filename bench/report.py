@@ -79,7 +79,7 @@ GOALS = (("fwd", ("W1", "W2", "W3", "W4", "W5", "W7", "W8"), "speedup vs flex", 
          ("bwd", ("W1", "W2", "W3", "W4", "W5", "W7", "W8"), "speedup vs flex", 1.2),
          ("jvp", ("W1", "W2", "W3", "W4"), "TFLOP/s", 450.0),
          ("jvp_zt", ("W1",), "ms", 33.0))
-OURS = ("cuda", "cuda-fused", "cuda-two-kernel", "cuda-fwd-plain", "triton")   # providers.CUDA_FORMS
+OURS = ("cuda", "cuda-fused", "cuda-two-kernel", "cuda-plain", "triton")   # providers.CUDA_FORMS
 
 
 def goals(rows) -> list[str]:
@@ -139,7 +139,7 @@ def markdown(rows, notes, env: dict, scale, interrupted: bool = False) -> str:
 def _color(provider: str) -> str:
     """One color per provider across every panel and run."""
     known = ("cuda", "triton", "reference", "flex", "sdpa", "math-jvp", "cuda-fused", "cuda-two-kernel",
-             "cuda-fwd-plain")
+             "cuda-plain")
     palette = ("tab:blue", "tab:orange", "tab:gray", "tab:green", "tab:red", "tab:purple", "tab:cyan", "tab:olive",
                "tab:pink")
     return palette[known.index(provider)] if provider in known else "tab:brown"

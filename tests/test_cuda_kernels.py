@@ -179,28 +179,30 @@ def _backward_kernels(be, args):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_both_forward_forms_agree(case, monkeypatch):
-    """On Hopper the warp-specialised forward (TMA loads, ping-pong warpgroups) is the default;
-    JFA_CUDA_FWD=plain runs the kernel whose warps all load. Both within the rule; the same
-    products in the same order per row, so lse agrees to float32 rounding (the compiler may fuse
-    the softmax's multiply and subtract differently in the two kernels, so not bit for bit)."""
-    mask, x, _, _ = _inputs(case, torch.bfloat16)
+    """On Hopper the warp-specialised forward and JVP (TMA loads, ping-pong warpgroups) are the
+    default; JFA_CUDA_FWD=plain runs the kernels whose warps all load. Both within the rule; the
+    same products in the same order per row, so lse agrees to float32 rounding (the compiler may
+    fuse the softmax's multiply and subtract differently in the two kernels, so not bit for bit)."""
+    mask, x, t, _ = _inputs(case, torch.bfloat16)
     be, scale = get("cuda"), x[0].shape[-1] ** -0.5
-    o64, lse64 = reference.forward(*(a.double() for a in x), mask)
-    o_lp, lse_lp = reference.forward(*x, mask)
+    o64, to64, lse64 = reference.forward_jvp(*(a.double() for a in (*x, *t)), mask)
+    o_lp, to_lp, lse_lp = reference.forward_jvp(*x, *t, mask)
     hopper = cuda_backend._tile_shapes(x[0].device.index)["path"] == "sm90a wgmma"
-    runs = {}
+    lses = {}
     for form in ("ws", "plain"):
         monkeypatch.setenv("JFA_CUDA_FWD", form)
         (o, lse), kernels = _kernels_of(be.forward, *x, mask, scale)
-        ran_ws = any("fwd_kernel_sm90_ws" in k for k in kernels)
-        assert ran_ws == (hopper and form == "ws"), (form, sorted(kernels))
-        assert_within_rule(f"o ({form})", o, o64, o_lp)
-        assert_within_rule(f"lse ({form})", lse, lse64, lse_lp)
-        runs[form] = (o, lse)
-    lse_ws, lse_plain = runs["ws"][1], runs["plain"][1]
-    assert torch.equal(torch.isinf(lse_ws), torch.isinf(lse_plain))
-    finite = torch.isfinite(lse_plain)
-    assert (lse_ws[finite] - lse_plain[finite]).abs().max() <= 1e-5 * lse_plain[finite].abs().max().clamp(min=1)
+        (o_j, to, lse_j), jvp_kernels = _kernels_of(be.forward_jvp, *x, *t, mask, scale)
+        ran_ws = [any(f"{k}_kernel_sm90_ws" in n for n in names) for k, names in (("fwd", kernels), ("jvp", jvp_kernels))]
+        assert ran_ws == [hopper and form == "ws"] * 2, (form, sorted(kernels | jvp_kernels))
+        for name, got, ref, lp in (("o", o, o64, o_lp), ("lse", lse, lse64, lse_lp), ("o (jvp)", o_j, o64, o_lp),
+                                   ("to", to, to64, to_lp), ("lse (jvp)", lse_j, lse64, lse_lp)):
+            assert_within_rule(f"{name} ({form})", got, ref, lp)
+        lses[form] = (lse, lse_j)
+    for ws, plain in zip(lses["ws"], lses["plain"]):
+        assert torch.equal(torch.isinf(ws), torch.isinf(plain))
+        finite = torch.isfinite(plain)
+        assert (ws[finite] - plain[finite]).abs().max() <= 1e-5 * plain[finite].abs().max().clamp(min=1)
 
 
 @pytest.mark.parametrize("case", [c for c, spec in CASES.items() if spec[4] == spec[5]])

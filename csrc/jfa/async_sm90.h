@@ -78,10 +78,10 @@ __device__ __forceinline__ void setmaxnreg_dec() {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
-// Tensor maps of one forward call, passed by value (as a __grid_constant__ kernel parameter, the
-// form the TMA unit reads them from).
+// Tensor maps of one forward (q, k, v) or forward+JVP call (and tq, tk, tv), passed by value (as
+// a __grid_constant__ kernel parameter, the form the TMA unit reads them from).
 struct FwdTensorMaps {
-    CUtensorMap q, k, v;
+    CUtensorMap q, k, v, tq, tk, tv;
 };
 
 }  // namespace jfa

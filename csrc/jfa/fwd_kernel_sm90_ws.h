@@ -1,17 +1,21 @@
-// Forward (o, lse) on Hopper with specialised warpgroups (sm_90a): the default forward there.
+// Forward (o, lse) and fused forward+JVP (o, to, lse) on Hopper with specialised warpgroups
+// (sm_90a): the default forward and JVP there.
 //
-// Same walk and arithmetic as attention_fwd_kernel_sm90 (fwd_kernel_sm90.h); what changes is who
-// waits for whom. In that kernel every warp loads, and a barrier per key tile holds both
-// warpgroups in step, so the tensor cores idle while both mask and exponentiate. Here:
-//   - warpgroup 0 is the producer: one thread issues TMA loads of the query tile and of each key
-//     and value tile into stages guarded by transaction barriers ("full" when the bytes landed,
-//     "empty" when every consumer warp is done reading), and gives its registers away;
+// Same walk and arithmetic as fwd_kernel_sm90.h (see fwd_kernel.h for the JVP's algebra); what
+// changes is who waits for whom. In those kernels every warp loads, and barriers per key tile hold
+// both warpgroups in step, so the tensor cores idle while both mask and exponentiate. Here:
+//   - warpgroup 0 is the producer: one thread issues TMA loads of the query tile(s) and of each
+//     key and value tile (and their tangents) into stages guarded by transaction barriers ("full"
+//     when the bytes landed, "empty" when every consumer warp is done reading), and gives its
+//     registers away;
 //   - warpgroups 1 and 2 are consumers of 64 query rows each. They take turns issuing their
-//     products (q k_i^T, then p_{i-1} v_{i-1}) through two named barriers, so one warpgroup's
-//     softmax runs while the tensor cores work on the other's products ("ping-pong"); inside a
-//     warpgroup the softmax of tile i still overlaps its own p_{i-1} v_{i-1}.
-// No __syncthreads in the key loop.
+//     products through two named barriers, so one warpgroup's masking and softmax run while the
+//     tensor cores work on the other's products ("ping-pong"). In the forward, the softmax of
+//     tile i also overlaps the warpgroup's own p_{i-1} v_{i-1} (the JVP has no registers for that).
+// No __syncthreads in the key loop. bench/NOTES_cuda.md, items 10-11.
 #pragma once
+
+#include <type_traits>
 
 #include "async_sm90.h"
 #include "fwd_common.h"
@@ -25,6 +29,108 @@ constexpr int kProducerRegs = 24;    // the producer's registers after setmaxnre
 constexpr int kConsumerRegs = 240;   // 128 x 24 + 256 x 240 <= 65,536
 constexpr int kTurnBarrier = 1;      // named barriers 1 and 2: consumer warpgroup 0's and 1's turn to issue
 
+// Shared memory of a warp-specialised block: query tile(s), key and value stages (operand 0 the
+// tile, 1 its tangent), then the barriers.
+template <class Tr>
+struct WsSmem {
+    using QTile = PanelTile<Tr::kBlockM, Tr::kDQK>;
+    using KTile = PanelTile<Tr::kBlockN, Tr::kDQK>;
+    using VTile = PanelTile<Tr::kBlockN, Tr::kDV>;
+    static constexpr int kS = Tr::kStages, kOps = Tr::kOperands;
+    uint32_t s0;   // 1024-byte aligned base
+
+    __device__ __forceinline__ QTile q(int which) const { return QTile{s0 + which * Tr::kQBytes}; }
+    __device__ __forceinline__ KTile k(int st, int which) const {
+        return KTile{s0 + Tr::kKOffset + (st * kOps + which) * Tr::kKBytes};
+    }
+    __device__ __forceinline__ VTile v(int st, int which) const {
+        return VTile{s0 + Tr::kVOffset + (st * kOps + which) * Tr::kVBytes};
+    }
+    __device__ __forceinline__ MBarrier bar(int i) const { return MBarrier{s0 + Tr::kBarOffset + 8 * i}; }
+    __device__ __forceinline__ MBarrier q_full() const { return bar(0); }
+    __device__ __forceinline__ MBarrier k_full(int st) const { return bar(1 + st); }
+    __device__ __forceinline__ MBarrier k_empty(int st) const { return bar(1 + kS + st); }
+    __device__ __forceinline__ MBarrier v_full(int st) const { return bar(1 + 2 * kS + st); }
+    __device__ __forceinline__ MBarrier v_empty(int st) const { return bar(1 + 3 * kS + st); }
+
+    // One thread, before the block's first barrier.
+    __device__ __forceinline__ void init_barriers() const {
+        q_full().init(1);
+#pragma unroll
+        for (int st = 0; st < kS; ++st) {
+            k_full(st).init(1);
+            v_full(st).init(1);
+            k_empty(st).init(Tr::kConsumerThreads / 32);   // one arrival per consumer warp
+            v_empty(st).init(Tr::kConsumerThreads / 32);
+        }
+        fence_barrier_init();
+    }
+};
+
+// The producer thread: the query tile(s), then key tile i into stage i % kS once every consumer
+// warp released tile i - kS, values likewise. tangents(i) says whether tile i's tk / tv are loaded
+// (JVP; false where the zero-tangent hint promises zeros).
+template <class Tr, class Tangents>
+__device__ __forceinline__ void produce(const WsSmem<Tr>& sm, const FwdTensorMaps& maps, const TileWalk& walk, int q0,
+                                        int h, int hk, int b, Tangents&& tangents) {
+    using S = WsSmem<Tr>;
+    constexpr int kS = Tr::kStages;
+    sm.q_full().arrive_expect_tx(Tr::kOperands * Tr::kQBytes);
+#pragma unroll
+    for (int w = 0; w < Tr::kOperands; ++w) {
+#pragma unroll
+        for (int pn = 0; pn < S::QTile::kPanels; ++pn)
+            tma_load_4d(sm.q(w).base + pn * S::QTile::kPanelBytes, w ? &maps.tq : &maps.q, sm.q_full(),
+                        pn * kPanelElems, q0, h, b);
+    }
+    for (int i = 0; i < walk.num_total; ++i) {
+        const int st = i % kS, parity = (i / kS) & 1, k0 = walk.tile(i) * Tr::kBlockN;
+        const int ops = Tr::kTangents && tangents(i) ? 2 : 1;
+        sm.k_empty(st).wait(parity ^ 1);
+        sm.k_full(st).arrive_expect_tx(ops * Tr::kKBytes);
+        for (int w = 0; w < ops; ++w) {
+#pragma unroll
+            for (int pn = 0; pn < S::KTile::kPanels; ++pn)
+                tma_load_4d(sm.k(st, w).base + pn * S::KTile::kPanelBytes, w ? &maps.tk : &maps.k, sm.k_full(st), pn * kPanelElems, k0,
+                            hk, b);
+        }
+        sm.v_empty(st).wait(parity ^ 1);
+        sm.v_full(st).arrive_expect_tx(ops * Tr::kVBytes);
+        for (int w = 0; w < ops; ++w) {
+#pragma unroll
+            for (int pn = 0; pn < S::VTile::kPanels; ++pn)
+                tma_load_4d(sm.v(st, w).base + pn * S::VTile::kPanelBytes, w ? &maps.tv : &maps.v, sm.v_full(st), pn * kPanelElems, k0,
+                            hk, b);
+        }
+    }
+}
+
+// Consumer warpgroup wg's turn to issue products; then pass it to the other one. Warpgroup 1 makes
+// the first pass (before its loop) so that warpgroup 0 starts, and skips its last one, which would
+// meet no sync.
+template <class Tr>
+__device__ __forceinline__ void take_turn(int wg) { named_sync(kTurnBarrier + wg, Tr::kConsumerThreads); }
+template <class Tr>
+__device__ __forceinline__ void pass_turn(int wg, int i, int n) {
+    if (wg == 0 || i + 1 < n) named_arrive(kTurnBarrier + (wg ^ 1), Tr::kConsumerThreads);
+}
+template <class Tr>
+__device__ __forceinline__ void first_pass(int wg, int n) {
+    if (wg == 1 && n > 0) named_arrive(kTurnBarrier, Tr::kConsumerThreads);
+}
+
+// Block indices shared by both kernels.
+struct WsBlock {
+    int q_tile, b, h, hk, q0;
+    __device__ __forceinline__ WsBlock(const AttnParams& p, int block_m) {
+        q_tile = p.num_q_tiles - 1 - blockIdx.x;   // late query tiles see the most keys: start them first
+        b = blockIdx.y / p.heads_q;
+        h = blockIdx.y % p.heads_q;
+        hk = h / (p.heads_q / p.heads_k);
+        q0 = q_tile * block_m;
+    }
+};
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     attention_fwd_kernel_sm90_ws(const AttnParams p, const __grid_constant__ FwdTensorMaps maps) {
@@ -32,144 +138,208 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     using Elem = typename Tr::Elem;
     constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
     constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
-    constexpr int kConsumerWarps = Tr::kConsumerThreads / 32;
-    using QTile = PanelTile<kBM, kDQK>;
-    using KTile = PanelTile<kBN, kDQK>;
-    using VTile = PanelTile<kBN, kDV>;
     using MmaS = Wgmma<Elem, kBN>;
     using MmaO = Wgmma<Elem, kDV>;
 
     extern __shared__ char smem[];
-    const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
+    const WsSmem<Tr> sm{(smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1)};
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int q_tile = p.num_q_tiles - 1 - blockIdx.x;  // late query tiles see the most keys: start them first
-    const int b = blockIdx.y / p.heads_q, h = blockIdx.y % p.heads_q;
-    const int hk = h / (p.heads_q / p.heads_k);
-    const int q0 = q_tile * kBM;
-
-    const QTile sQ{s0};
-    auto sK = [&](int st) { return KTile{s0 + Tr::kKOffset + st * Tr::kKBytes}; };
-    auto sV = [&](int st) { return VTile{s0 + Tr::kVOffset + st * Tr::kVBytes}; };
-    const uint32_t bars = s0 + Tr::kBarOffset;
-    const MBarrier q_full{bars};
-    auto k_full = [&](int st) { return MBarrier{bars + 8 * (1 + st)}; };
-    auto k_empty = [&](int st) { return MBarrier{bars + 8 * (1 + kS + st)}; };
-    auto v_full = [&](int st) { return MBarrier{bars + 8 * (1 + 2 * kS + st)}; };
-    auto v_empty = [&](int st) { return MBarrier{bars + 8 * (1 + 3 * kS + st)}; };
-    if (tid == 0) {
-        q_full.init(1);
-#pragma unroll
-        for (int st = 0; st < kS; ++st) {
-            k_full(st).init(1);
-            v_full(st).init(1);
-            k_empty(st).init(kConsumerWarps);
-            v_empty(st).init(kConsumerWarps);
-        }
-        fence_barrier_init();
-    }
+    const WsBlock blk(p, kBM);
+    if (tid == 0) sm.init_barriers();
     __syncthreads();
 
-    const TileWalk walk(p.q_tiles, q_tile);
+    const TileWalk walk(p.q_tiles, blk.q_tile);
     const int n = walk.num_total;
     if (warp < 4) {
-        // Producer: key tile i goes to stage i % kS once every consumer warp released tile i - kS.
         setmaxnreg_dec<kProducerRegs>();
-        if (tid == 0) {
-            prefetch_tensor_map(&maps.k);
-            prefetch_tensor_map(&maps.v);
-            q_full.arrive_expect_tx(QTile::kBytes);
-#pragma unroll
-            for (int pn = 0; pn < QTile::kPanels; ++pn)
-                tma_load_4d(sQ.base + pn * QTile::kPanelBytes, &maps.q, q_full, pn * kPanelElems, q0, h, b);
-            for (int i = 0; i < n; ++i) {
-                const int st = i % kS, parity = (i / kS) & 1, k0 = walk.tile(i) * kBN;
-                k_empty(st).wait(parity ^ 1);
-                k_full(st).arrive_expect_tx(KTile::kBytes);
-#pragma unroll
-                for (int pn = 0; pn < KTile::kPanels; ++pn)
-                    tma_load_4d(sK(st).base + pn * KTile::kPanelBytes, &maps.k, k_full(st), pn * kPanelElems, k0, hk, b);
-                v_empty(st).wait(parity ^ 1);
-                v_full(st).arrive_expect_tx(VTile::kBytes);
-#pragma unroll
-                for (int pn = 0; pn < VTile::kPanels; ++pn)
-                    tma_load_4d(sV(st).base + pn * VTile::kPanelBytes, &maps.v, v_full(st), pn * kPanelElems, k0, hk, b);
-            }
-        }
+        if (tid == 0) produce(sm, maps, walk, blk.q0, blk.h, blk.hk, blk.b, [](int) { return false; });
     } else {
         setmaxnreg_inc<kConsumerRegs>();
-        const int wg = (warp >> 2) - 1;          // consumer warpgroup 0 or 1
-        const int wg_row = wg * 64;              // its first row in the tile
-        const int row0 = q0 + (warp - 4) * 16;   // this warp's first query row
+        const int wg = (warp >> 2) - 1;              // consumer warpgroup 0 or 1
+        const int wg_row = wg * 64;                  // its first row in the tile
+        const int row0 = blk.q0 + (warp - 4) * 16;   // this warp's first query row
         float acc_o[kNBO][4], acc_t[1][4];
         zero(acc_o);
         float mu[2] = {0.f, 0.f};
-        OnlineSoftmax sm;
+        OnlineSoftmax softmax;
         const float scale_log2 = p.scale * kLog2e;
-        const bool edge_q = q0 + kBM > p.seqlen_q;
+        const bool edge_q = blk.q0 + kBM > p.seqlen_q;
         uint32_t pf_prev[kKPV][4];   // p of the previous tile, read by its p v product
 
         // Per key tile: wait for its keys, take our turn, issue q k_i^T (and, from the second tile
-        // on, p_{i-1} v_{i-1}), pass the turn on (warpgroup 1's last arrival would meet no sync).
+        // on, p_{i-1} v_{i-1}), pass the turn on.
         auto issue = [&](int i, float (&s)[kNBS][4], bool with_pv) {
             const int st = i % kS;
-            k_full(st).wait((i / kS) & 1);
-            if (with_pv) v_full((i - 1) % kS).wait(((i - 1) / kS) & 1);
-            named_sync(kTurnBarrier + wg, Tr::kConsumerThreads);
+            sm.k_full(st).wait((i / kS) & 1);
+            if (with_pv) sm.v_full((i - 1) % kS).wait(((i - 1) / kS) & 1);
+            take_turn<Tr>(wg);
             wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < kKQK; ++ks) MmaS::ss(s, sQ.desc_k_major(wg_row, ks), sK(st).desc_k_major(0, ks), ks > 0);
+            for (int ks = 0; ks < kKQK; ++ks)
+                MmaS::ss(s, sm.q(0).desc_k_major(wg_row, ks), sm.k(st, 0).desc_k_major(0, ks), ks > 0);
             wgmma_commit();
             if (with_pv) {
                 wgmma_fence();
 #pragma unroll
-                for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], sV((i - 1) % kS).desc_n_major(ks), 1);
+                for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], sm.v((i - 1) % kS, 0).desc_n_major(ks), 1);
                 wgmma_commit();
             }
-            if (wg == 0 || i + 1 < n) named_arrive(kTurnBarrier + (wg ^ 1), Tr::kConsumerThreads);
+            pass_turn<Tr>(wg, i, n);
         };
         // Once the scores are in: release the key stage, mask, and update the online softmax.
-        auto softmax = [&](int i, float (&s)[kNBS][4], float (&alpha)[2]) {
+        auto update = [&](int i, float (&s)[kNBS][4], float (&alpha)[2]) {
             pin(s);
-            if (lane == 0) k_empty(i % kS).arrive();
+            if (lane == 0) sm.k_empty(i % kS).arrive();
             const int k0 = walk.tile(i) * kBN;
             mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
-            sm.update(s, scale_log2, alpha);
+            softmax.update(s, scale_log2, alpha);
         };
 
-        q_full.wait(0);
-        if (wg == 1 && n > 0) named_arrive(kTurnBarrier, Tr::kConsumerThreads);   // warpgroup 0 issues first
+        sm.q_full().wait(0);
+        first_pass<Tr>(wg, n);
         if (n > 0) {   // the first tile: scores only (a branch around the p v issue inside the loop
                        // made ptxas serialise every product of the kernel)
             float s[kNBS][4], alpha[2];
             issue(0, s, false);
             wgmma_wait<0>();
-            softmax(0, s, alpha);
+            update(0, s, alpha);
             c_to_a<Elem, kKPV>(pf_prev, s);
         }
         for (int i = 1; i < n; ++i) {
             float s[kNBS][4], alpha[2];
             issue(i, s, true);
             wgmma_wait<1>();   // the scores; p_{i-1} v_{i-1} still runs
-            softmax(i, s, alpha);
+            update(i, s, alpha);
             wgmma_wait<0>();
             pin(acc_o);
             pin(pf_prev);
-            if (lane == 0) v_empty((i - 1) % kS).arrive();
+            if (lane == 0) sm.v_empty((i - 1) % kS).arrive();
             scale_rows(acc_o, alpha);
             c_to_a<Elem, kKPV>(pf_prev, s);
         }
         if (n > 0) {   // the last tile's p v
             const int st = (n - 1) % kS;
-            v_full(st).wait(((n - 1) / kS) & 1);
+            sm.v_full(st).wait(((n - 1) / kS) & 1);
             wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], sV(st).desc_n_major(ks), 1);
+            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], sm.v(st, 0).desc_n_major(ks), 1);
             wgmma_commit();
             wgmma_wait<0>();
             pin(acc_o);
             pin(pf_prev);
         }
-        fwd_epilogue<Elem, false, kNBO>(p, b, h, row0, lane, sm, mu, acc_o, acc_t);
+        fwd_epilogue<Elem, false, kNBO>(p, blk.b, blk.h, row0, lane, softmax, mu, acc_o, acc_t);
+    }
+#endif
+}
+
+// The fused forward+JVP. Per key tile, in our turn: s = q k^T and ts = tq k^T (+ q tk^T unless the
+// hint says tk is zero); then, off turn: mask, softmax, the tangent probabilities, and
+// o += p v, to += p tv (unless tv is zero) + (p o ts) v. kHint: a separate instantiation that reads
+// the zero-tangent hint (see fwd_kernel_sm90.h).
+template <class Tr, bool kHint>
+__global__ void __launch_bounds__(Tr::kThreads, 1)
+    attention_jvp_kernel_sm90_ws(const AttnParams p, const __grid_constant__ FwdTensorMaps maps) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using Elem = typename Tr::Elem;
+    constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
+    constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
+    using MmaS = Wgmma<Elem, kBN>;
+    using MmaO = Wgmma<Elem, kDV>;
+
+    extern __shared__ char smem[];
+    const WsSmem<Tr> sm{(smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1)};
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const WsBlock blk(p, kBM);
+    if (tid == 0) sm.init_barriers();
+    __syncthreads();
+
+    const TileWalk walk(p.q_tiles, blk.q_tile);
+    const int n = walk.num_total;
+    auto tangents = [&](int i) { return !(kHint && p.k_zero_tangent[walk.tile(i)]); };
+    if (warp < 4) {
+        setmaxnreg_dec<kProducerRegs>();
+        if (tid == 0) produce(sm, maps, walk, blk.q0, blk.h, blk.hk, blk.b, tangents);
+    } else {
+        setmaxnreg_inc<kConsumerRegs>();
+        const int wg = (warp >> 2) - 1;
+        const int wg_row = wg * 64;
+        const int row0 = blk.q0 + (warp - 4) * 16;
+        float acc_o[kNBO][4], acc_t[kNBO][4];
+        zero(acc_o);
+        zero(acc_t);
+        float mu[2] = {0.f, 0.f};
+        OnlineSoftmax softmax;
+        const float scale_log2 = p.scale * kLog2e;
+        const bool edge_q = blk.q0 + kBM > p.seqlen_q;
+
+        sm.q_full().wait(0);
+        first_pass<Tr>(wg, n);
+        // One key tile; kTan: with its tk / tv products. The hinted kernel branches on the hint
+        // around whole steps: a branch around single products inside a step made ptxas serialise
+        // every product (warning C7520).
+        auto step = [&](int i, auto tan) {
+            constexpr bool kTan = decltype(tan)::value;
+            const int st = i % kS, parity = (i / kS) & 1;
+            float s[kNBS][4], ts[kNBS][4];
+            sm.k_full(st).wait(parity);
+            take_turn<Tr>(wg);
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < kKQK; ++ks)
+                MmaS::ss(s, sm.q(0).desc_k_major(wg_row, ks), sm.k(st, 0).desc_k_major(0, ks), ks > 0);
+#pragma unroll
+            for (int ks = 0; ks < kKQK; ++ks)
+                MmaS::ss(ts, sm.q(1).desc_k_major(wg_row, ks), sm.k(st, 0).desc_k_major(0, ks), ks > 0);
+            if constexpr (kTan) {
+#pragma unroll
+                for (int ks = 0; ks < kKQK; ++ks)
+                    MmaS::ss(ts, sm.q(0).desc_k_major(wg_row, ks), sm.k(st, 1).desc_k_major(0, ks), 1);
+            }
+            wgmma_commit();
+            pass_turn<Tr>(wg, i, n);
+            wgmma_wait<0>();
+            pin(s);
+            pin(ts);
+            if (lane == 0) sm.k_empty(st).arrive();
+
+            const int k0 = walk.tile(i) * kBN;
+            mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
+            float alpha[2];
+            softmax.update(s, scale_log2, alpha);
+            scale_rows(acc_o, alpha);
+            scale_rows(acc_t, alpha);
+            tangent_probs(ts, s, mu, alpha, p.scale);
+            uint32_t pf[kKPV][4], ptf[kKPV][4];
+            c_to_a<Elem, kKPV>(pf, s);
+            c_to_a<Elem, kKPV>(ptf, ts);
+
+            sm.v_full(st).wait(parity);
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf[ks], sm.v(st, 0).desc_n_major(ks), 1);
+            if constexpr (kTan) {
+#pragma unroll
+                for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, pf[ks], sm.v(st, 1).desc_n_major(ks), 1);
+            }
+#pragma unroll
+            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, ptf[ks], sm.v(st, 0).desc_n_major(ks), 1);
+            wgmma_commit();
+            wgmma_wait<0>();
+            pin(acc_o);
+            pin(acc_t);
+            pin(pf);
+            pin(ptf);
+            if (lane == 0) sm.v_empty(st).arrive();
+        };
+        for (int i = 0; i < n; ++i) {
+            if (tangents(i)) {
+                step(i, std::true_type{});
+            } else {
+                step(i, std::false_type{});
+            }
+        }
+        fwd_epilogue<Elem, true, kNBO>(p, blk.b, blk.h, row0, lane, softmax, mu, acc_o, acc_t);
     }
 #endif
 }

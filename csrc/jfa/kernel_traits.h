@@ -57,23 +57,29 @@ struct FwdTraitsSm90 : Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, f
     static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes + 1024;  // + room to align the base
 };
 
-// The warp-specialised forward (fwd_kernel_sm90_ws.h): one producer warpgroup that loads tiles
-// by TMA and two consumer warpgroups of 64 query rows; k and v tiles have their own stages, each
-// with a "full" and an "empty" barrier, so a value tile is released after its p v product while
-// the next key tile is already being read. The barriers sit after the (1024-byte aligned) tiles.
-template <class Elem, int kDQK, int kDV>
-struct FwdWsTraitsSm90 : Traits<Elem, kDQK, kDV, kFwdTilesSm90.block_m, kFwdTilesSm90.block_n, kFwdTilesSm90.warps + 4> {
-    using Base = Traits<Elem, kDQK, kDV, kFwdTilesSm90.block_m, kFwdTilesSm90.block_n, kFwdTilesSm90.warps + 4>;
+// The warp-specialised forward and forward+JVP (fwd_kernel_sm90_ws.h): one producer warpgroup
+// that loads tiles by TMA and two consumer warpgroups of 64 query rows; the tile shapes are those
+// of the other sm_90a kernels (kFwdTilesSm90, kJvpTilesSm90). Key tiles (k [, tk]) and value
+// tiles (v [, tv]) have their own stages, each with a "full" and an "empty" barrier, so keys are
+// released after the score products while values are still read. The barriers sit after the
+// (1024-byte aligned) tiles.
+template <class Elem, int kDQK, int kDV, bool kJvp>
+struct FwdWsTraitsSm90 : Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n,
+                                fwd_tiles_sm90<kJvp>().warps + 4> {
+    using Base = Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n,
+                        fwd_tiles_sm90<kJvp>().warps + 4>;
     static_assert(Base::kBlockM == 128, "two consumer warpgroups of 64 query rows");
     static_assert(Base::kBlockN == 64 || Base::kBlockN == 128, "wgmma products are built for N = 64 and 128");
+    static constexpr bool kTangents = kJvp;
+    static constexpr int kOperands = kJvp ? 2 : 1;   // a tile and, for the JVP, its tangent
     static constexpr int kConsumerThreads = 256;
     static constexpr int kStages = 2;
-    static constexpr int kQBytes = Base::kBlockM * kDQK * 2;
-    static constexpr int kKBytes = Base::kBlockN * kDQK * 2;
-    static constexpr int kVBytes = Base::kBlockN * kDV * 2;
-    static constexpr int kKOffset = kQBytes;
-    static constexpr int kVOffset = kKOffset + kStages * kKBytes;
-    static constexpr int kBarOffset = kVOffset + kStages * kVBytes;
+    static constexpr int kQBytes = Base::kBlockM * kDQK * 2;   // one query tile
+    static constexpr int kKBytes = Base::kBlockN * kDQK * 2;   // one key tile
+    static constexpr int kVBytes = Base::kBlockN * kDV * 2;    // one value tile
+    static constexpr int kKOffset = kOperands * kQBytes;
+    static constexpr int kVOffset = kKOffset + kStages * kOperands * kKBytes;
+    static constexpr int kBarOffset = kVOffset + kStages * kOperands * kVBytes;
     static constexpr int kBarBytes = 8 * (1 + 4 * kStages);
     static constexpr int kSmemBytes = kBarOffset + kBarBytes + 1024;  // + room to align the base
     static_assert(kSmemBytes <= kSmemPerSm90 - 1024, "the block must fit an SM");

@@ -56,38 +56,56 @@ void launch_fwd_with(Kernel kernel, bool jvp, const AttnParams& p, cudaStream_t 
     check_cuda(cudaGetLastError(), jvp ? "launching the forward+JVP kernel" : "launching the forward kernel");
 }
 
-// JFA_CUDA_FWD=plain runs the sm_90a forward whose warps all load and compute (to compare the
-// two); the default is the warp-specialised one.
+// JFA_CUDA_FWD=plain runs the sm_90a forward and JVP whose warps all load and compute (to compare
+// the two); the default is the warp-specialised pair.
 inline bool fwd_ws_enabled() {
     const char* env = std::getenv("JFA_CUDA_FWD");
     return env == nullptr || std::strcmp(env, "plain") != 0;
 }
 
-// The warp-specialised forward; false (nothing launched) when the TMA unit cannot describe an
-// operand, and the caller falls back to the kernel that loads with cp.async.
-template <class Elem, int kDQK, int kDV>
+// The warp-specialised forward or JVP; false (nothing launched) when the TMA unit cannot describe
+// an operand, and the caller falls back to the kernels that load with cp.async.
+template <class Elem, int kDQK, int kDV, bool kJvp>
 bool launch_fwd_ws(const AttnParams& p, cudaStream_t stream) {
-    using Tr = FwdWsTraitsSm90<Elem, kDQK, kDV>;
+    using Tr = FwdWsTraitsSm90<Elem, kDQK, kDV, kJvp>;
     constexpr bool kBf16 = std::is_same_v<Elem, __nv_bfloat16>;
-    FwdTensorMaps maps;
-    if (!encode_panel_map(&maps.q, kBf16, p.q, p.q_stride, p.batch, p.seqlen_q, p.heads_q, kDQK, Tr::kBlockM) ||
-        !encode_panel_map(&maps.k, kBf16, p.k, p.k_stride, p.batch, p.seqlen_k, p.heads_k, kDQK, Tr::kBlockN) ||
-        !encode_panel_map(&maps.v, kBf16, p.v, p.v_stride, p.batch, p.seqlen_k, p.heads_k, kDV, Tr::kBlockN)) {
-        return false;
+    FwdTensorMaps maps{};
+    auto encode = [&](CUtensorMap* map, const void* x, const Strides& s, int rows, int heads, int cols, int box) {
+        return encode_panel_map(map, kBf16, x, s, p.batch, rows, heads, cols, box);
+    };
+    const int bm = Tr::kBlockM, bn = Tr::kBlockN;
+    bool ok = encode(&maps.q, p.q, p.q_stride, p.seqlen_q, p.heads_q, kDQK, bm) &&
+              encode(&maps.k, p.k, p.k_stride, p.seqlen_k, p.heads_k, kDQK, bn) &&
+              encode(&maps.v, p.v, p.v_stride, p.seqlen_k, p.heads_k, kDV, bn);
+    if (kJvp) {
+        ok = ok && encode(&maps.tq, p.tq, p.tq_stride, p.seqlen_q, p.heads_q, kDQK, bm) &&
+             encode(&maps.tk, p.tk, p.tk_stride, p.seqlen_k, p.heads_k, kDQK, bn) &&
+             encode(&maps.tv, p.tv, p.tv_stride, p.seqlen_k, p.heads_k, kDV, bn);
     }
-    check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, Tr::kBlockM, Tr::kBlockN, "query");
+    if (!ok) return false;
+    check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, bm, bn, "query");
     check_grid_y(p.batch * p.heads_q);
-    auto kernel = attention_fwd_kernel_sm90_ws<Tr>;
-    set_smem(kernel, Tr::kSmemBytes);
-    kernel<<<dim3(p.num_q_tiles, p.batch * p.heads_q), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, maps);
-    check_cuda(cudaGetLastError(), "launching the forward kernel");
+    auto launch = [&](auto kernel) {
+        set_smem(kernel, Tr::kSmemBytes);
+        kernel<<<dim3(p.num_q_tiles, p.batch * p.heads_q), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, maps);
+        check_cuda(cudaGetLastError(), kJvp ? "launching the forward+JVP kernel" : "launching the forward kernel");
+    };
+    if constexpr (kJvp) {
+        if (p.k_zero_tangent != nullptr) {
+            launch(attention_jvp_kernel_sm90_ws<Tr, true>);
+        } else {
+            launch(attention_jvp_kernel_sm90_ws<Tr, false>);
+        }
+    } else {
+        launch(attention_fwd_kernel_sm90_ws<Tr>);
+    }
     return true;
 }
 
 template <class Elem, int kDQK, int kDV, bool kJvp>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     if (sm90_path(current_device())) {
-        if (!kJvp && p.num_q_tiles > 0 && fwd_ws_enabled() && launch_fwd_ws<Elem, kDQK, kDV>(p, stream)) return;
+        if (p.num_q_tiles > 0 && fwd_ws_enabled() && launch_fwd_ws<Elem, kDQK, kDV, kJvp>(p, stream)) return;
         using Tr = FwdTraitsSm90<Elem, kDQK, kDV, kJvp>;
         if (kJvp && p.k_zero_tangent != nullptr) {
             launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp, kJvp>, kJvp, p, stream);
