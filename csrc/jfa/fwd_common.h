@@ -91,10 +91,10 @@ __device__ __forceinline__ void tangent_probs(float (&ts)[kNB][4], const float (
 #pragma unroll
             for (int e = 2 * r; e < 2 * r + 2; ++e) {
                 ts[nb][e] = s[nb][e] == 0.f ? 0.f : s[nb][e] * ts[nb][e] * scale;
-                sum += ts[nb][e];
+                sum = __fadd_rn(sum, ts[nb][e]);   // rounded as written (softmax.h)
             }
         }
-        mu[r] = mu[r] * alpha[r] + sum;
+        mu[r] = __fmaf_rn(mu[r], alpha[r], sum);
     }
 }
 
@@ -108,7 +108,7 @@ __device__ __forceinline__ void fwd_epilogue(const AttnParams& p, int b, int h, 
     for (int r = 0; r < 2; ++r) {
         const float l = quad_sum(sm.l[r]);
         inv_l[r] = l == 0.f ? 0.f : 1.f / l;
-        lse[r] = l == 0.f ? -INFINITY : sm.m[r] * kLn2 + logf(l);
+        lse[r] = l == 0.f ? -INFINITY : __fmaf_rn(sm.m[r], kLn2, logf(l));
         mu[r] = quad_sum(mu[r]) * inv_l[r];
     }
     store_rows<Elem, kNBO>(head_ptr<Elem>(p.o, p.o_stride, b, h), p.o_stride.row, row0, p.seqlen_q, acc_o, inv_l, lane);
@@ -116,7 +116,7 @@ __device__ __forceinline__ void fwd_epilogue(const AttnParams& p, int b, int h, 
 #pragma unroll
         for (int nb = 0; nb < kNBO; ++nb) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc_t[nb][e] -= mu[e >> 1] * acc_o[nb][e];
+            for (int e = 0; e < 4; ++e) acc_t[nb][e] = __fmaf_rn(-mu[e >> 1], acc_o[nb][e], acc_t[nb][e]);
         }
         store_rows<Elem, kNBO>(head_ptr<Elem>(p.to, p.to_stride, b, h), p.to_stride.row, row0, p.seqlen_q, acc_t, inv_l, lane);
     }

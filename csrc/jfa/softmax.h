@@ -1,6 +1,10 @@
 // Online softmax over key tiles for the two rows (g, g + 8) that a lane holds in a warp's
 // 16-row slice. Scores are kept in the log2 domain (scaled by scale * log2(e)) so exp2 is one
 // instruction. Row sums are per-lane partials and are reduced across the quad only at the end.
+// Every multiply feeding an add, here and in fwd_common.h, says how it rounds (__fmul_rn,
+// __fsub_rn, __fmaf_rn, ...): left to the compiler, whether a multiply and an add fuse depended on
+// the surrounding kernel, and kernels that run the same products (plain and warp-specialised,
+// hinted or not) differed in lse by a rounding.
 #pragma once
 
 #include "mma.h"
@@ -20,8 +24,8 @@ struct OnlineSoftmax {
             float mx = -INFINITY;
 #pragma unroll
             for (int nb = 0; nb < kNB; ++nb) {
-                s[nb][2 * r] *= scale_log2;
-                s[nb][2 * r + 1] *= scale_log2;
+                s[nb][2 * r] = __fmul_rn(s[nb][2 * r], scale_log2);
+                s[nb][2 * r + 1] = __fmul_rn(s[nb][2 * r + 1], scale_log2);
                 mx = fmaxf(mx, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
             }
             const float m_new = fmaxf(m[r], quad_max(mx));
@@ -33,11 +37,11 @@ struct OnlineSoftmax {
             float sum = 0.f;
 #pragma unroll
             for (int nb = 0; nb < kNB; ++nb) {
-                s[nb][2 * r] = exp2f(s[nb][2 * r] - m_use);
-                s[nb][2 * r + 1] = exp2f(s[nb][2 * r + 1] - m_use);
+                s[nb][2 * r] = exp2f(__fsub_rn(s[nb][2 * r], m_use));
+                s[nb][2 * r + 1] = exp2f(__fsub_rn(s[nb][2 * r + 1], m_use));
                 sum += s[nb][2 * r] + s[nb][2 * r + 1];
             }
-            l[r] = l[r] * alpha[r] + sum;
+            l[r] = __fmaf_rn(l[r], alpha[r], sum);
         }
     }
 };
