@@ -67,41 +67,45 @@ struct WsSmem {
     }
 };
 
+// The block's query tile and heads.
+struct WsBlock {
+    int q_tile, b, h, hk, q0;
+    __device__ __forceinline__ WsBlock(const AttnParams& p, int block_m) {
+        q_tile = p.num_q_tiles - 1 - blockIdx.x;   // late query tiles see the most keys: start them first
+        b = blockIdx.y / p.heads_q;
+        h = blockIdx.y % p.heads_q;
+        hk = h / (p.heads_q / p.heads_k);
+        q0 = q_tile * block_m;
+    }
+};
+
+// All 64-column panels of one tile (rows from row0 of head h, batch b) by TMA, completing on bar.
+template <class Tile>
+__device__ __forceinline__ void load_panels(const Tile& t, const CUtensorMap* map, const MBarrier& bar, int row0, int h,
+                                            int b) {
+#pragma unroll
+    for (int pn = 0; pn < Tile::kPanels; ++pn) tma_load_4d(t.base + pn * Tile::kPanelBytes, map, bar, pn * kPanelElems, row0, h, b);
+}
+
 // The producer thread: the query tile(s), then key tile i into stage i % kS once every consumer
 // warp released tile i - kS, values likewise. tangents(i) says whether tile i's tk / tv are loaded
 // (JVP; false where the zero-tangent hint promises zeros).
 template <class Tr, class Tangents>
-__device__ __forceinline__ void produce(const WsSmem<Tr>& sm, const FwdTensorMaps& maps, const TileWalk& walk, int q0,
-                                        int h, int hk, int b, Tangents&& tangents) {
-    using S = WsSmem<Tr>;
+__device__ __forceinline__ void produce(const WsSmem<Tr>& sm, const FwdTensorMaps& maps, const TileWalk& walk,
+                                        const WsBlock& blk, Tangents&& tangents) {
     constexpr int kS = Tr::kStages;
     sm.q_full().arrive_expect_tx(Tr::kOperands * Tr::kQBytes);
 #pragma unroll
-    for (int w = 0; w < Tr::kOperands; ++w) {
-#pragma unroll
-        for (int pn = 0; pn < S::QTile::kPanels; ++pn)
-            tma_load_4d(sm.q(w).base + pn * S::QTile::kPanelBytes, w ? &maps.tq : &maps.q, sm.q_full(),
-                        pn * kPanelElems, q0, h, b);
-    }
+    for (int w = 0; w < Tr::kOperands; ++w) load_panels(sm.q(w), w ? &maps.tq : &maps.q, sm.q_full(), blk.q0, blk.h, blk.b);
     for (int i = 0; i < walk.num_total; ++i) {
         const int st = i % kS, parity = (i / kS) & 1, k0 = walk.tile(i) * Tr::kBlockN;
-        const int ops = Tr::kTangents && tangents(i) ? 2 : 1;
+        const int ops = tangents(i) ? 2 : 1;
         sm.k_empty(st).wait(parity ^ 1);
         sm.k_full(st).arrive_expect_tx(ops * Tr::kKBytes);
-        for (int w = 0; w < ops; ++w) {
-#pragma unroll
-            for (int pn = 0; pn < S::KTile::kPanels; ++pn)
-                tma_load_4d(sm.k(st, w).base + pn * S::KTile::kPanelBytes, w ? &maps.tk : &maps.k, sm.k_full(st), pn * kPanelElems, k0,
-                            hk, b);
-        }
+        for (int w = 0; w < ops; ++w) load_panels(sm.k(st, w), w ? &maps.tk : &maps.k, sm.k_full(st), k0, blk.hk, blk.b);
         sm.v_empty(st).wait(parity ^ 1);
         sm.v_full(st).arrive_expect_tx(ops * Tr::kVBytes);
-        for (int w = 0; w < ops; ++w) {
-#pragma unroll
-            for (int pn = 0; pn < S::VTile::kPanels; ++pn)
-                tma_load_4d(sm.v(st, w).base + pn * S::VTile::kPanelBytes, w ? &maps.tv : &maps.v, sm.v_full(st), pn * kPanelElems, k0,
-                            hk, b);
-        }
+        for (int w = 0; w < ops; ++w) load_panels(sm.v(st, w), w ? &maps.tv : &maps.v, sm.v_full(st), k0, blk.hk, blk.b);
     }
 }
 
@@ -119,227 +123,212 @@ __device__ __forceinline__ void first_pass(int wg, int n) {
     if (wg == 1 && n > 0) named_arrive(kTurnBarrier, Tr::kConsumerThreads);
 }
 
-// Block indices shared by both kernels.
-struct WsBlock {
-    int q_tile, b, h, hk, q0;
-    __device__ __forceinline__ WsBlock(const AttnParams& p, int block_m) {
-        q_tile = p.num_q_tiles - 1 - blockIdx.x;   // late query tiles see the most keys: start them first
-        b = blockIdx.y / p.heads_q;
-        h = blockIdx.y % p.heads_q;
-        hk = h / (p.heads_q / p.heads_k);
-        q0 = q_tile * block_m;
-    }
+// What a consumer thread knows of its place: its warpgroup (0 or 1) and that warpgroup's first row
+// in the tile, its warp's first query row, its lane.
+struct WsConsumer {
+    int wg, wg_row, row0, lane;
+    bool edge_q;        // the query tile crosses the end of Sq
+    float scale_log2;
+    __device__ __forceinline__ WsConsumer(const AttnParams& p, const WsBlock& blk, int warp, int lane_, int block_m)
+        : wg((warp >> 2) - 1), wg_row(wg * 64), row0(blk.q0 + (warp - 4) * 16), lane(lane_),
+          edge_q(blk.q0 + block_m > p.seqlen_q), scale_log2(p.scale * kLog2e) {}
 };
 
+// The forward's consumer: per key tile, in its turn, q k_i^T and (from the second tile on)
+// p_{i-1} v_{i-1}; then mask and softmax of tile i while p_{i-1} v_{i-1} still runs.
 template <class Tr>
+__device__ __forceinline__ void consume_fwd(const AttnParams& p, const WsSmem<Tr>& sm, const TileWalk& walk,
+                                            const WsBlock& blk, const WsConsumer& c) {
+    using Elem = typename Tr::Elem;
+    constexpr int kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
+    constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
+    using MmaS = Wgmma<Elem, kBN>;
+    using MmaO = Wgmma<Elem, kDV>;
+    const int n = walk.num_total;
+    float acc_o[kNBO][4], acc_t[1][4];
+    zero(acc_o);
+    float mu[2] = {0.f, 0.f};
+    OnlineSoftmax softmax;
+    uint32_t pf_prev[kKPV][4];   // p of the previous tile, read by its p v product
+
+    auto issue = [&](int i, float (&s)[kNBS][4], bool with_pv) {
+        const int st = i % kS;
+        sm.k_full(st).wait((i / kS) & 1);
+        if (with_pv) sm.v_full((i - 1) % kS).wait(((i - 1) / kS) & 1);
+        take_turn<Tr>(c.wg);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKQK; ++ks)
+            MmaS::ss(s, sm.q(0).desc_k_major(c.wg_row, ks), sm.k(st, 0).desc_k_major(0, ks), ks > 0);
+        wgmma_commit();
+        if (with_pv) {
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], sm.v((i - 1) % kS, 0).desc_n_major(ks), 1);
+            wgmma_commit();
+        }
+        pass_turn<Tr>(c.wg, i, n);
+    };
+    // Once the scores are in: release the key stage, mask, and update the online softmax.
+    auto update = [&](int i, float (&s)[kNBS][4], float (&alpha)[2]) {
+        pin(s);
+        if (c.lane == 0) sm.k_empty(i % kS).arrive();
+        const int k0 = walk.tile(i) * kBN;
+        mask_scores<false>(s, p, walk.partial(i), c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane);
+        softmax.update(s, c.scale_log2, alpha);
+    };
+
+    sm.q_full().wait(0);
+    first_pass<Tr>(c.wg, n);
+    if (n > 0) {   // the first tile: scores only (a branch around the p v issue inside the loop
+                   // made ptxas serialise every product of the kernel)
+        float s[kNBS][4], alpha[2];
+        issue(0, s, false);
+        wgmma_wait<0>();
+        update(0, s, alpha);
+        c_to_a<Elem, kKPV>(pf_prev, s);
+    }
+    for (int i = 1; i < n; ++i) {
+        float s[kNBS][4], alpha[2];
+        issue(i, s, true);
+        wgmma_wait<1>();   // the scores; p_{i-1} v_{i-1} still runs
+        update(i, s, alpha);
+        wgmma_wait<0>();
+        pin(acc_o);
+        pin(pf_prev);
+        if (c.lane == 0) sm.v_empty((i - 1) % kS).arrive();
+        scale_rows(acc_o, alpha);
+        c_to_a<Elem, kKPV>(pf_prev, s);
+    }
+    if (n > 0) {   // the last tile's p v
+        const int st = (n - 1) % kS;
+        sm.v_full(st).wait(((n - 1) / kS) & 1);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], sm.v(st, 0).desc_n_major(ks), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(acc_o);
+        pin(pf_prev);
+    }
+    fwd_epilogue<Elem, false, kNBO>(p, blk.b, blk.h, c.row0, c.lane, softmax, mu, acc_o, acc_t);
+}
+
+// The JVP's consumer: per key tile, in its turn, s = q k^T and ts = tq k^T (+ q tk^T where
+// tangents(i)); then, off turn, mask, softmax, the tangent probabilities, and o += p v,
+// to += p tv (where tangents(i)) + (p o ts) v.
+template <class Tr, class Tangents>
+__device__ __forceinline__ void consume_jvp(const AttnParams& p, const WsSmem<Tr>& sm, const TileWalk& walk,
+                                            const WsBlock& blk, const WsConsumer& c, Tangents&& tangents) {
+    using Elem = typename Tr::Elem;
+    constexpr int kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
+    constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
+    using MmaS = Wgmma<Elem, kBN>;
+    using MmaO = Wgmma<Elem, kDV>;
+    const int n = walk.num_total;
+    float acc_o[kNBO][4], acc_t[kNBO][4];
+    zero(acc_o);
+    zero(acc_t);
+    float mu[2] = {0.f, 0.f};
+    OnlineSoftmax softmax;
+
+    // One key tile; kTan: with its tk / tv products. The hinted kernel branches on the hint around
+    // whole steps: a branch around single products inside a step made ptxas serialise every
+    // product (warning C7520).
+    auto step = [&](int i, auto tan) {
+        constexpr bool kTan = decltype(tan)::value;
+        const int st = i % kS, parity = (i / kS) & 1;
+        float s[kNBS][4], ts[kNBS][4];
+        sm.k_full(st).wait(parity);
+        take_turn<Tr>(c.wg);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKQK; ++ks)
+            MmaS::ss(s, sm.q(0).desc_k_major(c.wg_row, ks), sm.k(st, 0).desc_k_major(0, ks), ks > 0);
+#pragma unroll
+        for (int ks = 0; ks < kKQK; ++ks)
+            MmaS::ss(ts, sm.q(1).desc_k_major(c.wg_row, ks), sm.k(st, 0).desc_k_major(0, ks), ks > 0);
+        if constexpr (kTan) {
+#pragma unroll
+            for (int ks = 0; ks < kKQK; ++ks)
+                MmaS::ss(ts, sm.q(0).desc_k_major(c.wg_row, ks), sm.k(st, 1).desc_k_major(0, ks), 1);
+        }
+        wgmma_commit();
+        pass_turn<Tr>(c.wg, i, n);
+        wgmma_wait<0>();
+        pin(s);
+        pin(ts);
+        if (c.lane == 0) sm.k_empty(st).arrive();
+
+        const int k0 = walk.tile(i) * kBN;
+        mask_scores<false>(s, p, walk.partial(i), c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane);
+        float alpha[2];
+        softmax.update(s, c.scale_log2, alpha);
+        scale_rows(acc_o, alpha);
+        scale_rows(acc_t, alpha);
+        tangent_probs(ts, s, mu, alpha, p.scale);
+        uint32_t pf[kKPV][4], ptf[kKPV][4];
+        c_to_a<Elem, kKPV>(pf, s);
+        c_to_a<Elem, kKPV>(ptf, ts);
+
+        sm.v_full(st).wait(parity);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf[ks], sm.v(st, 0).desc_n_major(ks), 1);
+        if constexpr (kTan) {
+#pragma unroll
+            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, pf[ks], sm.v(st, 1).desc_n_major(ks), 1);
+        }
+#pragma unroll
+        for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, ptf[ks], sm.v(st, 0).desc_n_major(ks), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(acc_o);
+        pin(acc_t);
+        pin(pf);
+        pin(ptf);
+        if (c.lane == 0) sm.v_empty(st).arrive();
+    };
+
+    sm.q_full().wait(0);
+    first_pass<Tr>(c.wg, n);
+    for (int i = 0; i < n; ++i) {
+        if (tangents(i)) {
+            step(i, std::true_type{});
+        } else {
+            step(i, std::false_type{});
+        }
+    }
+    fwd_epilogue<Elem, true, kNBO>(p, blk.b, blk.h, c.row0, c.lane, softmax, mu, acc_o, acc_t);
+}
+
+// The forward (Tr::kTangents false) or fused forward+JVP. kHint: the JVP reads the zero-tangent
+// hint (a separate instantiation, as in fwd_kernel_sm90.h).
+template <class Tr, bool kHint = false>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     attention_fwd_kernel_sm90_ws(const AttnParams p, const __grid_constant__ FwdTensorMaps maps) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using Elem = typename Tr::Elem;
-    constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
-    constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
-    using MmaS = Wgmma<Elem, kBN>;
-    using MmaO = Wgmma<Elem, kDV>;
-
     extern __shared__ char smem[];
     const WsSmem<Tr> sm{(smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1)};
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const WsBlock blk(p, kBM);
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const WsBlock blk(p, Tr::kBlockM);
     if (tid == 0) sm.init_barriers();
     __syncthreads();
 
     const TileWalk walk(p.q_tiles, blk.q_tile);
-    const int n = walk.num_total;
+    // Whether key tile i's tangents are loaded and multiplied (JVP; the hint promises zeros).
+    auto tangents = [&](int i) { return Tr::kTangents && !(kHint && p.k_zero_tangent[walk.tile(i)]); };
     if (warp < 4) {
         setmaxnreg_dec<kProducerRegs>();
-        if (tid == 0) produce(sm, maps, walk, blk.q0, blk.h, blk.hk, blk.b, [](int) { return false; });
+        if (tid == 0) produce(sm, maps, walk, blk, tangents);
     } else {
         setmaxnreg_inc<kConsumerRegs>();
-        const int wg = (warp >> 2) - 1;              // consumer warpgroup 0 or 1
-        const int wg_row = wg * 64;                  // its first row in the tile
-        const int row0 = blk.q0 + (warp - 4) * 16;   // this warp's first query row
-        float acc_o[kNBO][4], acc_t[1][4];
-        zero(acc_o);
-        float mu[2] = {0.f, 0.f};
-        OnlineSoftmax softmax;
-        const float scale_log2 = p.scale * kLog2e;
-        const bool edge_q = blk.q0 + kBM > p.seqlen_q;
-        uint32_t pf_prev[kKPV][4];   // p of the previous tile, read by its p v product
-
-        // Per key tile: wait for its keys, take our turn, issue q k_i^T (and, from the second tile
-        // on, p_{i-1} v_{i-1}), pass the turn on.
-        auto issue = [&](int i, float (&s)[kNBS][4], bool with_pv) {
-            const int st = i % kS;
-            sm.k_full(st).wait((i / kS) & 1);
-            if (with_pv) sm.v_full((i - 1) % kS).wait(((i - 1) / kS) & 1);
-            take_turn<Tr>(wg);
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < kKQK; ++ks)
-                MmaS::ss(s, sm.q(0).desc_k_major(wg_row, ks), sm.k(st, 0).desc_k_major(0, ks), ks > 0);
-            wgmma_commit();
-            if (with_pv) {
-                wgmma_fence();
-#pragma unroll
-                for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], sm.v((i - 1) % kS, 0).desc_n_major(ks), 1);
-                wgmma_commit();
-            }
-            pass_turn<Tr>(wg, i, n);
-        };
-        // Once the scores are in: release the key stage, mask, and update the online softmax.
-        auto update = [&](int i, float (&s)[kNBS][4], float (&alpha)[2]) {
-            pin(s);
-            if (lane == 0) sm.k_empty(i % kS).arrive();
-            const int k0 = walk.tile(i) * kBN;
-            mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
-            softmax.update(s, scale_log2, alpha);
-        };
-
-        sm.q_full().wait(0);
-        first_pass<Tr>(wg, n);
-        if (n > 0) {   // the first tile: scores only (a branch around the p v issue inside the loop
-                       // made ptxas serialise every product of the kernel)
-            float s[kNBS][4], alpha[2];
-            issue(0, s, false);
-            wgmma_wait<0>();
-            update(0, s, alpha);
-            c_to_a<Elem, kKPV>(pf_prev, s);
+        const WsConsumer c(p, blk, warp, tid & 31, Tr::kBlockM);
+        if constexpr (Tr::kTangents) {
+            consume_jvp(p, sm, walk, blk, c, tangents);
+        } else {
+            consume_fwd(p, sm, walk, blk, c);
         }
-        for (int i = 1; i < n; ++i) {
-            float s[kNBS][4], alpha[2];
-            issue(i, s, true);
-            wgmma_wait<1>();   // the scores; p_{i-1} v_{i-1} still runs
-            update(i, s, alpha);
-            wgmma_wait<0>();
-            pin(acc_o);
-            pin(pf_prev);
-            if (lane == 0) sm.v_empty((i - 1) % kS).arrive();
-            scale_rows(acc_o, alpha);
-            c_to_a<Elem, kKPV>(pf_prev, s);
-        }
-        if (n > 0) {   // the last tile's p v
-            const int st = (n - 1) % kS;
-            sm.v_full(st).wait(((n - 1) / kS) & 1);
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], sm.v(st, 0).desc_n_major(ks), 1);
-            wgmma_commit();
-            wgmma_wait<0>();
-            pin(acc_o);
-            pin(pf_prev);
-        }
-        fwd_epilogue<Elem, false, kNBO>(p, blk.b, blk.h, row0, lane, softmax, mu, acc_o, acc_t);
-    }
-#endif
-}
-
-// The fused forward+JVP. Per key tile, in our turn: s = q k^T and ts = tq k^T (+ q tk^T unless the
-// hint says tk is zero); then, off turn: mask, softmax, the tangent probabilities, and
-// o += p v, to += p tv (unless tv is zero) + (p o ts) v. kHint: a separate instantiation that reads
-// the zero-tangent hint (see fwd_kernel_sm90.h).
-template <class Tr, bool kHint>
-__global__ void __launch_bounds__(Tr::kThreads, 1)
-    attention_jvp_kernel_sm90_ws(const AttnParams p, const __grid_constant__ FwdTensorMaps maps) {
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using Elem = typename Tr::Elem;
-    constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
-    constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
-    using MmaS = Wgmma<Elem, kBN>;
-    using MmaO = Wgmma<Elem, kDV>;
-
-    extern __shared__ char smem[];
-    const WsSmem<Tr> sm{(smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1)};
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const WsBlock blk(p, kBM);
-    if (tid == 0) sm.init_barriers();
-    __syncthreads();
-
-    const TileWalk walk(p.q_tiles, blk.q_tile);
-    const int n = walk.num_total;
-    auto tangents = [&](int i) { return !(kHint && p.k_zero_tangent[walk.tile(i)]); };
-    if (warp < 4) {
-        setmaxnreg_dec<kProducerRegs>();
-        if (tid == 0) produce(sm, maps, walk, blk.q0, blk.h, blk.hk, blk.b, tangents);
-    } else {
-        setmaxnreg_inc<kConsumerRegs>();
-        const int wg = (warp >> 2) - 1;
-        const int wg_row = wg * 64;
-        const int row0 = blk.q0 + (warp - 4) * 16;
-        float acc_o[kNBO][4], acc_t[kNBO][4];
-        zero(acc_o);
-        zero(acc_t);
-        float mu[2] = {0.f, 0.f};
-        OnlineSoftmax softmax;
-        const float scale_log2 = p.scale * kLog2e;
-        const bool edge_q = blk.q0 + kBM > p.seqlen_q;
-
-        sm.q_full().wait(0);
-        first_pass<Tr>(wg, n);
-        // One key tile; kTan: with its tk / tv products. The hinted kernel branches on the hint
-        // around whole steps: a branch around single products inside a step made ptxas serialise
-        // every product (warning C7520).
-        auto step = [&](int i, auto tan) {
-            constexpr bool kTan = decltype(tan)::value;
-            const int st = i % kS, parity = (i / kS) & 1;
-            float s[kNBS][4], ts[kNBS][4];
-            sm.k_full(st).wait(parity);
-            take_turn<Tr>(wg);
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < kKQK; ++ks)
-                MmaS::ss(s, sm.q(0).desc_k_major(wg_row, ks), sm.k(st, 0).desc_k_major(0, ks), ks > 0);
-#pragma unroll
-            for (int ks = 0; ks < kKQK; ++ks)
-                MmaS::ss(ts, sm.q(1).desc_k_major(wg_row, ks), sm.k(st, 0).desc_k_major(0, ks), ks > 0);
-            if constexpr (kTan) {
-#pragma unroll
-                for (int ks = 0; ks < kKQK; ++ks)
-                    MmaS::ss(ts, sm.q(0).desc_k_major(wg_row, ks), sm.k(st, 1).desc_k_major(0, ks), 1);
-            }
-            wgmma_commit();
-            pass_turn<Tr>(wg, i, n);
-            wgmma_wait<0>();
-            pin(s);
-            pin(ts);
-            if (lane == 0) sm.k_empty(st).arrive();
-
-            const int k0 = walk.tile(i) * kBN;
-            mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
-            float alpha[2];
-            softmax.update(s, scale_log2, alpha);
-            scale_rows(acc_o, alpha);
-            scale_rows(acc_t, alpha);
-            tangent_probs(ts, s, mu, alpha, p.scale);
-            uint32_t pf[kKPV][4], ptf[kKPV][4];
-            c_to_a<Elem, kKPV>(pf, s);
-            c_to_a<Elem, kKPV>(ptf, ts);
-
-            sm.v_full(st).wait(parity);
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf[ks], sm.v(st, 0).desc_n_major(ks), 1);
-            if constexpr (kTan) {
-#pragma unroll
-                for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, pf[ks], sm.v(st, 1).desc_n_major(ks), 1);
-            }
-#pragma unroll
-            for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, ptf[ks], sm.v(st, 0).desc_n_major(ks), 1);
-            wgmma_commit();
-            wgmma_wait<0>();
-            pin(acc_o);
-            pin(acc_t);
-            pin(pf);
-            pin(ptf);
-            if (lane == 0) sm.v_empty(st).arrive();
-        };
-        for (int i = 0; i < n; ++i) {
-            if (tangents(i)) {
-                step(i, std::true_type{});
-            } else {
-                step(i, std::false_type{});
-            }
-        }
-        fwd_epilogue<Elem, true, kNBO>(p, blk.b, blk.h, row0, lane, softmax, mu, acc_o, acc_t);
     }
 #endif
 }

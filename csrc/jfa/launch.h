@@ -90,12 +90,8 @@ bool launch_fwd_ws(const AttnParams& p, cudaStream_t stream) {
         kernel<<<dim3(p.num_q_tiles, p.batch * p.heads_q), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, maps);
         check_cuda(cudaGetLastError(), kJvp ? "launching the forward+JVP kernel" : "launching the forward kernel");
     };
-    if constexpr (kJvp) {
-        if (p.k_zero_tangent != nullptr) {
-            launch(attention_jvp_kernel_sm90_ws<Tr, true>);
-        } else {
-            launch(attention_jvp_kernel_sm90_ws<Tr, false>);
-        }
+    if (kJvp && p.k_zero_tangent != nullptr) {
+        launch(attention_fwd_kernel_sm90_ws<Tr, kJvp>);
     } else {
         launch(attention_fwd_kernel_sm90_ws<Tr>);
     }
