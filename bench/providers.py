@@ -149,7 +149,7 @@ def _cuda_form(form: str | None):
 
 class JfaProvider(Provider):
     """One of our backends through the public API; ``form`` pins one of the cuda backend's
-    CUDA_FORMS (provider name cuda-<form>, that form's op only)."""
+    CUDA_FORMS (provider name cuda-<form>, that form's ops only)."""
 
     ops = OPS
 

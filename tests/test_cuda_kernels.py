@@ -172,11 +172,6 @@ def _kernels_of(fn, *args):
     return out, {e.name for e in prof.events() if e.device_type.name == "CUDA"}
 
 
-def _backward_kernels(be, args):
-    """The grads of be.backward(*args) and the names of the CUDA kernels it launched."""
-    return _kernels_of(be.backward, *args)
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_both_forward_forms_agree(case, monkeypatch):
     """On Hopper the warp-specialised forward and JVP (TMA loads, ping-pong warpgroups) are the
@@ -221,7 +216,7 @@ def test_both_backward_forms_within_rule(case, monkeypatch):
     for form, deterministic in (("fused", "0"), ("two-kernel", "0"), ("fused", "1")):
         monkeypatch.setenv("JFA_CUDA_BWD", form)
         monkeypatch.setenv("JFA_CUDA_DETERMINISTIC", deterministic)
-        grads, kernels = _backward_kernels(be, (*x, o, lse, do, mask, scale))
+        grads, kernels = _kernels_of(be.backward, *x, o, lse, do, mask, scale)
         ran_fused = any("dq_convert" in k for k in kernels)
         assert ran_fused == (built and form == "fused" and deterministic == "0"), (form, sorted(kernels))
         for name, got, ref, lp in zip(("dq", "dk", "dv"), grads, grads64, grads_lp):

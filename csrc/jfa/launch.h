@@ -46,13 +46,15 @@ void set_smem(Kernel kernel, int bytes, bool two_per_sm = false) {
     }
 }
 
-template <class Tr, class Kernel>
-void launch_fwd_with(Kernel kernel, bool jvp, const AttnParams& p, cudaStream_t stream) {
+// A forward or JVP kernel over the query tiles; `extra` follows the params (the tensor maps of the
+// warp-specialised kernels).
+template <class Tr, class Kernel, class... Extra>
+void launch_fwd_with(Kernel kernel, bool jvp, const AttnParams& p, cudaStream_t stream, const Extra&... extra) {
     check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, Tr::kBlockM, Tr::kBlockN, "query");
     check_grid_y(p.batch * p.heads_q);
     if (p.num_q_tiles == 0) return;
     set_smem(kernel, Tr::kSmemBytes);
-    kernel<<<dim3(p.num_q_tiles, p.batch * p.heads_q), Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+    kernel<<<dim3(p.num_q_tiles, p.batch * p.heads_q), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, extra...);
     check_cuda(cudaGetLastError(), jvp ? "launching the forward+JVP kernel" : "launching the forward kernel");
 }
 
@@ -63,47 +65,39 @@ inline bool fwd_ws_enabled() {
     return env == nullptr || std::strcmp(env, "plain") != 0;
 }
 
-// The warp-specialised forward or JVP; false (nothing launched) when the TMA unit cannot describe
-// an operand, and the caller falls back to the kernels that load with cp.async.
-template <class Elem, int kDQK, int kDV, bool kJvp>
-bool launch_fwd_ws(const AttnParams& p, cudaStream_t stream) {
-    using Tr = FwdWsTraitsSm90<Elem, kDQK, kDV, kJvp>;
-    constexpr bool kBf16 = std::is_same_v<Elem, __nv_bfloat16>;
-    FwdTensorMaps maps{};
+// The tensor maps of the warp-specialised kernels (q, k, v, and tq, tk, tv for the JVP); false when
+// the TMA unit cannot describe an operand, and the caller takes the kernels that load with cp.async.
+template <class Tr, bool kJvp>
+bool encode_fwd_maps(const AttnParams& p, FwdTensorMaps& maps) {
+    constexpr bool kBf16 = std::is_same_v<typename Tr::Elem, __nv_bfloat16>;
+    constexpr int kDQK = Tr::kDQK, kDV = Tr::kDV, bm = Tr::kBlockM, bn = Tr::kBlockN;
     auto encode = [&](CUtensorMap* map, const void* x, const Strides& s, int rows, int heads, int cols, int box) {
         return encode_panel_map(map, kBf16, x, s, p.batch, rows, heads, cols, box);
     };
-    const int bm = Tr::kBlockM, bn = Tr::kBlockN;
-    bool ok = encode(&maps.q, p.q, p.q_stride, p.seqlen_q, p.heads_q, kDQK, bm) &&
-              encode(&maps.k, p.k, p.k_stride, p.seqlen_k, p.heads_k, kDQK, bn) &&
-              encode(&maps.v, p.v, p.v_stride, p.seqlen_k, p.heads_k, kDV, bn);
-    if (kJvp) {
-        ok = ok && encode(&maps.tq, p.tq, p.tq_stride, p.seqlen_q, p.heads_q, kDQK, bm) &&
-             encode(&maps.tk, p.tk, p.tk_stride, p.seqlen_k, p.heads_k, kDQK, bn) &&
-             encode(&maps.tv, p.tv, p.tv_stride, p.seqlen_k, p.heads_k, kDV, bn);
-    }
-    if (!ok) return false;
-    check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, bm, bn, "query");
-    check_grid_y(p.batch * p.heads_q);
-    auto launch = [&](auto kernel) {
-        set_smem(kernel, Tr::kSmemBytes);
-        kernel<<<dim3(p.num_q_tiles, p.batch * p.heads_q), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, maps);
-        check_cuda(cudaGetLastError(), kJvp ? "launching the forward+JVP kernel" : "launching the forward kernel");
-    };
-    if (kJvp && p.k_zero_tangent != nullptr) {
-        launch(attention_fwd_kernel_sm90_ws<Tr, kJvp>);
-    } else {
-        launch(attention_fwd_kernel_sm90_ws<Tr>);
-    }
-    return true;
+    const bool ok = encode(&maps.q, p.q, p.q_stride, p.seqlen_q, p.heads_q, kDQK, bm) &&
+                    encode(&maps.k, p.k, p.k_stride, p.seqlen_k, p.heads_k, kDQK, bn) &&
+                    encode(&maps.v, p.v, p.v_stride, p.seqlen_k, p.heads_k, kDV, bn);
+    return ok && (!kJvp || (encode(&maps.tq, p.tq, p.tq_stride, p.seqlen_q, p.heads_q, kDQK, bm) &&
+                            encode(&maps.tk, p.tk, p.tk_stride, p.seqlen_k, p.heads_k, kDQK, bn) &&
+                            encode(&maps.tv, p.tv, p.tv_stride, p.seqlen_k, p.heads_k, kDV, bn)));
 }
 
 template <class Elem, int kDQK, int kDV, bool kJvp>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
+    const bool hint = kJvp && p.k_zero_tangent != nullptr;   // the JVP's hinted instantiation
     if (sm90_path(current_device())) {
-        if (p.num_q_tiles > 0 && fwd_ws_enabled() && launch_fwd_ws<Elem, kDQK, kDV, kJvp>(p, stream)) return;
+        using TrWs = FwdWsTraitsSm90<Elem, kDQK, kDV, kJvp>;
+        FwdTensorMaps maps{};
+        if (fwd_ws_enabled() && encode_fwd_maps<TrWs, kJvp>(p, maps)) {
+            if (hint) {
+                launch_fwd_with<TrWs>(attention_fwd_kernel_sm90_ws<TrWs, kJvp>, kJvp, p, stream, maps);
+            } else {
+                launch_fwd_with<TrWs>(attention_fwd_kernel_sm90_ws<TrWs>, kJvp, p, stream, maps);
+            }
+            return;
+        }
         using Tr = FwdTraitsSm90<Elem, kDQK, kDV, kJvp>;
-        if (kJvp && p.k_zero_tangent != nullptr) {
+        if (hint) {
             launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp, kJvp>, kJvp, p, stream);
         } else {
             launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp>, kJvp, p, stream);

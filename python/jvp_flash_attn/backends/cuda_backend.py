@@ -8,6 +8,8 @@ Two forms of the backward: "two-kernel" (dK/dV, then dQ; bitwise repeatable) and
 "fused" (one kernel that also adds dQ into a float32 buffer through the TMA unit's reduce-add, so
 its dQ is not bitwise repeatable). ``JFA_CUDA_BWD`` picks one (default: ``DEFAULT_BWD_FORM``);
 ``torch.use_deterministic_algorithms(True)`` or ``JFA_CUDA_DETERMINISTIC=1`` always gives "two-kernel".
+The compiled module itself reads ``JFA_CUDA_FWD=plain``: on Hopper, the forward and JVP kernels
+whose warps all load, instead of the warp-specialised ones (the same bits, slower).
 """
 from __future__ import annotations
 
