@@ -1,4 +1,5 @@
-"""The machine header every measured run carries: GPU, torch, triton, CUDA, git sha, date.
+"""The machine header every measured run carries: GPU, torch, triton, CUDA, FlashAttention-4
+(flash-attn-4, where installed), git sha, date.
 
     python -m bench.machine OUT.json [key=value ...]    # write it (plus extra fields) as JSON
 """
@@ -37,8 +38,9 @@ def environment(device: torch.device | None = None) -> dict:
     except ImportError:
         triton_version = "none"
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    from bench.flex import flash_version
     return {"gpu": gpu, "torch": torch.__version__, "triton": triton_version,
-            "cuda": torch.version.cuda or "none", "git_sha": git_sha(),
+            "cuda": torch.version.cuda or "none", "fa4": flash_version() or "none", "git_sha": git_sha(),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 

@@ -8,8 +8,12 @@ conversion is not timed.
 Providers:
 - ``cuda``, ``triton``, ``reference``: jfa.attention (fwd, bwd) and jfa.attention_jvp (jvp)
   with that backend.
-- ``flex``: torch.compile(flex_attention) with the BlockMask of bench.flex (fwd, bwd; it has
-  no forward-AD rule, so no jvp).
+- ``flex``: torch.compile(flex_attention) with the mask_mod a user writes from the frame
+  pattern (bench.flex; fwd, bwd: it has no forward-AD rule, so no jvp).
+- ``flex-flash``: the same BlockMask on FlashAttention-4's kernels (kernel_options
+  BACKEND=FLASH; needs the flash-attn-4 package and a Hopper GPU).
+- ``flex-lookup``: ``flex`` with the segment-table mask_mod, to show what lookups cost it.
+- ``cudnn``: SDPA's cuDNN backend on full masks (no mask): the unmasked ceiling.
 - ``sdpa``: F.scaled_dot_product_attention with the dense (Sq, Sk) boolean mask, backend
   chosen by PyTorch (fwd, bwd), where the mask fits in memory.
 - ``math-jvp``: torch.func.jvp through SDPA's math backend with the dense mask (jvp), where
@@ -45,17 +49,17 @@ class Inputs:
     tk: torch.Tensor
     tv: torch.Tensor
     do: torch.Tensor
+    recipe: object = None  # bench.workloads.Recipe of the mask, when it came from a builder
 
     @staticmethod
-    def draw(mask, batch, heads_q, heads_k, d_qk, d_v, dtype, device, generator=None):
+    def draw(mask, batch, heads_q, heads_k, d_qk, d_v, dtype, device, generator=None, recipe=None):
         def rnd(s, h, d):
             x = torch.randn(batch, s, h, d, generator=generator, device=device, dtype=torch.float32)
             return x.to(dtype)
         sq, sk = mask.sq, mask.sk
         return Inputs(mask, d_qk ** -0.5, rnd(sq, heads_q, d_qk), rnd(sk, heads_k, d_qk), rnd(sk, heads_k, d_v),
                       rnd(sq, heads_q, d_qk), rnd(sk, heads_k, d_qk), rnd(sk, heads_k, d_v),
-                      rnd(sq, heads_q, d_v))
-
+                      rnd(sq, heads_q, d_v), recipe)
 
     def with_zero_tangents(self, q_ranges, k_ranges) -> "Inputs":
         """The same inputs with tangents zeroed in these token ranges and the mask carrying
@@ -67,7 +71,7 @@ class Inputs:
             tk[:, a:b] = 0
             tv[:, a:b] = 0
         mask = self.mask.with_zero_tangents(q_ranges, k_ranges)
-        return Inputs(mask, self.scale, self.q, self.k, self.v, tq, tk, tv, self.do)
+        return Inputs(mask, self.scale, self.q, self.k, self.v, tq, tk, tv, self.do, self.recipe)
 
 
 @dataclass
@@ -213,15 +217,17 @@ def _bshd(x):
 
 
 class FlexProvider(Provider):
-    name = "flex"
+    """torch.compile(flex_attention) with the mask_mod a user writes (bench/flex.py), on
+    FlexAttention's Triton kernels (``flex``) or on FlashAttention-4's (``flex-flash``,
+    kernel_options BACKEND=FLASH). ``lookup=True`` (``flex-lookup``) uses the segment-table
+    mask_mod for every mask, to show what table lookups cost FlexAttention."""
+
     ops = ("fwd", "bwd")
 
-    MASK_SOURCES = ("create", "tiles", "tiles-full-edges")
-
-    def __init__(self, mask_source: str = "create"):
-        if mask_source not in self.MASK_SOURCES:
-            raise ValueError(f"flex mask source must be one of {self.MASK_SOURCES}, got {mask_source!r}")
-        self.mask_source = mask_source
+    def __init__(self, flash: bool = False, lookup: bool = False):
+        self.flash, self.lookup = flash, lookup
+        self.name = "flex-flash" if flash else ("flex-lookup" if lookup else "flex")
+        self.kernel_options = flexmod.FLASH_OPTIONS if flash else None
         self._block_masks = {}
 
     @staticmethod
@@ -234,42 +240,76 @@ class FlexProvider(Provider):
             fc.donated_buffer = False
 
     def availability(self, device):
-        return flexmod.availability()
+        return flexmod.flash_availability(device) if self.flash else flexmod.availability()
 
-    def block_mask(self, mask, device):
-        key = (mask, str(device))
+    def block_mask(self, inp):
+        recipe = None if self.lookup else inp.recipe
+        key = (inp.mask, recipe, str(inp.q.device))
         if key not in self._block_masks:
-            if self.mask_source != "create":
-                bm = flexmod.block_mask_from_tiles(mask, device,
-                                                   partial_edges=self.mask_source == "tiles")
-                self._block_masks[key] = bm
-                return bm
-            try:
-                bm = flexmod.block_mask_for(mask, device)
-            except Exception as e:  # the tests prove the two BlockMasks equal
-                print(f"flex: create_block_mask failed ({type(e).__name__}: {str(e)[:200]}); "
-                      "using the BlockMask built from our tile description", flush=True)
-                bm = flexmod.block_mask_from_tiles(mask, device)
-            self._block_masks[key] = bm
+            mod = flexmod.mask_mod_for(inp.mask, inp.q.device, recipe)
+            self._block_masks[key] = flexmod.block_mask_for(inp.mask, inp.q.device, mask_mod=mod)
         return self._block_masks[key]
 
     def prepare(self, op, inp):
-        bm = self.block_mask(inp.mask, inp.q.device)
+        bm = self.block_mask(inp)
         grad = op == "bwd"
         if grad:
             self._allow_repeated_backward()
         q, k, v = (_bhsd(x, grad) for x in (inp.q, inp.k, inp.v))
+
+        def run():
+            return flexmod.flex_bhsd(q, k, v, bm, inp.scale, kernel_options=self.kernel_options)
         if op == "fwd":
             def fwd():
                 with torch.no_grad():
-                    return flexmod.flex_bhsd(q, k, v, bm, inp.scale)
+                    return run()
             return Prepared(fwd, lambda o: (_bshd(o),))
         if op == "bwd":
-            o = flexmod.flex_bhsd(q, k, v, bm, inp.scale)
+            o = run()
             do = _bhsd(inp.do)
             return Prepared(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
                             lambda g: tuple(_bshd(x) for x in g))
-        raise ValueError(f"flex has no {op!r}")
+        raise ValueError(f"{self.name} has no {op!r}")
+
+
+class CudnnProvider(Provider):
+    """SDPA's cuDNN backend without a mask: the unmasked ceiling, on full masks only."""
+
+    name = "cudnn"
+    ops = ("fwd", "bwd")
+
+    def availability(self, device):
+        if device.type != "cuda":
+            return "cuDNN attention runs on NVIDIA GPUs only"
+        return None
+
+    def unsupported(self, op, inp):
+        why = super().unsupported(op, inp)
+        if why is None and inp.mask.num_pairs != inp.mask.sq * inp.mask.sk:
+            why = "cuDNN SDPA is timed on the full mask only (the unmasked ceiling)"
+        return why
+
+    def prepare(self, op, inp):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        gqa = inp.q.shape[2] != inp.k.shape[2]
+        grad = op == "bwd"
+        q, k, v = (_bhsd(x, grad) for x in (inp.q, inp.k, inp.v))
+
+        def run():
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v, scale=inp.scale, enable_gqa=gqa)
+        if op == "fwd":
+            def fwd():
+                with torch.no_grad():
+                    return run()
+            return Prepared(fwd, lambda o: (_bshd(o),))
+        if op == "bwd":
+            o = run()
+            do = _bhsd(inp.do)
+            return Prepared(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
+                            lambda g: tuple(_bshd(x) for x in g))
+        raise ValueError(f"cudnn has no {op!r}")
 
 
 class SdpaProvider(Provider):
@@ -341,10 +381,11 @@ class MathJvpProvider(Provider):
         return Prepared(jvp, lambda r: (_bshd(r[0]), _bshd(r[1])))
 
 
-def all_providers(flex_mask: str = "create") -> dict[str, Provider]:
+def all_providers() -> dict[str, Provider]:
     ps = [JfaProvider("cuda"), *(JfaProvider("cuda", form) for form in CUDA_FORMS),
           JfaProvider("triton"), JfaProvider("reference"),
-          FlexProvider(flex_mask), SdpaProvider(), MathJvpProvider()]
+          FlexProvider(), FlexProvider(flash=True), FlexProvider(lookup=True), CudnnProvider(),
+          SdpaProvider(), MathJvpProvider()]
     return {p.name: p for p in ps}
 
 

@@ -54,7 +54,7 @@ CHECK_TOKENS = 52          # tokens per frame of the small same-structure check 
 SMALL_CHECK_PAIRS = 1 << 22  # at or below Sq*Sk, the full-size run is checked whole
 QUANTILES = (0.2, 0.5, 0.8)
 RUN_OPS = ("fwd", "bwd", "jvp", "jvp_zt")
-GPU_DEFAULT = ("cuda", "triton", "flex", "sdpa", "math-jvp")
+GPU_DEFAULT = ("cuda", "triton", "flex", "flex-flash", "cudnn", "sdpa", "math-jvp")
 CPU_DEFAULT = ("reference", "triton")
 CPU_SCALE = 0.005          # 8 tokens per frame: a CPU run is a smoke run
 
@@ -102,23 +102,24 @@ class CheckFailed(Exception):
     pass
 
 
-def _draw(w, mask, device, gen, op):
-    inp = Inputs.draw(mask, w.batch, w.heads, w.heads, w.d_qk, w.d_v, w.dtype, device, gen)
+def _draw(w, recipe, mask, device, gen, op):
+    inp = Inputs.draw(mask, w.batch, w.heads, w.heads, w.d_qk, w.d_v, w.dtype, device, gen, recipe)
     return inp.with_zero_tangents(*w.zero_tangent_ranges(mask)) if op == "jvp_zt" else inp
 
 
-def measure(prov, op, w, mask, check_mask, args, device, gen) -> dict:
+def measure(prov, op, w, recipe, check_recipe, args, device, gen) -> dict:
     """Check, then time one (provider, op, workload); raises Skip or CheckFailed."""
     tag = f"[{w.id} {op} {prov.name}]"
+    mask, check_mask = recipe.build(), check_recipe.build()
     whole = mask.sq * mask.sk <= SMALL_CHECK_PAIRS
     notes = []
     kind = "jvp" if op == "jvp_zt" else op  # what the provider runs and the checks compare
-    inp = _draw(w, mask, device, gen, op)
+    inp = _draw(w, recipe, mask, device, gen, op)
     why = prov.unsupported(kind, inp)
     if why:
         raise Skip(why)
     if not whole and args.check in ("small", "both"):
-        small = _draw(w, check_mask, device, gen, op)
+        small = _draw(w, check_recipe, check_mask, device, gen, op)
         prep = prov.prepare(kind, small)
         ok, msg = check.check_small(kind, small, prep.outputs(prep.fn()))
         log(f"{tag} check, small mask {check_mask.sq}x{check_mask.sk}: {msg}")
@@ -203,10 +204,6 @@ def parse_args(argv=None):
                     help="correctness checks before timing (default both)")
     ap.add_argument("--check-tokens", type=int, default=CHECK_TOKENS,
                     help="tokens per frame of the small same-structure check mask")
-    ap.add_argument("--flex-mask", choices=providers.FlexProvider.MASK_SOURCES, default="create",
-                    help="FlexAttention's BlockMask: create_block_mask from our mask_mod (default), "
-                         "or from our tile description with ragged edge tiles partial (tiles) or "
-                         "as our tiles say (tiles-full-edges)")
     ap.add_argument("--warmup-ms", type=float, default=50.0)
     ap.add_argument("--rep-ms", type=float, default=400.0)
     ap.add_argument("--seed", type=int, default=None, help="default: drawn at random and printed")
@@ -223,7 +220,7 @@ def main(argv=None) -> int:
     if bad:
         raise SystemExit(f"--ops: unknown {sorted(bad)}; known: {','.join(RUN_OPS)}")
     wls = workloads.select(args.workloads)
-    registry = providers.all_providers(args.flex_mask)
+    registry = providers.all_providers()
     names = args.providers or ",".join(GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)
     names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in registry]
@@ -235,7 +232,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     gen = torch.Generator(device=device).manual_seed(seed)
-    if "flex" in names:
+    if any(n.startswith("flex") for n in names):
         import torch._dynamo.config as dc
         for knob in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
                      "accumulated_recompile_limit"):
@@ -259,7 +256,8 @@ def main(argv=None) -> int:
     interrupted = False
     try:
         for w in wls:
-            mask, check_mask = w.mask(args.scale), w.mask(check_scale)
+            recipe, check_recipe = w.recipe(args.scale), w.recipe(check_scale)
+            mask = recipe.build()
             log(f"== {w.id}: {w.description}; Sq {mask.sq}, Sk {mask.sk}, B {w.batch}, H {w.heads}, "
                 f"Dqk {w.d_qk}, Dv {w.d_v}, pairs {mask.num_pairs} ({mask.num_pairs / (mask.sq * mask.sk):.3f})")
             for op in ops:
@@ -270,7 +268,7 @@ def main(argv=None) -> int:
                         continue
                     case = (w.id, op, prov.name)
                     try:
-                        rows.append(measure(prov, op, w, mask, check_mask, args, device, gen))
+                        rows.append(measure(prov, op, w, recipe, check_recipe, args, device, gen))
                         table.add(rows[-1])
                     except Skip as e:
                         log(f"[{w.id} {op} {prov.name}] skipped: {e}")

@@ -28,12 +28,35 @@ WINDOW, SINK = 3, 1       # W5, in chunks
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How a builder mask is made: the builder's name and arguments. ``build()`` gives our mask;
+    a peer that takes a mask function (FlexAttention) writes its own from the same recipe, as
+    its users would (bench/flex.py), instead of reading our segment tables."""
+
+    builder: str                               # full, block_causal, teacher_forcing, kv_cache
+    pattern: masks.FramePattern | None = None  # all but full
+    window: int | None = None
+    sink: int = 0
+    query_chunk: int | None = None             # kv_cache
+    size: tuple[int, int] | None = None        # full: (sq, sk)
+
+    def build(self) -> masks.SegmentMask:
+        if self.builder == "full":
+            return masks.full(*self.size)
+        if self.builder == "kv_cache":
+            return masks.kv_cache(self.pattern, self.query_chunk, self.window, self.sink)
+        if self.builder in ("block_causal", "teacher_forcing"):
+            return getattr(masks, self.builder)(self.pattern, window=self.window, sink=self.sink)
+        raise ValueError(f"unknown builder {self.builder!r}")
+
+
+@dataclass(frozen=True)
 class Workload:
-    """(id, mask builder, B, H, Dqk, Dv); ``build(tokens_per_frame)`` returns the mask."""
+    """(id, mask recipe, B, H, Dqk, Dv); ``build(tokens_per_frame)`` returns the recipe."""
 
     id: str
     description: str
-    build: Callable[[int], masks.SegmentMask]
+    build: Callable[[int], Recipe]
     batch: int = 1
     heads: int = 12
     d_qk: int = 128
@@ -46,8 +69,11 @@ class Workload:
             raise ValueError(f"scale must be > 0, got {scale}")
         return max(1, round(TOKENS_PER_FRAME * scale))
 
-    def mask(self, scale: float = 1.0) -> masks.SegmentMask:
+    def recipe(self, scale: float = 1.0) -> Recipe:
         return self.build(self.tokens_per_frame(scale))
+
+    def mask(self, scale: float = 1.0) -> masks.SegmentMask:
+        return self.recipe(scale).build()
 
     def zero_tangent_ranges(self, mask: masks.SegmentMask):
         """(q_ranges, k_ranges) whose tangents are zero in a distillation step, or None.
@@ -61,28 +87,28 @@ def _pattern(tpf: int, frames: int = FRAMES, frames_per_chunk: int = 1) -> masks
     return masks.FramePattern(tokens_per_frame=tpf, num_frames=frames, frames_per_chunk=frames_per_chunk)
 
 
-def _w7(tpf: int) -> masks.SegmentMask:
+def _w7(tpf: int) -> Recipe:
     p = _pattern(tpf, frames_per_chunk=FRAMES_PER_CHUNK)
-    return masks.kv_cache(p, query_chunk=p.num_chunks - 1)
+    return Recipe("kv_cache", p, query_chunk=p.num_chunks - 1)
 
 
 WORKLOADS: dict[str, Workload] = {w.id: w for w in (
     Workload("W1", "teacher_forcing, frame-wise",
-             lambda t: masks.teacher_forcing(_pattern(t)), clean_half=True),
+             lambda t: Recipe("teacher_forcing", _pattern(t)), clean_half=True),
     Workload("W2", "teacher_forcing, chunk-wise (3 frames)",
-             lambda t: masks.teacher_forcing(_pattern(t, frames_per_chunk=FRAMES_PER_CHUNK)),
+             lambda t: Recipe("teacher_forcing", _pattern(t, frames_per_chunk=FRAMES_PER_CHUNK)),
              clean_half=True),
     Workload("W3", "block_causal, frame-wise",
-             lambda t: masks.block_causal(_pattern(t))),
+             lambda t: Recipe("block_causal", _pattern(t))),
     Workload("W4", "block_causal, chunk-wise (3 frames)",
-             lambda t: masks.block_causal(_pattern(t, frames_per_chunk=FRAMES_PER_CHUNK))),
+             lambda t: Recipe("block_causal", _pattern(t, frames_per_chunk=FRAMES_PER_CHUNK))),
     Workload("W5", "block_causal chunk-wise, window 3 + sink 1, 63 frames",
-             lambda t: masks.block_causal(_pattern(t, LONG_FRAMES, FRAMES_PER_CHUNK), window=WINDOW, sink=SINK)),
+             lambda t: Recipe("block_causal", _pattern(t, LONG_FRAMES, FRAMES_PER_CHUNK), window=WINDOW, sink=SINK)),
     Workload("W6", "full (bidirectional teacher)",
-             lambda t: masks.full(t * FRAMES, t * FRAMES)),
+             lambda t: Recipe("full", size=(t * FRAMES, t * FRAMES))),
     Workload("W7", "kv_cache, last chunk of W4", _w7),
     Workload("W8", "W3 with H=16, D=64",
-             lambda t: masks.block_causal(_pattern(t)), heads=16, d_qk=64, d_v=64),
+             lambda t: Recipe("block_causal", _pattern(t)), heads=16, d_qk=64, d_v=64),
 )}
 
 

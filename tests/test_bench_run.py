@@ -81,7 +81,7 @@ class _Broken(providers.JfaProvider):
 def test_wrong_provider_is_not_timed(tmp_path, monkeypatch, capsys):
     broken = _Broken("reference")
     broken.name = "broken"
-    monkeypatch.setattr(providers, "all_providers", lambda flex_mask: {"broken": broken})
+    monkeypatch.setattr(providers, "all_providers", lambda: {"broken": broken})
     rc, rows = _run(tmp_path, "--providers", "broken", "--workloads", "W3", "--ops", "fwd,jvp")
     assert rc == 1 and rows == []
     assert "CHECK FAILED" in capsys.readouterr().out
@@ -123,16 +123,27 @@ def test_row_reference_equals_whole_reference_rows(op):
 def test_goals_table():
     base = dict(ms_p20=1.0, ms_p80=1.0, peak_mem_mib=1.0, sq=1, sk=1)
     rows = [dict(base, op="fwd", workload="W1", provider="flex", ms_p50=20.0, tflops=300.0),
+            dict(base, op="fwd", workload="W1", provider="flex-flash", ms_p50=12.5, tflops=480.0),
             dict(base, op="fwd", workload="W1", provider="cuda", ms_p50=10.0, tflops=600.0),
             dict(base, op="bwd", workload="W6", provider="cuda", ms_p50=10.0, tflops=600.0),
             dict(base, op="jvp", workload="W3", provider="triton", ms_p50=30.0, tflops=300.0),
             dict(base, op="jvp_zt", workload="W1", provider="cuda", ms_p50=30.0, tflops=300.0)]
     assert report.goals(rows) == [
-        "| fwd | W1 | cuda | 2.00x | >= 1.3x | met |",
-        "| jvp | W3 | triton | 300 TFLOP/s | >= 450 TFLOP/s | missed |",
-        "| jvp_zt | W1 | cuda | 30.0 ms | < 33 ms | met |"]
-    assert "DESIGN §7 goals" in report.markdown(rows, [], {}, 1.0)
+        "| fwd | W1 | cuda | 1.25x flex-flash | >= 1.0x fastest peer | met |",
+        "| jvp | W3 | triton | 300 TFLOP/s | >= 700 TFLOP/s | missed |",
+        "| jvp_zt | W1 | cuda | 30.0 ms | <= 22 ms | missed |"]
+    md = report.markdown(rows, [], {}, 1.0)
+    assert "DESIGN §7 goals" in md
+    assert "| fwd | W1 | 1 x 1 | cuda | 10.000 (1.000-1.000) | 600.0 | 1 | 1.25x flex-flash | 2.00x |" in md
+    assert "| fwd | 1.25 (flex-flash) | - |" in md  # the summary: cuda / fastest peer per op
     assert "DESIGN §7 goals" not in report.markdown(rows, [], {}, 0.01)
+
+
+def test_fastest_peer_is_the_fastest_provider_not_ours():
+    base = dict(ms_p20=1.0, ms_p80=1.0, peak_mem_mib=1.0, sq=1, sk=1, tflops=1.0)
+    rows = [dict(base, op="bwd", workload="W6", provider=p, ms_p50=ms)
+            for p, ms in (("cuda", 5.0), ("triton", 4.0), ("flex", 9.0), ("cudnn", 7.0), ("sdpa", 8.0))]
+    assert report.fastest_peers(rows) == {("bwd", "W6"): ("cudnn", 7.0)}
 
 
 def test_jvp_zt_runs_on_teacher_forcing_only(tmp_path):
