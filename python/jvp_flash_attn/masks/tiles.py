@@ -18,24 +18,48 @@ EMPTY, PARTIAL, FULL = 0, 1, 2
 
 def zero_tangent_tiles(ranges, n: int, block: int) -> np.ndarray:
     """int8 flag per tile of `block` tokens over [0, n): 1 where every token of the tile lies in
-    the union of the (start, end) ranges that the mask promises have zero tangents."""
-    cover = np.zeros(n + 1, np.int32)   # +1 at starts, -1 at ends: a prefix sum counts the ranges
-    for a, b in ranges:
-        cover[a] += 1
-        cover[b] -= 1
-    zero_token = np.cumsum(cover[:n]) > 0
+    the union of the (start, end) ranges that the mask promises have zero tangents. Tokens
+    past n are zero-filled, so they count as zero. O(tiles + ranges), no per-token work."""
     num_tiles = -(-n // block)
-    pad = np.ones(num_tiles * block, bool)   # tokens past n are zero-filled: they count as zero
-    pad[:n] = zero_token
-    return pad.reshape(num_tiles, block).all(axis=1).astype(np.int8)
+    flags = np.zeros(num_tiles, np.int8)
+    merged = []  # the union of the ranges as disjoint sorted [a, b)
+    for a, b in sorted((int(a), int(b)) for a, b in ranges if b > a):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    starts = np.arange(num_tiles, dtype=np.int64) * block
+    ends = np.minimum(starts + block, n)
+    for a, b in merged:  # a tile is covered iff one merged range holds all its real tokens
+        flags[(starts >= a) & (ends <= b)] = 1
+    return flags
 
 
-def _csr(selected: np.ndarray):
-    """Row pointers and column indices (int32) of the True entries, row by row."""
-    ptr = np.zeros(selected.shape[0] + 1, dtype=np.int32)
-    np.cumsum(np.count_nonzero(selected, axis=1), out=ptr[1:])
-    idx = (np.flatnonzero(selected) % selected.shape[1]).astype(np.int32)
-    return ptr, idx
+def _csr_by_state(state: np.ndarray):
+    """CSR (row pointers, column indices, int32) of the FULL and of the PARTIAL entries.
+
+    Mask tiles repeat whole rows (every tile row inside one run of query segments is the same),
+    so the lists are found on the distinct consecutive rows only and then copied out."""
+    nrows, ncols = state.shape
+    new_run = np.ones(nrows, bool)
+    np.any(state[1:] != state[:-1], axis=1, out=new_run[1:])
+    starts = np.flatnonzero(new_run)
+    run_len = np.diff(np.append(starts, nrows))
+    run_of_row = np.repeat(np.arange(len(starts)), run_len)
+    out = []
+    for value in (FULL, PARTIAL):
+        selected = state[starts] == value                     # (runs, ncols)
+        count = np.count_nonzero(selected, axis=1)
+        run_idx = (np.flatnonzero(selected) % max(ncols, 1)).astype(np.int32)
+        run_ptr = np.zeros(len(starts) + 1, np.int64)
+        np.cumsum(count, out=run_ptr[1:])
+        row_count = count[run_of_row]
+        ptr = np.zeros(nrows + 1, np.int32)
+        np.cumsum(row_count, out=ptr[1:])
+        # entry e of row r is entry e - ptr[r] of its run's list
+        shift = np.repeat(run_ptr[run_of_row] - ptr[:-1], row_count)
+        out.append((ptr, run_idx[np.arange(ptr[-1]) + shift]))
+    return out
 
 
 @dataclass(frozen=True)
@@ -82,10 +106,8 @@ class TileDescription:
         state_t = np.ascontiguousarray(state.T)  # one int8 transpose serves both key-tile lists
         dev = torch.device(device)
         as_t = lambda a: torch.from_numpy(a).to(dev)
-        qf, qfi = _csr(state == FULL)
-        qp, qpi = _csr(state == PARTIAL)
-        kf, kfi = _csr(state_t == FULL)
-        kp, kpi = _csr(state_t == PARTIAL)
+        (qf, qfi), (qp, qpi) = _csr_by_state(state)
+        (kf, kfi), (kp, kpi) = _csr_by_state(state_t)
         q_seg, q_pos, k_seg, k_pos, rule = mask.token_maps(dev)
         return TileDescription(
             block_m, block_n, sq, sk, state.shape[0], state.shape[1], state,
