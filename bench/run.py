@@ -23,9 +23,12 @@ Method
   backward 2.5x, fused forward+JVP 3x (jvp_flash_attn.reference.flops). TFLOP/s uses p50.
 - Peak memory: torch.cuda.max_memory_allocated from the drawn inputs through preparing the
   op (block masks, dense masks, the stored forward of bwd) and one call, in MiB.
+- Peers run as their users run them (bench/providers.py, bench/flex.py): FlexAttention with
+  the mask_mod written from the frame pattern, on its Triton kernels and on FlashAttention-4's.
 - Output under ``--out``: results.csv (one row per measurement with the machine header),
-  notes.csv (skipped cases, failed checks, errors, with the reason), results.md (table with
-  speedups against FlexAttention, then the notes), results.png (TFLOP/s per workload, one panel per op). The CSV is written row by
+  notes.csv (skipped cases, failed checks, errors, with the reason), results.md (a summary of
+  cuda against the fastest peer per op and workload, then every row against the fastest peer,
+  named, and against FlexAttention, then the DESIGN §7 goals and the notes), results.png (TFLOP/s per workload, one panel per op). The CSV is written row by
   row, and an interrupted run (Ctrl-C, ``timeout -s INT``) still writes the table and chart.
 - Exit status 1 if a check failed, one of our backends raised, or the run was interrupted;
   errors of the other providers (e.g. FlexAttention has no CPU backward) are reported only.
