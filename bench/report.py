@@ -200,7 +200,7 @@ def chart(path, rows, env: dict):
     import matplotlib.pyplot as plt
 
     ops = [op for op in OPS if any(r["op"] == op for r in rows)]
-    fig, axes = plt.subplots(len(ops), 1, figsize=(11, 3.2 * max(1, len(ops))), squeeze=False)
+    fig, axes = plt.subplots(len(ops), 1, figsize=(12, 3.2 * max(1, len(ops))), squeeze=False)
     for ax, op in zip(axes[:, 0], ops):
         rs = _order([r for r in rows if r["op"] == op])
         wls = list(dict.fromkeys(r["workload"] for r in rs))
@@ -213,7 +213,7 @@ def chart(path, rows, env: dict):
         ax.set_xticks(range(len(wls)), wls)
         ax.set_ylabel("TFLOP/s (exact pairs)")
         ax.set_title(op)
-        ax.legend(fontsize=8, ncol=len(provs))
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0))  # beside, never on a bar
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(", ".join(f"{k} {env[k]}" for k in ("gpu", "torch", "triton", "git_sha") if env.get(k)),
                  fontsize=9)
