@@ -12,7 +12,6 @@ Providers:
   pattern (bench.flex; fwd, bwd: it has no forward-AD rule, so no jvp).
 - ``flex-flash``: the same BlockMask on FlashAttention-4's kernels (kernel_options
   BACKEND=FLASH; needs the flash-attn-4 package and a Hopper GPU).
-- ``flex-lookup``: ``flex`` with the segment-table mask_mod, to show what lookups cost it.
 - ``cudnn``: SDPA's cuDNN backend on full masks (no mask): the unmasked ceiling.
 - ``sdpa``: F.scaled_dot_product_attention with the dense (Sq, Sk) boolean mask, backend
   chosen by PyTorch (fwd, bwd), where the mask fits in memory.
@@ -219,14 +218,14 @@ def _bshd(x):
 class FlexProvider(Provider):
     """torch.compile(flex_attention) with the mask_mod a user writes (bench/flex.py), on
     FlexAttention's Triton kernels (``flex``) or on FlashAttention-4's (``flex-flash``,
-    kernel_options BACKEND=FLASH). ``lookup=True`` (``flex-lookup``) uses the segment-table
-    mask_mod for every mask, to show what table lookups cost FlexAttention."""
+    kernel_options BACKEND=FLASH). Masks without a recipe (``from_segments``) use the
+    segment-table mask_mod."""
 
     ops = ("fwd", "bwd")
 
-    def __init__(self, flash: bool = False, lookup: bool = False):
-        self.flash, self.lookup = flash, lookup
-        self.name = "flex-flash" if flash else ("flex-lookup" if lookup else "flex")
+    def __init__(self, flash: bool = False):
+        self.flash = flash
+        self.name = "flex-flash" if flash else "flex"
         self.kernel_options = flexmod.FLASH_OPTIONS if flash else None
         self._block_masks = {}
 
@@ -243,10 +242,9 @@ class FlexProvider(Provider):
         return flexmod.flash_availability(device) if self.flash else flexmod.availability()
 
     def block_mask(self, inp):
-        recipe = None if self.lookup else inp.recipe
-        key = (inp.mask, recipe, str(inp.q.device))
+        key = (inp.mask, inp.recipe, str(inp.q.device))
         if key not in self._block_masks:
-            mod = flexmod.mask_mod_for(inp.mask, inp.q.device, recipe)
+            mod = flexmod.mask_mod_for(inp.mask, inp.q.device, inp.recipe)
             self._block_masks[key] = flexmod.block_mask_for(inp.mask, inp.q.device, mask_mod=mod)
         return self._block_masks[key]
 
@@ -384,7 +382,7 @@ class MathJvpProvider(Provider):
 def all_providers() -> dict[str, Provider]:
     ps = [JfaProvider("cuda"), *(JfaProvider("cuda", form) for form in CUDA_FORMS),
           JfaProvider("triton"), JfaProvider("reference"),
-          FlexProvider(), FlexProvider(flash=True), FlexProvider(lookup=True), CudnnProvider(),
+          FlexProvider(), FlexProvider(flash=True), CudnnProvider(),
           SdpaProvider(), MathJvpProvider()]
     return {p.name: p for p in ps}
 

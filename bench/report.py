@@ -188,9 +188,9 @@ def markdown(rows, notes, env: dict, scale, interrupted: bool = False) -> str:
 def _color(provider: str) -> str:
     """One color per provider across every panel and run."""
     known = ("cuda", "triton", "reference", "flex", "sdpa", "math-jvp", "cuda-fused", "cuda-two-kernel",
-             "cuda-plain", "flex-flash", "cudnn", "flex-lookup")
+             "cuda-plain", "flex-flash", "cudnn")
     palette = ("tab:blue", "tab:orange", "tab:gray", "tab:green", "tab:red", "tab:purple", "tab:cyan", "tab:olive",
-               "tab:pink", "black", "tab:brown", "lightgreen")
+               "tab:pink", "black", "tab:brown")
     return palette[known.index(provider)] if provider in known else "tab:brown"
 
 
