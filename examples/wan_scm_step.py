@@ -159,23 +159,29 @@ def main(argv=None):
     x0 = torch.randn(1, 16, frames, height, width, device=device, dtype=dtype)
     text = torch.randn(1, text_tokens, model.config.text_dim, device=device, dtype=dtype)
 
-    timer, rows = Timer(device), []
+    timer, rows, status = Timer(device), [], "ok"
+    parts = ("teacher_ms", "jvp_ms", "fwd_bwd_ms", "step_ms", "peak_gib", "loss")
     for i in range(args.warmup + args.steps):
         model.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with timer.part("step_ms"):
-            loss = step(model, x0, text, args.recipe, timer)
+        try:
+            with timer.part("step_ms"):
+                loss = step(model, x0, text, args.recipe, timer)
+        except torch.OutOfMemoryError:  # reported as a result: the point of the recipe
+            status, timer.ms = "out of memory", {}
+            rows = [dict.fromkeys(parts, float("nan"))]
+            break
         if not torch.isfinite(loss):
             raise RuntimeError(f"step {i}: the loss is {loss.item()}")
         if i >= args.warmup:
             peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
             rows.append(dict(timer.ms, peak_gib=peak, loss=loss.item()))
 
-    med = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in rows[0]}
+    med = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in parts}
     row = dict(preset=args.preset, layers=args.layers, tokens=2 * frames * tokens, recipe=args.recipe,
                zero_tangent_hint=args.zero_tangent_hint,
-               backend=args.backend or _auto_backend(model, x0), steps=len(rows),
+               backend=args.backend or _auto_backend(model, x0), steps=len(rows), status=status,
                **{k: round(v, 1 if k.endswith("ms") else 3) for k, v in med.items() if k != "loss"},
                loss=f"{med['loss']:.4g}", device=_device_name(device), torch=torch.__version__,
                diffusers=__import__("diffusers").__version__,
