@@ -8,7 +8,6 @@ residual and modulation arithmetic, the sinusoidal timestep embedding), so agree
 checked at 1e-6 relative rather than at float64's 1e-13. Causality is checked exactly.
 """
 import copy
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -66,17 +65,18 @@ def _duplicate_positions(rope, args, output):
     return tuple(torch.cat([f, f], dim=1) for f in half)
 
 
-@contextmanager
 def oracle(model, mask, packed):
+    """A copy of the model on diffusers' own attention under the dense mask."""
     ref = copy.deepcopy(model)
     ref.set_attn_processor(DenseMath(mask.dense(next(model.parameters()).device)))
     if packed:
         ref.rope.register_forward_hook(_duplicate_positions)
-    yield ref
+    return ref
 
 
 def _runs(model, mode, backend="reference"):
-    """(f_jfa, f_oracle): output for the noisy latents x and times t, x -> (B, C, F, H, W)."""
+    """(model with jfa's processors, f_fast(clean, x, t, text), the mask, f_ref(oracle, clean, x,
+    t, text)): the output for noisy latents x at per-frame times t, (B, C, F, H, W)."""
     fast = jd.apply(copy.deepcopy(model), TF_MASK if mode == "teacher_forcing" else BC_MASK, backend)
     n = 6 * FRAMES  # tokens of one copy
     if mode == "teacher_forcing":
@@ -110,10 +110,10 @@ def test_whole_model_jvp_forward_ad_backward_match_dense_math(model, mode):
     seed = torch.seed() % 2 ** 31
     clean, x, t, text, (dx, dt), g = _inputs(seed)
     _, f_fast, mask, f_ref = _runs(model, mode)
-    with oracle(model, mask, mode == "teacher_forcing") as ref:
-        o_ref, to_ref = torch.func.jvp(lambda x, t: f_ref(ref, clean, x, t, text), (x, t), (dx, dt))
-        xr = x.clone().requires_grad_()
-        f_ref(ref, clean, xr, t, text).backward(g)
+    ref = oracle(model, mask, mode == "teacher_forcing")
+    o_ref, to_ref = torch.func.jvp(lambda x, t: f_ref(ref, clean, x, t, text), (x, t), (dx, dt))
+    xr = x.clone().requires_grad_()
+    f_ref(ref, clean, xr, t, text).backward(g)
 
     o, to = torch.func.jvp(lambda x, t: f_fast(clean, x, t, text), (x, t), (dx, dt))
     _close(f"o (seed {seed})", o, o_ref)
@@ -131,11 +131,11 @@ def test_whole_model_jvp_forward_ad_backward_match_dense_math(model, mode):
 def test_parameter_gradients_match_dense_math(model, mode):
     clean, x, t, text, _, g = _inputs(torch.seed() % 2 ** 31)
     fast, f_fast, mask, f_ref = _runs(model, mode)
-    with oracle(model, mask, mode == "teacher_forcing") as ref:
-        f_ref(ref, clean, x, t, text).backward(g)
-        f_fast(clean, x, t, text).backward(g)
-        for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
-            _close(f"d loss / d {name}", p.grad, q.grad)
+    ref = oracle(model, mask, mode == "teacher_forcing")
+    f_ref(ref, clean, x, t, text).backward(g)
+    f_fast(clean, x, t, text).backward(g)
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+        _close(f"d loss / d {name}", p.grad, q.grad)
 
 
 def _causality_cases():
@@ -200,7 +200,8 @@ def test_image_cross_attention_matches_dense_math():
     text = torch.randn(1, 512, 16, generator=g, dtype=torch.float64)  # diffusers fixes 512 text tokens
     image = torch.randn(1, 3, 8, generator=g, dtype=torch.float64)
     t = torch.tensor([300.0], dtype=torch.float64)
-    with oracle(wan, BC_MASK(FRAMES, 6), packed=False) as ref, torch.no_grad():
+    ref = oracle(wan, BC_MASK(FRAMES, 6), packed=False)
+    with torch.no_grad():
         want = ref(x, t, text, encoder_hidden_states_image=image).sample
     fast = jd.apply(wan, BC_MASK, backend="reference")
     with torch.no_grad():
@@ -256,13 +257,12 @@ def test_bf16_on_gpu_within_rule(mode):
     results = {}
     _, f_fast, mask, f_ref = _runs(low, mode, backend=None)
     for name, net, cast in (("oracle", copy.deepcopy(low).double(), f64), ("bf16 math", low, None)):
-        with oracle(net, mask, mode == "teacher_forcing") as ref:
-            args = [cast(a) if cast else a for a in (clean, x, t, text, dx, dt, g)]
-            c, xx, tt, tx, ddx, ddt, gg = args
-            o, to = torch.func.jvp(lambda a, b: f_ref(ref, c, a, b, tx), (xx, tt), (ddx, ddt))
-            leaf = xx.clone().requires_grad_()
-            f_ref(ref, c, leaf, tt, tx).backward(gg)
-            results[name] = (o, to, leaf.grad)
+        ref = oracle(net, mask, mode == "teacher_forcing")
+        c, xx, tt, tx, ddx, ddt, gg = [cast(a) if cast else a for a in (clean, x, t, text, dx, dt, g)]
+        o, to = torch.func.jvp(lambda a, b: f_ref(ref, c, a, b, tx), (xx, tt), (ddx, ddt))
+        leaf = xx.clone().requires_grad_()
+        f_ref(ref, c, leaf, tt, tx).backward(gg)
+        results[name] = (o, to, leaf.grad)
     o, to = torch.func.jvp(lambda a, b: f_fast(clean, a, b, text), (x, t), (dx, dt))
     leaf = x.clone().requires_grad_()
     f_fast(clean, leaf, t, text).backward(g)
