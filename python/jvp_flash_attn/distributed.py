@@ -116,9 +116,10 @@ def _all_to_all(xs, to_heads: bool, group):
 
 def _check(q, k, v, mask, p):
     for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f"{name} must be a rank-4 tensor (B, S/P, H, D), got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must have rank 4 (B, S/P, H, D), got shape {tuple(x.shape)}")
         if x.shape[2] % p:
             raise ValueError(f"{name} has {x.shape[2]} heads, not a multiple of the group size P={p}: "
                              f"Ulysses splits heads across ranks (repeat k/v heads for GQA/MQA)")
