@@ -171,10 +171,34 @@ def test_zero_tangent_hint_keeps_the_mask():
     (lambda: masks.from_segments([2], [3], [[3]]), "rule values"),
     (lambda: masks.from_segments([2, 2], [3], [[1]]), "rule must have shape"),
     (lambda: masks.from_segments([2], [3, 1], [[1]]), "rule must have shape"),
+    (lambda: masks.from_segments([2], [3], [[1.7]]), r"rule\[0\]\[0\] = 1.7"),
+    (lambda: masks.from_segments([2, 1], [3], [[1], [0.5]]), r"rule\[1\]\[0\] = 0.5"),
+    (lambda: masks.from_segments([2], [3, 1], [[1, "2"]]), r"rule\[0\]\[1\] = '2'"),
+    (lambda: masks.from_segments([2], [3], ["1"]), r"rule\[0\]\[0\] = '1'"),
+    (lambda: masks.from_segments([2], [3], [[True]]), r"rule\[0\]\[0\] = True"),
+    (lambda: masks.from_segments([2], [3], [[1.0]]), r"0: none, 1: full, 2: causal"),
+    (lambda: masks.from_segments([2], [3], [[-1]]), r"rule values"),
+    (lambda: masks.from_segments([2], [3, -1], [[1, 1]]), r"k_sizes\[1\] must be >= 1, got -1"),
 ])
 def test_bad_arguments_raise_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_from_segments_takes_numpy_integers():
+    m = masks.from_segments(np.array([2, 3]), [np.int32(4)], np.array([[1], [2]]))
+    assert m == masks.from_segments([2, 3], [4], [[1], [2]])
+
+
+def test_num_pairs_is_exact_beyond_float64():
+    # from sizes alone: nothing of size S x S (or S) is built
+    a, b = 3 ** 17 + 2, 2 * 3 ** 17 + 1
+    m = masks.from_segments([a, b], [b, a], [[1, 0], [2, 1]])
+    expect = a * b + b * (b + 1) // 2 + b * a
+    assert float(expect) != expect   # not representable in float64
+    assert expect > 2 ** 53 and m.num_pairs == expect and type(m.num_pairs) is int
+    c = m.prefix_counts(np.array([0, a, a + b]), np.array([0, b, a + b]))
+    assert c[-1, -1] == expect and c[1, 1] == a * b
 
 
 def test_bad_types_raise_type_error():
@@ -182,6 +206,11 @@ def test_bad_types_raise_type_error():
         masks.block_causal((2, 3))
     with pytest.raises(TypeError, match="tokens_per_frame"):
         FramePattern(2.5, 3)
+    for q_sizes, k_sizes, match in (([2, 1.5], [3], r"q_sizes\[1\] must be an int, got 1.5"),
+                                    ([2], [True], r"k_sizes\[0\] must be an int, got True"),
+                                    ([2], ["3"], r"k_sizes\[0\] must be an int, got '3'")):
+        with pytest.raises(TypeError, match=match):
+            masks.from_segments(q_sizes, k_sizes, [[1]] * len(q_sizes))
 
 
 def test_cli_draws_png(tmp_path):

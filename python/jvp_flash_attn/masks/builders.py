@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from .pattern import FramePattern, _positive_int
-from .segments import CAUSAL, FULL, NONE, SegmentMask
+from .segments import CAUSAL, FULL, NONE, SegmentMask, check_grid
 
 
 def _check_window_sink(window, sink):
@@ -100,23 +100,7 @@ def _kv_cache(p, qc, window, sink):
 
 def from_segments(q_sizes, k_sizes, rule) -> SegmentMask:
     """Any segment grid: rule[i][j] in {0: none, 1: full, 2: causal (top-left aligned)}."""
-    q_sizes, k_sizes = tuple(q_sizes), tuple(k_sizes)
-    for name, sizes in (("q_sizes", q_sizes), ("k_sizes", k_sizes)):
-        if not sizes:
-            raise ValueError(f"{name} must hold at least one segment")
-        for s in sizes:
-            _positive_int(f"{name} entries", s)
-    try:
-        rule = tuple(tuple(int(r) for r in row) for row in rule)
-    except TypeError as e:
-        raise TypeError("rule must be a 2-D sequence of ints") from e
-    if len(rule) != len(q_sizes) or any(len(row) != len(k_sizes) for row in rule):
-        raise ValueError(f"rule must have shape ({len(q_sizes)}, {len(k_sizes)}) = "
-                         f"(len(q_sizes), len(k_sizes)), got {[len(r) for r in rule]} row lengths")
-    bad = {r for row in rule for r in row} - {NONE, FULL, CAUSAL}
-    if bad:
-        raise ValueError(f"rule values must be in {{0, 1, 2}}, got {sorted(bad)}")
-    return _from_segments(q_sizes, k_sizes, rule)
+    return _from_segments(*check_grid(q_sizes, k_sizes, rule))  # checked before the cache: 1.0 == 1
 
 
 @lru_cache(maxsize=256)
