@@ -201,6 +201,31 @@ def test_num_pairs_is_exact_beyond_float64():
     assert c[-1, -1] == expect and c[1, 1] == a * b
 
 
+def test_token_level_causal_is_linear():
+    import time
+
+    n = 65536
+    t0 = time.perf_counter()
+    m = masks.block_causal(FramePattern(1, n))
+    s = masks.from_segments([n], [n], [[2]])
+    pairs = (m.num_pairs, s.num_pairs)
+    seconds = time.perf_counter() - t0
+    assert pairs == (n * (n + 1) // 2,) * 2 and m == s
+    assert seconds < 0.5, f"{seconds:.2f} s to build token-level causal masks of {n} tokens"
+    t = m.tiles(128, 128)
+    assert t.num_full == 511 * 512 // 2 and t.num_partial == 512
+
+
+@pytest.mark.parametrize("first", [None, 1, 3])
+@pytest.mark.parametrize("frames_per_chunk", [1, 2])
+@pytest.mark.parametrize("window, sink", [(None, 0), (None, 2), (2, 0), (3, 1), (40, 0)])
+def test_token_level_patterns_match_predicate(first, frames_per_chunk, window, sink):
+    p = FramePattern(1, 9, frames_per_chunk, first)
+    m = masks.block_causal(p, window, sink)
+    assert torch.equal(m.dense(), dense_from(lambda i, j: block_causal_pred(p, window, sink, i, j), 9, 9))
+    assert m.num_pairs == int(m.dense().sum())
+
+
 def test_bad_types_raise_type_error():
     with pytest.raises(TypeError, match="pattern"):
         masks.block_causal((2, 3))

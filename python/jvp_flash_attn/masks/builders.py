@@ -1,6 +1,7 @@
 """Named mask factories (DESIGN §4). Each returns a cached SegmentMask."""
 from __future__ import annotations
 
+import itertools
 from functools import lru_cache
 
 from .pattern import FramePattern, _positive_int
@@ -56,7 +57,29 @@ def block_causal(pattern: FramePattern, window: int | None = None, sink: int = 0
 @lru_cache(maxsize=256)
 def _block_causal(p, window, sink):
     sizes = p.chunk_sizes
-    return SegmentMask(sizes, sizes, _block_causal_rule(len(sizes), window, sink), name="block_causal")
+    if window is not None and window < len(sizes):
+        return SegmentMask(sizes, sizes, _block_causal_rule(len(sizes), window, sink), name="block_causal")
+    # Every earlier chunk is visible (the sink only matters with a window).
+    sizes, diagonal = _merge_one_token_chunks(sizes)
+    rule = [[FULL if kc < qc else diagonal[qc] if kc == qc else NONE for kc in range(len(sizes))]
+            for qc in range(len(sizes))]
+    return SegmentMask(sizes, sizes, rule, name="block_causal")
+
+
+def _merge_one_token_chunks(sizes):
+    """Block-causal over one-token chunks is token-level causal: each run of them becomes one
+    segment with rule 2 on its diagonal, so a token-level causal mask has O(1) segments, not
+    S. Returns (segment sizes, diagonal rule of each segment)."""
+    merged, diagonal = [], []
+    for one_token, run in itertools.groupby(sizes, lambda s: s == 1):
+        run = list(run)
+        if one_token and len(run) > 1:
+            merged.append(len(run))
+            diagonal.append(CAUSAL)
+        else:
+            merged += run
+            diagonal += [FULL] * len(run)
+    return tuple(merged), diagonal
 
 
 def teacher_forcing(pattern: FramePattern, window: int | None = None, sink: int = 0) -> SegmentMask:
