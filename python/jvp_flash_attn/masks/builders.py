@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import itertools
+import operator
 from functools import lru_cache
+
+import torch
 
 from .pattern import FramePattern, _positive_int
 from .segments import CAUSAL, FULL, NONE, SegmentMask, check_grid
@@ -39,6 +42,16 @@ def full(sq: int, sk: int) -> SegmentMask:
     """Every query sees every key."""
     _positive_int("sq", sq)
     _positive_int("sk", sk)
+    # operator.index: under torch.compile it turns sizes traced as symbols into constants
+    # (with a guard), so the mask below is built for known sizes.
+    return _full_constant(operator.index(sq), operator.index(sk))
+
+
+@torch.compiler.assume_constant_result
+def _full_constant(sq, sk):
+    """Under torch.compile (jfa.attention's default mask), run as plain Python while tracing
+    and kept as a constant of the graph: the build itself (digest, lock, weak-reference
+    registry) cannot be traced."""
     return _full(sq, sk)
 
 
