@@ -76,5 +76,5 @@ def test_uid_follows_content():
 
 
 def test_unknown_uid_names_itself():
-    with pytest.raises(LookupError, match="12345"):
+    with pytest.raises(LookupError, match="no live mask has uid 12345"):
         mask_by_uid(12345)
