@@ -99,6 +99,8 @@ class SegmentMask:
         self.uid = self._digest()
         with _REGISTER:
             first = _LIVE.setdefault(self.uid, self)
+        # An equal mask already registered: hold it (so the uid resolves while this one
+        # lives, even once every other reference to it is gone) and share its caches.
         self._first = None if first is self else first
         if self._first is not None:
             if first.key() != self.key():
