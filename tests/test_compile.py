@@ -48,3 +48,17 @@ def test_opcheck_reference_ops():
     torch.library.opcheck(rb.reference_fwd, (q, k, v, MASK.uid, 0.25))
     torch.library.opcheck(rb.reference_jvp, (q, k, v, tq, tk, tv, MASK.uid, 0.25))
     torch.library.opcheck(rb.reference_bwd, (q, k, v, o, lse, do, MASK.uid, 0.25))
+
+
+@pytest.mark.parametrize("compile_backend", ["eager", "inductor"])
+def test_compile_fullgraph_default_mask(compile_backend):
+    """mask=None builds the full mask while tracing; it compiles, also after a shape change
+    (which makes torch.compile retrace with symbolic sizes), and matches eager."""
+    torch._dynamo.reset()
+    f = torch.compile(lambda q, k, v: jfa.attention(q, k, v, backend="reference"),
+                      fullgraph=True, backend=compile_backend)
+    g = torch.Generator().manual_seed(5)
+    for sq, sk in ((9, 12), (11, 12), (11, 14)):
+        q = torch.randn(1, sq, 2, 16, generator=g)
+        k, v = (torch.randn(1, sk, 2, 16, generator=g) for _ in range(2))
+        torch.testing.assert_close(f(q, k, v), jfa.attention(q, k, v, backend="reference"))

@@ -171,10 +171,59 @@ def test_zero_tangent_hint_keeps_the_mask():
     (lambda: masks.from_segments([2], [3], [[3]]), "rule values"),
     (lambda: masks.from_segments([2, 2], [3], [[1]]), "rule must have shape"),
     (lambda: masks.from_segments([2], [3, 1], [[1]]), "rule must have shape"),
+    (lambda: masks.from_segments([2], [3], [[1.7]]), r"rule\[0\]\[0\] = 1.7"),
+    (lambda: masks.from_segments([2, 1], [3], [[1], [0.5]]), r"rule\[1\]\[0\] = 0.5"),
+    (lambda: masks.from_segments([2], [3, 1], [[1, "2"]]), r"rule\[0\]\[1\] = '2'"),
+    (lambda: masks.from_segments([2], [3], ["1"]), r"rule\[0\]\[0\] = '1'"),
+    (lambda: masks.from_segments([2], [3], [[True]]), r"rule\[0\]\[0\] = True"),
+    (lambda: masks.from_segments([2], [3], [[1.0]]), r"0: none, 1: full, 2: causal"),
+    (lambda: masks.from_segments([2], [3], [[-1]]), r"rule values"),
+    (lambda: masks.from_segments([2], [3, -1], [[1, 1]]), r"k_sizes\[1\] must be >= 1, got -1"),
 ])
 def test_bad_arguments_raise_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_from_segments_takes_numpy_integers():
+    m = masks.from_segments(np.array([2, 3]), [np.int32(4)], np.array([[1], [2]]))
+    assert m == masks.from_segments([2, 3], [4], [[1], [2]])
+
+
+def test_num_pairs_is_exact_beyond_float64():
+    # from sizes alone: nothing of size S x S (or S) is built
+    a, b = 3 ** 17 + 2, 2 * 3 ** 17 + 1
+    m = masks.from_segments([a, b], [b, a], [[1, 0], [2, 1]])
+    expect = a * b + b * (b + 1) // 2 + b * a
+    assert float(expect) != expect   # not representable in float64
+    assert expect > 2 ** 53 and m.num_pairs == expect and type(m.num_pairs) is int
+    c = m.prefix_counts(np.array([0, a, a + b]), np.array([0, b, a + b]))
+    assert c[-1, -1] == expect and c[1, 1] == a * b
+
+
+def test_token_level_causal_is_linear():
+    import time
+
+    n = 65536
+    t0 = time.perf_counter()
+    m = masks.block_causal(FramePattern(1, n))
+    s = masks.from_segments([n], [n], [[2]])
+    pairs = (m.num_pairs, s.num_pairs)
+    seconds = time.perf_counter() - t0
+    assert pairs == (n * (n + 1) // 2,) * 2 and m == s
+    assert seconds < 0.5, f"{seconds:.2f} s to build token-level causal masks of {n} tokens"
+    t = m.tiles(128, 128)
+    assert t.num_full == 511 * 512 // 2 and t.num_partial == 512
+
+
+@pytest.mark.parametrize("first", [None, 1, 3])
+@pytest.mark.parametrize("frames_per_chunk", [1, 2])
+@pytest.mark.parametrize("window, sink", [(None, 0), (None, 2), (2, 0), (3, 1), (40, 0)])
+def test_token_level_patterns_match_predicate(first, frames_per_chunk, window, sink):
+    p = FramePattern(1, 9, frames_per_chunk, first)
+    m = masks.block_causal(p, window, sink)
+    assert torch.equal(m.dense(), dense_from(lambda i, j: block_causal_pred(p, window, sink, i, j), 9, 9))
+    assert m.num_pairs == int(m.dense().sum())
 
 
 def test_bad_types_raise_type_error():
@@ -182,6 +231,11 @@ def test_bad_types_raise_type_error():
         masks.block_causal((2, 3))
     with pytest.raises(TypeError, match="tokens_per_frame"):
         FramePattern(2.5, 3)
+    for q_sizes, k_sizes, match in (([2, 1.5], [3], r"q_sizes\[1\] must be an int, got 1.5"),
+                                    ([2], [True], r"k_sizes\[0\] must be an int, got True"),
+                                    ([2], ["3"], r"k_sizes\[0\] must be an int, got '3'")):
+        with pytest.raises(TypeError, match=match):
+            masks.from_segments(q_sizes, k_sizes, [[1]] * len(q_sizes))
 
 
 def test_cli_draws_png(tmp_path):

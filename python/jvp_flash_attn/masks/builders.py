@@ -1,10 +1,14 @@
 """Named mask factories (DESIGN §4). Each returns a cached SegmentMask."""
 from __future__ import annotations
 
+import itertools
+import operator
 from functools import lru_cache
 
+import torch
+
 from .pattern import FramePattern, _positive_int
-from .segments import CAUSAL, FULL, NONE, SegmentMask
+from .segments import CAUSAL, FULL, NONE, SegmentMask, check_grid
 
 
 def _check_window_sink(window, sink):
@@ -38,6 +42,16 @@ def full(sq: int, sk: int) -> SegmentMask:
     """Every query sees every key."""
     _positive_int("sq", sq)
     _positive_int("sk", sk)
+    # operator.index: under torch.compile it turns sizes traced as symbols into constants
+    # (with a guard), so the mask below is built for known sizes.
+    return _full_constant(operator.index(sq), operator.index(sk))
+
+
+@torch.compiler.assume_constant_result
+def _full_constant(sq, sk):
+    """Under torch.compile (jfa.attention's default mask), run as plain Python while tracing
+    and kept as a constant of the graph: the build itself (digest, lock, weak-reference
+    registry) cannot be traced."""
     return _full(sq, sk)
 
 
@@ -56,7 +70,29 @@ def block_causal(pattern: FramePattern, window: int | None = None, sink: int = 0
 @lru_cache(maxsize=256)
 def _block_causal(p, window, sink):
     sizes = p.chunk_sizes
-    return SegmentMask(sizes, sizes, _block_causal_rule(len(sizes), window, sink), name="block_causal")
+    if window is not None and window < len(sizes):
+        return SegmentMask(sizes, sizes, _block_causal_rule(len(sizes), window, sink), name="block_causal")
+    # Every earlier chunk is visible (the sink only matters with a window).
+    sizes, diagonal = _merge_one_token_chunks(sizes)
+    rule = [[FULL if kc < qc else diagonal[qc] if kc == qc else NONE for kc in range(len(sizes))]
+            for qc in range(len(sizes))]
+    return SegmentMask(sizes, sizes, rule, name="block_causal")
+
+
+def _merge_one_token_chunks(sizes):
+    """Block-causal over one-token chunks is token-level causal: each run of them becomes one
+    segment with rule 2 on its diagonal, so a token-level causal mask has O(1) segments, not
+    S. Returns (segment sizes, diagonal rule of each segment)."""
+    merged, diagonal = [], []
+    for one_token, run in itertools.groupby(sizes, lambda s: s == 1):
+        run = list(run)
+        if one_token and len(run) > 1:
+            merged.append(len(run))
+            diagonal.append(CAUSAL)
+        else:
+            merged += run
+            diagonal += [FULL] * len(run)
+    return tuple(merged), diagonal
 
 
 def teacher_forcing(pattern: FramePattern, window: int | None = None, sink: int = 0) -> SegmentMask:
@@ -100,23 +136,7 @@ def _kv_cache(p, qc, window, sink):
 
 def from_segments(q_sizes, k_sizes, rule) -> SegmentMask:
     """Any segment grid: rule[i][j] in {0: none, 1: full, 2: causal (top-left aligned)}."""
-    q_sizes, k_sizes = tuple(q_sizes), tuple(k_sizes)
-    for name, sizes in (("q_sizes", q_sizes), ("k_sizes", k_sizes)):
-        if not sizes:
-            raise ValueError(f"{name} must hold at least one segment")
-        for s in sizes:
-            _positive_int(f"{name} entries", s)
-    try:
-        rule = tuple(tuple(int(r) for r in row) for row in rule)
-    except TypeError as e:
-        raise TypeError("rule must be a 2-D sequence of ints") from e
-    if len(rule) != len(q_sizes) or any(len(row) != len(k_sizes) for row in rule):
-        raise ValueError(f"rule must have shape ({len(q_sizes)}, {len(k_sizes)}) = "
-                         f"(len(q_sizes), len(k_sizes)), got {[len(r) for r in rule]} row lengths")
-    bad = {r for row in rule for r in row} - {NONE, FULL, CAUSAL}
-    if bad:
-        raise ValueError(f"rule values must be in {{0, 1, 2}}, got {sorted(bad)}")
-    return _from_segments(q_sizes, k_sizes, rule)
+    return _from_segments(*check_grid(q_sizes, k_sizes, rule))  # checked before the cache: 1.0 == 1
 
 
 @lru_cache(maxsize=256)

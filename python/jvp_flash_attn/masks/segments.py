@@ -5,10 +5,17 @@ says what query segment i sees of key segment j: 0 nothing, 1 everything, 2 the
 top-left aligned causal triangle ``(q - q_start) >= (k - k_start)``. Every frame
 and chunk mask of DESIGN §4 is such a grid with O(chunks) segments, so counts and
 tile descriptions cost O(segments²) or O(tiles), never O(Sq·Sk).
+
+Torch custom ops take plain values only, so a mask reaches them as its ``uid``: a digest of
+its content. Equal masks share the uid (and their caches) in every process, so a pickled
+mask means the same in another process; different masks never share one.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import numbers
+import threading
 import weakref
 
 import numpy as np
@@ -16,13 +23,59 @@ import torch
 
 NONE, FULL, CAUSAL = 0, 1, 2
 
-# uid -> live mask, so that ops which take only ints (torch custom ops) can name a mask.
+# uid -> the first live mask with that content. Equal masks made while it lives hold it, so
+# their uid keeps resolving however the copies were made (copy, deepcopy, pickle).
 _LIVE = weakref.WeakValueDictionary()
-_UIDS = itertools.count()
+_REGISTER = threading.Lock()
 
 
 def mask_by_uid(uid: int) -> "SegmentMask":
-    return _LIVE[uid]
+    try:
+        return _LIVE[uid]
+    except KeyError:
+        raise LookupError(f"no live mask has uid {uid}; keep the mask alive while the ops "
+                          f"that name it run") from None
+
+
+def check_grid(q_sizes, k_sizes, rule):
+    """(q_sizes, k_sizes, rule) as tuples of ints, or an error naming the bad entry."""
+    def sizes(name, values):
+        values = tuple(values)
+        if not values:
+            raise ValueError(f"{name} must hold at least one segment")
+        for i, s in enumerate(values):
+            if not _integral(type(s)):
+                raise TypeError(f"{name}[{i}] must be an int, got {s!r}")
+            if s < 1:
+                raise ValueError(f"{name}[{i}] must be >= 1, got {s}")
+        return tuple(int(s) for s in values)
+
+    q_sizes, k_sizes = sizes("q_sizes", q_sizes), sizes("k_sizes", k_sizes)
+    try:
+        rule = tuple(tuple(row) for row in rule)
+    except TypeError as e:
+        raise TypeError("rule must be a 2-D sequence of ints") from e
+    if len(rule) != len(q_sizes) or any(len(row) != len(k_sizes) for row in rule):
+        raise ValueError(f"rule must have shape ({len(q_sizes)}, {len(k_sizes)}) = "
+                         f"(len(q_sizes), len(k_sizes)), got {[len(r) for r in rule]} row lengths")
+    # No int() before this check: it would turn 1.7 into 1 and "2" into 2 without a word.
+    # Checked on the set of types and values first (C speed); the loop only finds the culprit.
+    flat = list(itertools.chain.from_iterable(rule))
+    if not (all(_integral(t) for t in set(map(type, flat))) and set(flat) <= {NONE, FULL, CAUSAL}):
+        i, j, r = next((i, j, r) for i, row in enumerate(rule) for j, r in enumerate(row)
+                       if not _integral(type(r)) or r not in (NONE, FULL, CAUSAL))
+        raise ValueError(f"rule values must be ints in {{0: none, 1: full, 2: causal}}, "
+                         f"got rule[{i}][{j}] = {r!r}")
+    return q_sizes, k_sizes, tuple(tuple(map(int, row)) for row in rule)
+
+
+def _integral(t: type) -> bool:
+    return issubclass(t, numbers.Integral) and not issubclass(t, bool)
+
+
+def _causal_pairs(a: int, b: int) -> int:
+    """Allowed pairs of an a x b segment pair under rule 2: row r sees min(r + 1, b) keys."""
+    return a * (a + 1) // 2 if a <= b else b * (b + 1) // 2 + (a - b) * b
 
 
 class SegmentMask:
@@ -30,14 +83,12 @@ class SegmentMask:
 
     def __init__(self, q_sizes, k_sizes, rule, name: str = "segments",
                  zero_tangent_q=(), zero_tangent_k=()):
-        self.q_sizes = tuple(int(s) for s in q_sizes)
-        self.k_sizes = tuple(int(s) for s in k_sizes)
-        self.rule = tuple(tuple(int(r) for r in row) for row in rule)
+        self.q_sizes, self.k_sizes, self.rule = check_grid(q_sizes, k_sizes, rule)
         self.name = name
         # Speed hint for the JVP: token ranges [start, end) whose tangents the caller
         # promises are zero (e.g. the clean half of teacher forcing). Never changes results.
-        self.zero_tangent_q = tuple(tuple(r) for r in zero_tangent_q)
-        self.zero_tangent_k = tuple(tuple(r) for r in zero_tangent_k)
+        self.zero_tangent_q = tuple((int(a), int(b)) for a, b in zero_tangent_q)
+        self.zero_tangent_k = tuple((int(a), int(b)) for a, b in zero_tangent_k)
         # plain ints, so that torch.compile sees constants rather than numpy results
         self.sq, self.sk = sum(self.q_sizes), sum(self.k_sizes)
         self._q_starts = np.concatenate([[0], np.cumsum(self.q_sizes)]).astype(np.int64)
@@ -45,18 +96,42 @@ class SegmentMask:
         self._rule = np.asarray(self.rule, dtype=np.int8).reshape(len(self.q_sizes), len(self.k_sizes))
         self._tiles = {}
         self._token_maps = {}
-        self.uid = next(_UIDS)  # a plain int: torch.compile treats it as a constant
-        _LIVE[self.uid] = self
+        self.uid = self._digest()
+        with _REGISTER:
+            first = _LIVE.setdefault(self.uid, self)
+        # An equal mask already registered: hold it (so the uid resolves while this one
+        # lives, even once every other reference to it is gone) and share its caches.
+        self._first = None if first is self else first
+        if self._first is not None:
+            if first.key() != self.key():
+                raise RuntimeError(f"mask uid {self.uid} digests two different masks: {first!r} and {self!r}")
+            self._tiles, self._token_maps = first._tiles, first._token_maps
+
+    def _digest(self) -> int:
+        """63 bits of a hash of key(): a plain int (a constant to torch.compile) that fits
+        the ops' int64. Each part is preceded by its length, so no two keys share an input."""
+        h = hashlib.blake2b(digest_size=8)
+        for part in (self.q_sizes, self.k_sizes, self.zero_tangent_q, self.zero_tangent_k):
+            a = np.asarray(part, np.int64)
+            h.update(np.int64(len(a)).tobytes() + a.tobytes())
+        h.update(self._rule.tobytes())
+        return int.from_bytes(h.digest(), "little") >> 1
+
+    def __reduce__(self):
+        # Copies and unpickled masks are rebuilt through __init__, so they are registered
+        # (in this process or another) and do not carry the caches' tensors along.
+        return type(self), (self.q_sizes, self.k_sizes, self.rule, self.name,
+                            self.zero_tangent_q, self.zero_tangent_k)
 
     # ---- identity -------------------------------------------------------------------
     def key(self):
         return (self.q_sizes, self.k_sizes, self.rule, self.zero_tangent_q, self.zero_tangent_k)
 
     def __eq__(self, other):
-        return isinstance(other, SegmentMask) and self.key() == other.key()
+        return isinstance(other, SegmentMask) and self.uid == other.uid and self.key() == other.key()
 
     def __hash__(self):
-        return hash(self.key())
+        return self.uid
 
     def __repr__(self):
         return (f"SegmentMask({self.name}, sq={self.sq}, sk={self.sk}, "
@@ -73,35 +148,40 @@ class SegmentMask:
     # ---- sizes and counts -----------------------------------------------------------
     @property
     def num_pairs(self) -> int:
-        """Exact number of allowed (query, key) pairs."""
-        return int(self.prefix_counts(np.array([self.sq]), np.array([self.sk]))[0, 0])
+        """Exact number of allowed (query, key) pairs, in Python int arithmetic."""
+        # keys each query segment sees in full: one row sum each, below Sk, exact in int64
+        full_keys = ((self._rule == FULL) * np.asarray(self.k_sizes, np.int64)).sum(axis=1)
+        pairs = sum(q * int(n) for q, n in zip(self.q_sizes, full_keys))
+        for i, j in zip(*np.nonzero(self._rule == CAUSAL)):
+            pairs += _causal_pairs(self.q_sizes[i], self.k_sizes[j])
+        return pairs
 
     def prefix_counts(self, row_cuts: np.ndarray, col_cuts: np.ndarray) -> np.ndarray:
         """C[a, b] = allowed pairs in rows [0, row_cuts[a]) x cols [0, col_cuts[b]).
 
-        Returned as float64 holding exact integers (exact below 2**53 pairs). Rows [0, r) cover
-        every query segment before seg(r) whole and seg(r) for r - start; likewise columns. So
-        the full-rule part is two prefix sums and two gathers (no matrix product: BLAS start-up
-        costs more than the work at these sizes), and each causal segment pair adds a
-        closed-form triangle count.
+        int64, exact below 2**63 pairs. Rows [0, r) cover every query segment before seg(r)
+        whole and seg(r) for r - start; likewise columns. So the full-rule part is two prefix
+        sums and two gathers (no matrix product: BLAS start-up costs more than the work at
+        these sizes), and each causal segment pair adds a closed-form triangle count.
         """
-        q_sizes, k_sizes = np.asarray(self.q_sizes, np.float64), np.asarray(self.k_sizes, np.float64)
+        row_cuts, col_cuts = np.asarray(row_cuts, np.int64), np.asarray(col_cuts, np.int64)
+        q_sizes, k_sizes = np.asarray(self.q_sizes, np.int64), np.asarray(self.k_sizes, np.int64)
         qi = np.clip(np.searchsorted(self._q_starts, row_cuts, "right") - 1, 0, len(q_sizes) - 1)
         ki = np.clip(np.searchsorted(self._k_starts, col_cuts, "right") - 1, 0, len(k_sizes) - 1)
-        q_off = (row_cuts - self._q_starts[qi]).astype(np.float64)
-        k_off = (col_cuts - self._k_starts[ki]).astype(np.float64)
-        full = (self._rule == FULL).astype(np.float64)
+        q_off = row_cuts - self._q_starts[qi]
+        k_off = col_cuts - self._k_starts[ki]
+        full = (self._rule == FULL).astype(np.int64)
         # m[i, c] = full pairs of query segment i's rows (each) with columns [0, col_cuts[c])
-        by_col = np.zeros((full.shape[0], full.shape[1] + 1))
+        by_col = np.zeros((full.shape[0], full.shape[1] + 1), np.int64)
         np.cumsum(full * k_sizes, axis=1, out=by_col[:, 1:])
         m = by_col[:, ki] + k_off * full[:, ki]
-        by_row = np.zeros((m.shape[0] + 1, m.shape[1]))
+        by_row = np.zeros((m.shape[0] + 1, m.shape[1]), np.int64)
         np.cumsum(q_sizes[:, None] * m, axis=0, out=by_row[1:])
         total = by_row[qi] + q_off[:, None] * m[qi]
         for i, j in zip(*np.nonzero(self._rule == CAUSAL)):
-            ai = np.clip(row_cuts - self._q_starts[i], 0, q_sizes[i])[:, None].astype(np.float64)
-            bj = np.clip(col_cuts - self._k_starts[j], 0, k_sizes[j])[None, :].astype(np.float64)
-            total += np.where(ai <= bj, ai * (ai + 1) / 2, bj * (bj + 1) / 2 + (ai - bj) * bj)
+            a = np.clip(row_cuts - self._q_starts[i], 0, q_sizes[i])[:, None]
+            b = np.clip(col_cuts - self._k_starts[j], 0, k_sizes[j])[None, :]
+            total += np.where(a <= b, a * (a + 1) // 2, b * (b + 1) // 2 + (a - b) * b)
         return total
 
     def tile_states(self, row_cuts: np.ndarray, col_cuts: np.ndarray) -> np.ndarray:
@@ -115,7 +195,7 @@ class SegmentMask:
         """Exact allowed-pair count per tile from the prefix counts (any rule)."""
         c = self.prefix_counts(row_cuts, col_cuts)
         allowed = c[1:, 1:] - c[:-1, 1:] - c[1:, :-1] + c[:-1, :-1]
-        area = np.diff(row_cuts).astype(np.float64)[:, None] * np.diff(col_cuts)[None, :]
+        area = np.diff(row_cuts).astype(np.int64)[:, None] * np.diff(col_cuts)[None, :]
         full = allowed == area
         return full.view(np.int8) * 2 + ((allowed != 0) & ~full).view(np.int8)
 

@@ -91,6 +91,7 @@ class TileDescription:
     # key tile (block_n): 1 where every token's tangent is promised to be zero. All 0 without a hint.
     q_zero_tangent: torch.Tensor
     k_zero_tangent: torch.Tensor
+    mask_uid: int              # the described mask's uid: a content digest, a key for caches
 
     @staticmethod
     def build(mask, block_m: int, block_n: int, device="cpu") -> "TileDescription":
@@ -114,7 +115,7 @@ class TileDescription:
             as_t(qf), as_t(qfi), as_t(qp), as_t(qpi), as_t(kf), as_t(kfi), as_t(kp), as_t(kpi),
             q_seg, q_pos, k_seg, k_pos, rule,
             as_t(zero_tangent_tiles(getattr(mask, "zero_tangent_q", ()), sq, block_m)),
-            as_t(zero_tangent_tiles(getattr(mask, "zero_tangent_k", ()), sk, block_n)))
+            as_t(zero_tangent_tiles(getattr(mask, "zero_tangent_k", ()), sk, block_n)), mask.uid)
 
     @property
     def num_full(self) -> int:

@@ -9,8 +9,10 @@ visited with bounds masking only (MODE_BOUNDS).
 """
 from __future__ import annotations
 
+import functools
 import os
-import weakref
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,23 +191,50 @@ def get_config(direction: str, dtype: torch.dtype, d_qk: int, d_v: int) -> Confi
 
 # ---- tile visiting order ---------------------------------------------------------------------
 
-_ORDERS: dict[int, tuple] = {}
+VISIT_ORDER_CACHE_SIZE = 64
+# (mask uid, block_m, block_n, device, by) -> order, least recently used first. Keyed by the
+# mask's content digest, so equal masks share an entry, and bounded, so that a run which
+# makes a new mask per step does not grow it.
+_ORDERS: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_ORDERS_LOCK = threading.Lock()
 
 
 def visit_order(desc, by: str) -> torch.Tensor:
     """Query tiles (by="q") or key tiles (by="k") sorted by descending number of tiles to
     visit, so the longest programs start first and the tail of the grid is short. int32 on
-    the description's device, cached per description."""
-    key = (id(desc), by)
-    hit = _ORDERS.get(key)
-    if hit is not None and hit[0]() is desc:
-        return hit[1]
+    the description's device; an LRU cache holds the last VISIT_ORDER_CACHE_SIZE."""
     full_ptr, part_ptr = (desc.q_full_ptr, desc.q_part_ptr) if by == "q" else (desc.k_full_ptr, desc.k_part_ptr)
+    key = (desc.mask_uid, desc.block_m, desc.block_n, str(full_ptr.device), by)
+    with _ORDERS_LOCK:
+        if key in _ORDERS:
+            _ORDERS.move_to_end(key)
+            return _ORDERS[key]
     work = np.diff(full_ptr.cpu().numpy()).astype(np.int64) + np.diff(part_ptr.cpu().numpy())
     order = np.argsort(-work, kind="stable").astype(np.int32)
     t = torch.from_numpy(order).to(full_ptr.device)
-    _ORDERS[key] = (weakref.ref(desc), t)
+    with _ORDERS_LOCK:
+        t = _ORDERS.setdefault(key, t)   # another thread may have stored it meanwhile
+        _ORDERS.move_to_end(key)
+        while len(_ORDERS) > VISIT_ORDER_CACHE_SIZE:
+            _ORDERS.popitem(last=False)
     return t
+
+
+# Triton's interpreter (TRITON_INTERPRET=1) patches triton.language and keeps the program id
+# in shared state while a kernel runs, so launches from two threads would mix; under the
+# interpreter they take turns. Compiled launches need no lock.
+_INTERPRETER_LOCK = threading.Lock()
+
+
+def serialised_under_interpreter(launch):
+    """Decorates a launcher so that, under the interpreter, one launcher runs at a time."""
+    @functools.wraps(launch)
+    def run(*args, **kwargs):
+        if not interpreting():
+            return launch(*args, **kwargs)
+        with _INTERPRETER_LOCK:
+            return launch(*args, **kwargs)
+    return run
 
 
 def check_int32_offsets(name: str, x: torch.Tensor):

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from ._common import (alloc, block_dims, KERNEL_LOG2E, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
                       _split_ragged, _store_tile, check_int32_offsets, dot_precision, get_config,
-                      pow2_at_least_16, visit_order)
+                      pow2_at_least_16, serialised_under_interpreter, visit_order)
 
 
 @triton.jit
@@ -241,6 +241,7 @@ def _attn_bwd_dq_kernel(
                 dq.to(DQ.dtype.element_ty), row_ok[:, None], d_qk[None, :] < D_QK, BLOCK_DQK != D_QK)
 
 
+@serialised_under_interpreter
 def launch_bwd(q, k, v, o, lse, do,
                k_full_ptr, k_full_idx, k_part_ptr, k_part_idx, k_order,
                q_full_ptr, q_full_idx, q_part_ptr, q_part_idx, q_order,

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from ._common import (alloc, block_dims, KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm,
                       _mma, _split_ragged, _store_tile, check_int32_offsets, dot_precision,
-                      get_config, pow2_at_least_16, visit_order)
+                      get_config, pow2_at_least_16, serialised_under_interpreter, visit_order)
 
 
 @triton.jit
@@ -151,6 +151,7 @@ def _attn_jvp_kernel(
     tl.store(LSE + bh.to(tl.int64) * seqlen_q + rows, lse, mask=row_ok)
 
 
+@serialised_under_interpreter
 def launch_jvp(q, k, v, tq, tk, tv, q_full_ptr, q_full_idx, q_part_ptr, q_part_idx, tile_order,
                q_seg, q_pos, k_seg, k_pos, rule, scale: float,
                block_m: int, block_n: int, num_warps: int, num_stages: int):
