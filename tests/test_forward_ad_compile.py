@@ -12,25 +12,26 @@ from jvp_flash_attn import masks, reference
 from jvp_flash_attn.masks import FramePattern
 
 MASK = masks.block_causal(FramePattern(5, 6, 2), window=2, sink=1)  # FULL, PARTIAL and EMPTY tiles
-ALLOWED = MASK.dense()  # built here: not inside a transform
 BACKENDS = [b for b in ("reference", "triton") if jfa.backends()[b] is None]
 COMPILERS = ["eager", "inductor"]
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU, Triton's interpreter
 
 
 def _problem(backend):
-    """Inputs in the backend's dtype (float64 for the reference, float32 for Triton's interpreter)."""
-    dtype = torch.float64 if backend == "reference" else torch.float32
+    """Inputs in the backend's dtype: float64 for the reference, float32 for Triton."""
+    dtype, device = (torch.float64, "cpu") if backend == "reference" else (torch.float32, TRITON_DEVICE)
     g = torch.Generator().manual_seed(11)
     shapes = [(2, MASK.sq, 4, 16), (2, MASK.sk, 2, 16), (2, MASK.sk, 2, 16)]
-    x = tuple(torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes)
-    t = tuple(torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes)
+    x = tuple(torch.randn(s, generator=g, dtype=torch.float64).to(device, dtype) for s in shapes)
+    t = tuple(torch.randn(s, generator=g, dtype=torch.float64).to(device, dtype) for s in shapes)
     return x, t
 
 
 def _check(backend, x, t, o, to):
     assert to is not None, "no tangent"
     x64, t64 = [a.double() for a in x], [a.double() for a in t]
-    o_ref, to_ref = torch.func.jvp(lambda *a: naive_attention(*a, ALLOWED)[0], tuple(x64), tuple(t64))
+    allowed = MASK.dense(x[0].device)
+    o_ref, to_ref = torch.func.jvp(lambda *a: naive_attention(*a, allowed)[0], tuple(x64), tuple(t64))
     if backend == "reference":
         torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-10)
         torch.testing.assert_close(to, to_ref, rtol=1e-9, atol=1e-10)

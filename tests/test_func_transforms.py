@@ -9,15 +9,15 @@ from jvp_flash_attn import masks
 from jvp_flash_attn.masks import FramePattern
 
 MASK = masks.teacher_forcing(FramePattern(4, 5, 2), window=2, sink=1)
-ALLOWED = MASK.dense()
 BACKENDS = [b for b in ("reference", "triton") if jfa.backends()[b] is None]
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU, Triton's interpreter
 
 
 def _problem(backend):
-    dtype = torch.float64 if backend == "reference" else torch.float32
+    dtype, device = (torch.float64, "cpu") if backend == "reference" else (torch.float32, TRITON_DEVICE)
     g = torch.Generator().manual_seed(5)
     shapes = [(2, MASK.sq, 4, 16), (2, MASK.sk, 2, 16), (2, MASK.sk, 2, 16), (2, MASK.sq, 4, 16)]
-    q, k, v, w = (torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes)
+    q, k, v, w = (torch.randn(s, generator=g, dtype=torch.float64).to(device, dtype) for s in shapes)
     return (q, k, v), w
 
 
@@ -25,7 +25,8 @@ def _check(got, x, w, backend):
     """Against float64 autograd of naive attention: to 1e-9 for the float64 reference, by DESIGN
     §5's rule for the kernels (the reference backend's gradients in their dtype as the baseline)."""
     leaves = [a.double().requires_grad_() for a in x]
-    expected = torch.autograd.grad((naive_attention(*leaves, ALLOWED)[0] * w.double()).sum(), leaves)
+    allowed = MASK.dense(x[0].device)
+    expected = torch.autograd.grad((naive_attention(*leaves, allowed)[0] * w.double()).sum(), leaves)
     if backend == "reference":
         for a, b in zip(got, expected):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
