@@ -1,10 +1,11 @@
 """Public entry points: attention (backward + forward AD) and attention_jvp.
 
-Forward-mode AD is served by the backend's fused forward+JVP: the API reads the
-inputs' tangents before entering the autograd.Function, hands them in as plain
-inputs, and the Function's ``jvp`` rule returns the tangent the fused pass already
-computed. So each call runs exactly one kernel (fused under forward AD, plain
-forward otherwise) and the primal stays differentiable by ``backward()``.
+Forward-mode AD is served by the backend's fused forward+JVP. ``attention`` unpacks the
+inputs' forward-AD tangents itself, runs the fused pass on the primals, and returns
+``make_dual(o, to)``. The tangent is an ordinary output of the traced ops, so a torch.compile
+graph carries it like any other tensor (torch.compile drops an autograd.Function's ``jvp``
+rule). Each call runs exactly one kernel (fused under forward AD, plain forward otherwise) and
+the primal stays differentiable by ``backward()``, ``torch.func.grad`` and ``torch.func.vjp``.
 """
 from __future__ import annotations
 
@@ -15,77 +16,73 @@ from . import backends as _backends
 from .checks import check_inputs, check_tangents
 
 
-class _TangentSlot:
-    """Carries the fused pass's tangent from ``forward`` to ``jvp``. Deliberately not a
-    dict or list: functorch rebuilds pytree containers between the two calls."""
-
-    __slots__ = ("to",)
-
-    def __init__(self):
-        self.to = None
-
-
 class _Attention(torch.autograd.Function):
+    """(o, lse), or (o, lse, to) when tangents are given; lse and to are not differentiable."""
+
     @staticmethod
-    def forward(q, k, v, tq, tk, tv, mask, scale, backend, slot):
+    def forward(q, k, v, tq, tk, tv, mask, scale, backend):
         if tq is None:
             return backend.forward(q, k, v, mask, scale)
         o, to, lse = backend.forward_jvp(q, k, v, tq, tk, tv, mask, scale)
-        slot.to = to
-        return o, lse
+        return o, lse, to
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        q, k, v, _, _, _, mask, scale, backend, slot = inputs
-        o, lse = output
+        q, k, v, _, _, _, mask, scale, backend = inputs
+        o, lse = output[:2]
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.mask, ctx.scale, ctx.backend, ctx.slot = mask, scale, backend, slot
-        ctx.mark_non_differentiable(lse)
+        ctx.mask, ctx.scale, ctx.backend = mask, scale, backend
+        ctx.mark_non_differentiable(*output[1:])
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, do, _dlse):
+    def backward(ctx, do, *_):
         if do is None:
-            return (None,) * 10
+            return (None,) * 9
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.backend.backward(q, k, v, o, lse, do.contiguous(), ctx.mask, ctx.scale)
-        return dq, dk, dv, None, None, None, None, None, None, None
+        # The kernel is not differentiable: run it without recording (torch.func.grad runs every
+        # backward with create_graph=True), and make any second derivative raise.
+        with torch.no_grad():
+            dq, dk, dv = ctx.backend.backward(q, k, v, o, lse, do.contiguous(), ctx.mask, ctx.scale)
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, do)):
+            dq, dk, dv = _FirstOrderOnly.apply(dq, dk, dv, q, k, v, do)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """Passes attention's gradients through, tied to the inputs they depend on, so that
+    differentiating them raises instead of giving a silently zero second derivative."""
 
-class _AttentionForwardAD(_Attention):
-    """The same op with the forward-AD rule. Kept apart because torch.compile cannot trace an
-    autograd.Function that defines ``jvp``; without tangents the plain one is used."""
+    generate_vmap_rule = True  # so that jacrev(jacrev(...)) reaches the error below
 
     @staticmethod
-    def jvp(ctx, *_tangents):
-        to, ctx.slot.to = ctx.slot.to, None
-        if to is None:
-            raise RuntimeError("jvp_flash_attn: forward-mode AD reached attention without the "
-                               "tangents being read; this is a bug, please report it")
-        return to, None
+    def forward(dq, dk, dv, *_depends_on):
+        return dq.view_as(dq), dk.view_as(dk), dv.view_as(dv)
 
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
 
-def _tangent(x):
-    return fwAD.unpack_dual(x).tangent
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError("jvp_flash_attn.attention is differentiable once: its gradients have no "
+                           "derivative (double backward, Hessians and jvp-of-grad are not supported)")
 
 
 def _run(q, k, v, tangents, mask, scale, backend):
     be = _backends.select(backend, q, k, v)
-    slot = _TangentSlot()
     if tangents is None:
-        o, _ = _Attention.apply(q, k, v, None, None, None, mask, scale, be, slot)
-        return o, None
-    tq, tk, tv = (t if t is not None else torch.zeros_like(p) for t, p in zip(tangents, (q, k, v)))
-    o, _ = _AttentionForwardAD.apply(q, k, v, tq, tk, tv, mask, scale, be, slot)
-    return o, slot.to
+        return _Attention.apply(q, k, v, None, None, None, mask, scale, be)[0], None
+    o, _, to = _Attention.apply(q, k, v, *tangents, mask, scale, be)
+    return o, to
 
 
 def attention(q, k, v, mask=None, scale=None, backend=None):
     """Masked attention. q (B, Sq, Hq, Dqk), k (B, Sk, Hk, Dqk), v (B, Sk, Hk, Dv) -> o (B, Sq, Hq, Dv).
 
-    Differentiable by ``backward()``, ``torch.func.jvp`` and ``torch.autograd.forward_ad``;
-    under forward AD one fused forward+JVP pass computes o and its tangent.
+    Differentiable by ``backward()``, ``torch.func.grad``/``vjp``, ``torch.func.jvp`` and
+    ``torch.autograd.forward_ad``; under forward AD one fused forward+JVP pass computes o and
+    its tangent.
 
     >>> import torch, jvp_flash_attn as jfa
     >>> p = jfa.masks.FramePattern(tokens_per_frame=6, num_frames=4)
@@ -94,10 +91,16 @@ def attention(q, k, v, mask=None, scale=None, backend=None):
     torch.Size([1, 48, 2, 16])
     """
     mask, scale = check_inputs(q, k, v, mask, scale)
-    tangents = tuple(_tangent(x) for x in (q, k, v))
-    if all(t is None for t in tangents):
-        tangents = None
-    return _run(q, k, v, tangents, mask, scale, backend)[0]
+    duals = [fwAD.unpack_dual(x) for x in (q, k, v)]
+    if all(d.tangent is None for d in duals):
+        return _run(q, k, v, None, mask, scale, backend)[0]
+    primals = tuple(d.primal for d in duals)
+    tangents = tuple(torch.zeros_like(d.primal) if d.tangent is None else d.tangent for d in duals)
+    # forward AD keeps a tangent's shape and strides its primal's, but not its dtype
+    check_tangents(primals, tangents, names=("tq (q's forward-AD tangent)", "tk (k's forward-AD tangent)",
+                                             "tv (v's forward-AD tangent)"))
+    o, to = _run(*primals, tangents, mask, scale, backend)
+    return fwAD.make_dual(o, to)
 
 
 def attention_jvp(q, k, v, tq, tk, tv, mask=None, scale=None, backend=None):
@@ -108,5 +111,4 @@ def attention_jvp(q, k, v, tq, tk, tv, mask=None, scale=None, backend=None):
     """
     mask, scale = check_inputs(q, k, v, mask, scale)
     check_tangents((q, k, v), (tq, tk, tv))
-    o, to = _run(q, k, v, (tq, tk, tv), mask, scale, backend)
-    return o, to
+    return _run(q, k, v, (tq, tk, tv), mask, scale, backend)

@@ -47,16 +47,30 @@ def check_inputs(q, k, v, mask, scale):
     elif (mask.sq, mask.sk) != (sq, sk):
         raise ValueError(f"mask is {mask.sq} x {mask.sk} (queries x keys) but q has Sq={sq} "
                          f"and k has Sk={sk}")
+    return mask, _scale(scale, d)
+
+
+_F32 = torch.finfo(torch.float32)
+
+
+def _scale(scale, d):
+    """The softmax scale as a float, Dqk ** -0.5 by default. Only positive normal float32 values
+    give the same result on every backend: the kernels take it as a float32, and the cuda kernels
+    scale scores after masking them with -inf, which a scale <= 0 turns into NaN."""
     if scale is None:
-        scale = d ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
-    return mask, float(scale)
+        return d ** -0.5
+    # bool is an int, and a tensor would be read back from its device on every call
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number (int or float) or None, got {type(scale).__name__}")
+    if not _F32.tiny <= scale <= _F32.max:  # also False for NaN
+        raise ValueError(f"scale must be finite and positive, in float32's normal range "
+                         f"[{_F32.tiny:.4g}, {_F32.max:.4g}], got {scale}")
+    return float(scale)
 
 
-def check_tangents(primals, tangents):
+def check_tangents(primals, tangents, names=("tq", "tk", "tv")):
     """Each tangent matches its primal in shape, dtype and device, with unit last stride."""
-    for name, p, t in zip(("tq", "tk", "tv"), primals, tangents):
+    for name, p, t in zip(names, primals, tangents):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.shape != p.shape:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 
 class BackendUnavailableError(RuntimeError):
@@ -44,3 +45,16 @@ def empty_outputs(q, v, lse_dtype=torch.float32, with_tangent=False):
     o = q.new_empty(b, sq, hq, v.shape[-1])
     lse = q.new_empty(b, hq, sq, dtype=lse_dtype)
     return (o, torch.empty_like(o), lse) if with_tangent else (o, lse)
+
+
+def refuse_tangents(*tensors):
+    """Called first in the forward entry points' custom ops. A kernel cannot see forward-AD
+    tangents and would silently drop them; jfa.attention strips them and runs the fused pass,
+    so one that arrives here bypassed it: dual tensors passed into a torch.compile'd function,
+    whose graph was traced without them."""
+    if torch._C._dispatch_tls_is_dispatch_key_excluded(torch._C.DispatchKey.ADInplaceOrView):
+        return  # inference mode or inductor's compiled code: tangents can be neither read nor kept here
+    if any(fwAD.unpack_dual(x).tangent is not None for x in tensors):
+        raise RuntimeError("jvp_flash_attn: forward-mode AD tangents reached the attention kernel, which "
+                           "would drop them. Under torch.compile, make the dual tensors (or call "
+                           "torch.func.jvp) inside the compiled function, not outside it.")

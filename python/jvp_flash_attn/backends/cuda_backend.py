@@ -20,7 +20,7 @@ import torch
 
 from ..masks import full
 from ..masks.segments import mask_by_uid
-from .base import Backend, BackendUnavailableError, empty_outputs
+from .base import Backend, BackendUnavailableError, empty_outputs, refuse_tangents
 
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _ALIGN_ELEMS = 8  # 16-byte async copies: base pointers and strides in multiples of 8 elements
@@ -259,6 +259,7 @@ _IMPL = CudaBackend()
 @torch.library.custom_op("jfa::cuda_fwd", mutates_args=())
 def cuda_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_uid: int,
              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    refuse_tangents(q, k, v)
     return _IMPL._forward(q, k, v, mask_by_uid(mask_uid), scale)
 
 
@@ -270,6 +271,7 @@ def _(q, k, v, mask_uid, scale):
 @torch.library.custom_op("jfa::cuda_jvp", mutates_args=())
 def cuda_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.Tensor, tk: torch.Tensor,
              tv: torch.Tensor, mask_uid: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    refuse_tangents(q, k, v, tq, tk, tv)
     return _IMPL._forward_jvp(q, k, v, tq, tk, tv, mask_by_uid(mask_uid), scale)
 
 

@@ -11,13 +11,14 @@ from torch import Tensor
 
 from .. import reference
 from ..masks.segments import mask_by_uid
-from .base import Backend, empty_outputs
+from .base import Backend, empty_outputs, refuse_tangents
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @torch.library.custom_op("jfa::reference_fwd", mutates_args=())
 def reference_fwd(q: Tensor, k: Tensor, v: Tensor, mask_id: int, scale: float) -> tuple[Tensor, Tensor]:
+    refuse_tangents(q, k, v)
     return reference.forward(q, k, v, mask_by_uid(mask_id), scale)
 
 
@@ -33,6 +34,7 @@ def _(q, k, v, mask_id, scale):
 @torch.library.custom_op("jfa::reference_jvp", mutates_args=())
 def reference_jvp(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, tv: Tensor, mask_id: int,
                   scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    refuse_tangents(q, k, v, tq, tk, tv)
     return reference.forward_jvp(q, k, v, tq, tk, tv, mask_by_uid(mask_id), scale)
 
 

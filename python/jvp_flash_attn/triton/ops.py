@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..backends.base import empty_outputs
+from ..backends.base import empty_outputs, refuse_tangents
 from ..masks.segments import mask_by_uid
 from .attn_bwd import attn_bwd
 from .attn_fwd import attn_fwd
@@ -19,6 +19,7 @@ from .attn_jvp import attn_jvp
 
 @torch.library.custom_op("jfa::triton_fwd", mutates_args=())
 def triton_fwd(q: Tensor, k: Tensor, v: Tensor, mask_uid: int, scale: float) -> tuple[Tensor, Tensor]:
+    refuse_tangents(q, k, v)
     return attn_fwd(q, k, v, mask_by_uid(mask_uid), scale)
 
 
@@ -30,6 +31,7 @@ def _(q, k, v, mask_uid, scale):
 @torch.library.custom_op("jfa::triton_jvp", mutates_args=())
 def triton_jvp(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, tv: Tensor, mask_uid: int,
                scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    refuse_tangents(q, k, v, tq, tk, tv)
     return attn_jvp(q, k, v, tq, tk, tv, mask_by_uid(mask_uid), scale)
 
 
