@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
+from causal_rcm_min.checkpoint import load_model
 from causal_rcm_min.config import Config, apply_overrides, preset
-from causal_rcm_min.train import build_config, load_teacher, main, parse_args, run_stage
+from causal_rcm_min.train import build_config, main, parse_args, run_stage
 
 
 # Whole-model tests run on jfa's reference backend (conftest.reference_backend).
@@ -56,7 +57,7 @@ def test_tiny_all_stages(tiny_all, teacher):
     assert results["teacher"] == teacher and results["frechet_distance"] >= 0
     assert results["real"]["mean"]["adherence_clip_exact"] == 1.0
     assert len(results["generated"]["by_frame"]["physics_error_px"]) == preset("tiny").data.num_frames
-    model, cfg, ckpt = load_teacher(os.path.join(d, "ckpt.pt"), "cpu")
+    model, cfg, ckpt = load_model(os.path.join(d, "ckpt.pt"), "cpu")
     assert ckpt["step"] == 6 and cfg.preset == "tiny" and ckpt["stage"] == teacher
     assert os.path.exists(os.path.join(tiny_all, "encoder", "encoder.pt"))
 
