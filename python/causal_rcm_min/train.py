@@ -297,18 +297,23 @@ def build_config(args) -> Config:
 
 def run_stage(cfg: Config, stage: str, resume: bool = False, allow_config_change: bool = False):
     """Run ``stage``. ``resume``: continue a training stage (teacher or student) from its checkpoint,
-    which must have been written under the same config unless ``allow_config_change``."""
+    which must have been written under the same config unless ``allow_config_change``.
+
+    ``all`` runs the encoder, the three teachers and every student (distilled from
+    ``distill.teacher``), then samples and evaluates each teacher and student.
+    """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     if allow_config_change and not resume:
         raise ValueError("allow_config_change (--allow-config-change) applies to a resume (--resume)")
     rank, world, device = setup_distributed()
     if stage == "all":
-        for s in ("encoder", *TEACHERS):
+        for s in ("encoder", *TEACHERS, *distill.STUDENT_STAGES):
             run_stage(cfg, s, resume, allow_config_change)
-        for teacher in TEACHERS:
+        students = [os.path.basename(distill.stage_dir(cfg, s)) for s in distill.STUDENT_STAGES]
+        for folder in (*TEACHERS, *students):
             c = copy.deepcopy(cfg)
-            c.sample.teacher = teacher
+            c.sample.teacher = folder
             run_stage(c, "sample")
             run_stage(c, "evaluate")
     elif stage in TEACHERS:
