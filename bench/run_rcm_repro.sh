@@ -6,7 +6,8 @@
 #
 #   bench/run_rcm_repro.sh [results_dir]                  # one H200, < 25 min in all
 #   BUDGET_S=500 bench/run_rcm_repro.sh                   # stop starting stages after 500 s; rerun to go on
-#   PRESET=tiny bench/run_rcm_repro.sh /tmp/rcm_tiny      # CPU dry run end to end (~30 s)
+#   PRESET=tiny bench/run_rcm_repro.sh /tmp/rcm_tiny      # CPU dry run end to end (2.5-5 min on 2 cores)
+#   PRESET=smoke bench/run_rcm_repro.sh /tmp/rcm_smoke    # every stage at its smallest: the test's run (~1 CPU-min)
 #   TEACHER_CKPT=path/ckpt.pt bench/run_rcm_repro.sh      # reuse a trained chunk-wise teacher_causal
 #   LAYOUTS=chunkwise bench/run_rcm_repro.sh              # one layout only
 #   PARALLEL=0 bench/run_rcm_repro.sh                     # layouts one after the other
