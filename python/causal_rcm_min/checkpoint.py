@@ -58,17 +58,13 @@ def load(path: str, device, keys=("config",)) -> dict:
     return ckpt
 
 
-def stored_config(path: str, ckpt: dict) -> Config:
-    try:
-        return Config.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: its config does not fit this trainer: {e}") from e
-
-
 def load_model(path: str, device, key: str = "ema") -> tuple[CausalVideoDiT, Config, dict]:
     """(model in eval mode, config, checkpoint) of any stage's checkpoint, rebuilt from its stored config."""
     ckpt = load(path, device, keys=("config", key))
-    cfg = stored_config(path, ckpt)
+    try:
+        cfg = Config.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: its config does not fit this trainer: {e}") from e
     model = CausalVideoDiT(cfg.model, cfg.data).to(device)
     model.load_state_dict(ckpt[key])
     return model.eval(), cfg, ckpt
@@ -112,6 +108,10 @@ def load_for_resume(path: str, config: dict, world: int, device, allow_config_ch
                               f"Resume under the stored config, or pass --allow-config-change "
                               f"(allow_config_change=True) to continue under the new one")
     return ckpt, changes
+
+
+def resumed_message(stage: str, step: int, changes: list[str]) -> str:
+    return f"resumed {stage} at step {step}" + (f" under a changed config: {'; '.join(changes)}" if changes else "")
 
 
 # ---- per-rank state: RNG streams and the open log window --------------------------------

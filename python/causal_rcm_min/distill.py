@@ -135,8 +135,7 @@ def train_student(cfg: Config, stage: str, device, resume: bool = False, allow_c
                                                    keys=(*EXTRA_STATE.get(stage, ()), *RUN_STATE))
     log = Logger(out, 0, "train", ckpt["history"] if resume else ())
     if resume:
-        log.info(f"resumed {stage} at step {ckpt['step']}" + (f" under a changed config: {'; '.join(changes)}"
-                                                               if changes else ""))
+        log.info(checkpoint.resumed_message(stage, ckpt["step"], changes))
     teacher.requires_grad_(False)
     data = tcfg.data
     student = init_student(cfg, stage, teacher, tcfg, device).train()

@@ -82,12 +82,11 @@ def train_teacher(cfg: Config, stage: str, resume: bool, rank: int, world: int, 
         opt.load_state_dict(ckpt["opt"])
         stream.load_state_dict(ckpt["data"])
         step, history = ckpt["step"], ckpt["history"]
-        if len(ckpt["ranks"]) == world:
+        if len(ckpt["ranks"]) == world:   # else (allowed) a new data split: this run's own RNG streams
             running = checkpoint.restore_rank_state(ckpt["ranks"][rank], device)
     log = Logger(out, rank, "train", history)
     if resume:
-        log.info(f"resumed {stage} at step {step}" + (f" under a changed config: {'; '.join(changes)}"
-                                                      if changes else ""))
+        log.info(checkpoint.resumed_message(stage, step, changes))
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else model
     loss_fn = objective(TEACHERS[stage])
