@@ -409,7 +409,7 @@ def test_repro_script_smoke_resumable(tmp_path):
                            check=True, capture_output=True, text=True)
     assert "rerun to continue" in first.stdout
     assert os.listdir(tmp_path / "work" / ".done") == ["chunkwise.teacher"]   # stopped before the next stage
-    # about 100 s on a loaded 2-core machine: the limit only catches a hang
+    # about 35 s on 2 cores (100 s on a heavily loaded pair): the limit only catches a hang
     subprocess.run(["bash", script, str(tmp_path / "res")], env=env, check=True, capture_output=True, timeout=1800)
     res = tmp_path / "res"
     for name in ("table.md", "table.json", "scm_vs_dcm.png", "curves_and_timing.json", "machine.json",
