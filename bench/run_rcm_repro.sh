@@ -6,7 +6,10 @@
 #
 #   bench/run_rcm_repro.sh [results_dir]                  # one H200, < 25 min in all
 #   BUDGET_S=500 bench/run_rcm_repro.sh                   # stop starting stages after 500 s; rerun to go on
-#   PRESET=tiny bench/run_rcm_repro.sh /tmp/rcm_tiny      # CPU dry run end to end (~30 s)
+#   PRESET=tiny OMP_NUM_THREADS=1 bench/run_rcm_repro.sh /tmp/rcm_tiny     # CPU dry run end to end (~1 min on 2 cores)
+#   PRESET=smoke OMP_NUM_THREADS=1 bench/run_rcm_repro.sh /tmp/rcm_smoke   # every stage at its smallest, as the test runs it (~30 s)
+#     (one thread per process on a CPU: the two layouts run side by side, and with torch's default
+#     threads they wait on each other's cores, 3x slower on 2 cores)
 #   TEACHER_CKPT=path/ckpt.pt bench/run_rcm_repro.sh      # reuse a trained chunk-wise teacher_causal
 #   LAYOUTS=chunkwise bench/run_rcm_repro.sh              # one layout only
 #   PARALLEL=0 bench/run_rcm_repro.sh                     # layouts one after the other

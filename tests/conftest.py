@@ -107,7 +107,12 @@ def rng():
 @pytest.fixture(scope="module")
 def reference_backend():
     """Whole-model tests (test_rcm_*) use jfa's reference backend: CI sets TRITON_INTERPRET=1,
-    under which jfa would pick the Triton interpreter on the CPU, far too slow for whole models."""
+    under which jfa would pick the Triton interpreter on the CPU, far too slow for whole models.
+    They also run on one CPU thread: their models are tiny, and on a loaded machine torch's
+    thread pool waits on busy cores (3-5x slower with 2 threads on a shared 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JFA_BACKEND", "reference")
         yield
+    torch.set_num_threads(threads)

@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
+from causal_rcm_min.checkpoint import load_model
 from causal_rcm_min.config import Config, apply_overrides, preset
-from causal_rcm_min.train import build_config, load_teacher, main, parse_args, run_stage
+from causal_rcm_min.train import build_config, main, parse_args, run_stage
 
 
 # Whole-model tests run on jfa's reference backend (conftest.reference_backend).
@@ -45,8 +46,10 @@ def tiny_all(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("teacher", ["teacher_causal", "teacher_causal_df", "teacher_bidirectional"])
+@pytest.mark.parametrize("teacher", ["teacher_causal", "teacher_causal_df", "teacher_bidirectional",
+                                     "tf_kd", "tf_dcm", "tf_scm", "tf_meanflow", "sf_dmd"])
 def test_tiny_all_stages(tiny_all, teacher):
+    """``--stage all`` trains, samples and scores every teacher and every student."""
     d = os.path.join(tiny_all, teacher)
     for name in ("ckpt.pt", "loss.png", "train_metrics.json", "results.json", "results.md", "by_frame.png",
                  "samples/generated.gif", "samples/generated.png", "samples/real.png"):
@@ -56,8 +59,9 @@ def test_tiny_all_stages(tiny_all, teacher):
     assert results["teacher"] == teacher and results["frechet_distance"] >= 0
     assert results["real"]["mean"]["adherence_clip_exact"] == 1.0
     assert len(results["generated"]["by_frame"]["physics_error_px"]) == preset("tiny").data.num_frames
-    model, cfg, ckpt = load_teacher(os.path.join(d, "ckpt.pt"), "cpu")
-    assert ckpt["step"] == 6 and cfg.preset == "tiny" and ckpt["stage"] == teacher
+    model, cfg, ckpt = load_model(os.path.join(d, "ckpt.pt"), "cpu")
+    steps = 6 if teacher.startswith("teacher") else preset("tiny").distill.steps
+    assert ckpt["step"] == steps and cfg.preset == "tiny" and ckpt["stage"] == teacher
     assert os.path.exists(os.path.join(tiny_all, "encoder", "encoder.pt"))
 
 
@@ -88,7 +92,7 @@ def test_stage_needs_its_inputs(tmp_path):
 
 @pytest.mark.slow
 def test_bench_script_tiny(tmp_path):
-    env = dict(os.environ, PRESET="tiny", WORK=str(tmp_path / "work"), PY=sys.executable)
+    env = dict(os.environ, PRESET="tiny", WORK=str(tmp_path / "work"), PY=sys.executable, OMP_NUM_THREADS="1")
     extra = " ".join(FAST)
     subprocess.run(["bash", os.path.join(ROOT, "bench", "run_teacher_small.sh"), str(tmp_path / "res")],
                    env=env | {"RCM_OVERRIDES": extra}, check=True, capture_output=True)
@@ -99,11 +103,24 @@ def test_bench_script_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_processes(tmp_path):
-    """torchrun with two CPU ranks (gloo): the ranks split the batch and rank 0 checkpoints."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "causal_rcm_min.train",
-           "--preset", "tiny", "--stage", "teacher_causal", "--out", str(tmp_path), "train.steps=3"]
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
-    with open(tmp_path / "teacher_causal" / "train_metrics.json") as f:
+    """torchrun with two CPU ranks (gloo): the ranks split the batch, rank 0 checkpoints every rank's
+    RNG states, and a resumed run ends bit for bit where the uninterrupted one does."""
+    def torchrun(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "causal_rcm_min.train",
+               "--preset", "tiny", "--stage", "teacher_causal", "--out", str(out), "train.log_every=1", *extra]
+        env = dict(os.environ, OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.path.join(ROOT, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=1800)   # catches a hang only
+
+    torchrun(tmp_path / "straight", "train.steps=3")
+    torchrun(tmp_path / "resumed", "train.steps=2")
+    torchrun(tmp_path / "resumed", "train.steps=3", "--resume")
+    with open(tmp_path / "resumed" / "teacher_causal" / "train_metrics.json") as f:
         metrics = json.load(f)
     assert metrics["world_size"] == 2 and metrics["steps"] == 3
+    a, b = (torch.load(tmp_path / d / "teacher_causal" / "ckpt.pt", weights_only=False) for d in ("straight", "resumed"))
+    assert len(b["ranks"]) == 2 and not torch.equal(b["ranks"][0]["torch"], b["ranks"][1]["torch"])
+    assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+    for name in ("model", "ema"):
+        for k in a[name]:
+            assert torch.equal(a[name][k], b[name][k]), (name, k)

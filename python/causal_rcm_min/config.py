@@ -98,6 +98,7 @@ class DistillConfig:
     tag: str = ""                      # output folder <stage>_<tag> (several runs of one objective)
     steps: int = 2000                  # training steps
     max_minutes: float = 0.0           # wall-clock cap (0: none); evaluation time is not counted
+    ckpt_every: int = 200              # checkpoint (for --resume) every this many steps, and at the end
     batch_size: int = 64
     lr: float = 1e-4
     warmup: int = 50
@@ -165,7 +166,7 @@ def _tiny() -> Config:
                           log_every=5, ckpt_every=10),
         sample=SampleConfig(num_samples=4, batch_size=4, steps=[4, 2], num_filmstrip=2),
         eval=EvalConfig(num_real=16, encoder_steps=20, encoder_batch=8, encoder_width=8),
-        distill=DistillConfig(steps=4, batch_size=2, lr=1e-3, warmup=2, ema_decay=0.5, student_steps=[2, 1],
+        distill=DistillConfig(steps=4, ckpt_every=2, batch_size=2, lr=1e-3, warmup=2, ema_decay=0.5, student_steps=[2, 1],
                               teacher_steps=3, kd_pairs=4, dcm_intervals=4, scm_tangent_warmup=2,
                               dmd_fake_ratio=2, eval_every=2, eval_samples=4),
     )

@@ -219,3 +219,37 @@ def sample_clips(batch: int, cfg: DataConfig, seed: int, device="cpu") -> Clips:
     clips.frames = render(clips.positions, clips.shapes, clips.colours, clips.present,
                           cfg.image_size, cfg.sprite_radius)
     return clips
+
+
+class ClipStream:
+    """Training batches of ``batch`` clips, made ``pool`` batches at a time (the CPU-side motion
+    draws then cost little per step) from the seeds ``first_seed + i * stride``, i = 0, 1, ...
+
+    ``position`` counts the batches handed out and is the whole state: a stream rebuilt with the
+    same arguments and ``load_state_dict(state_dict())`` continues with the same batches.
+    """
+
+    def __init__(self, cfg: DataConfig, batch: int, first_seed: int, stride: int = 1, device="cpu",
+                 pool: int = 16):
+        self.cfg, self.batch, self.first_seed, self.stride, self.device, self.pool = \
+            cfg, batch, first_seed, stride, device, pool
+        self.position = 0
+        self._clips, self._clips_id = None, -1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Clips:
+        pool_id, i = divmod(self.position, self.pool)
+        if pool_id != self._clips_id:
+            self._clips = sample_clips(self.pool * self.batch, self.cfg, seed=self.first_seed + pool_id * self.stride,
+                                       device=self.device)
+            self._clips_id = pool_id
+        self.position += 1
+        return self._clips.slice(i * self.batch, (i + 1) * self.batch)
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])

@@ -24,10 +24,11 @@ import time
 import torch
 from tqdm import tqdm
 
+from . import checkpoint
 from . import encoder as fd_encoder
 from . import losses as L
 from .config import Config
-from .data import sample_clips, to_model
+from .data import ClipStream, sample_clips, to_model
 from .evaluate import frechet_distance, score_clips
 from .log import Logger
 from .model import CausalVideoDiT
@@ -36,7 +37,6 @@ from .sample import chunk_schedules, student_schedules, sample_streaming
 from .viz import plot_curves
 
 STUDENT_STAGES = L.STUDENT_OBJECTIVES
-POOL = 16
 
 
 def stage_dir(cfg: Config, stage: str) -> str:
@@ -44,15 +44,16 @@ def stage_dir(cfg: Config, stage: str) -> str:
     return os.path.join(cfg.out_dir, f"{stage}_{tag}" if tag else stage)
 
 
-def load_ckpt_model(path: str, device, key: str = "ema"):
-    """(model, config, checkpoint) of any stage's checkpoint, rebuilt from its stored config."""
-    if not os.path.exists(path):
-        raise ValueError(f"checkpoint {path} does not exist; train its stage first")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    cfg = Config.from_dict(ckpt["config"])
-    model = CausalVideoDiT(cfg.model, cfg.data).to(device)
-    model.load_state_dict(ckpt[key])
-    return model.eval(), cfg, ckpt
+# What a student's checkpoint holds besides checkpoint.RESUME_KEYS: the extra networks of its
+# objective, and the run's counters.
+EXTRA_STATE = {"tf_dcm": ("target",), "sf_dmd": ("fake", "fake_opt")}
+RUN_STATE = ("evals", "nonfinite", "train_seconds", "step_times")
+
+
+def student_config(cfg: Config, stage: str, tcfg: Config) -> dict:
+    """The config a student is trained (and stored) under: ``cfg`` with the teacher's data and model."""
+    t = tcfg.to_dict()
+    return {**cfg.to_dict(), "model": {**t["model"], "two_times": stage == "tf_meanflow"}, "data": t["data"]}
 
 
 def solver_for(objective: str) -> str:
@@ -76,7 +77,7 @@ def init_student(cfg: Config, stage: str, teacher, tcfg: Config, device):
     if dc.init == "teacher":
         _load_weights(student, teacher.state_dict(), "the teacher")
     else:
-        _, icfg, ckpt = load_ckpt_model(os.path.join(cfg.out_dir, dc.init, "ckpt.pt"), device)
+        _, icfg, ckpt = checkpoint.load_model(os.path.join(cfg.out_dir, dc.init, "ckpt.pt"), device)
         if icfg.model.frames_per_chunk != mcfg.frames_per_chunk or icfg.model.dim != mcfg.dim:
             raise ValueError(f"distill.init={dc.init!r} has another layout or size than the teacher")
         _load_weights(student, ckpt["ema"], dc.init)
@@ -113,18 +114,28 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def train_student(cfg: Config, stage: str, device) -> dict:
-    """Distil the teacher ``distill.teacher`` into a student with objective ``stage``."""
+def train_student(cfg: Config, stage: str, device, resume: bool = False, allow_config_change: bool = False) -> dict:
+    """Distil the teacher ``distill.teacher`` into a student with objective ``stage``; ``resume``
+    continues from the stage's checkpoint (see checkpoint.py), under the same config unless
+    ``allow_config_change``."""
     if stage not in STUDENT_STAGES:
         raise ValueError(f"student stage must be one of {STUDENT_STAGES}, got {stage!r}")
     dc, tc = cfg.distill, cfg.train
     out = stage_dir(cfg, stage)
-    log = Logger(out, 0, "train")
+    ckpt_path = os.path.join(out, "ckpt.pt")
     torch.manual_seed(tc.seed)
-    teacher, tcfg, tckpt = load_ckpt_model(os.path.join(cfg.out_dir, dc.teacher, "ckpt.pt"), device)
+    teacher, tcfg, tckpt = checkpoint.load_model(os.path.join(cfg.out_dir, dc.teacher, "ckpt.pt"), device)
     if tckpt.get("objective") != "teacher_forcing":
         raise ValueError(f"distill.teacher={dc.teacher!r} must be a teacher-forcing teacher "
                          f"(stage teacher_causal), got objective {tckpt.get('objective')!r}")
+    config = student_config(cfg, stage, tcfg)
+    ckpt, changes = None, []
+    if resume:
+        ckpt, changes = checkpoint.load_for_resume(ckpt_path, config, 1, device, allow_config_change,
+                                                   keys=(*EXTRA_STATE.get(stage, ()), *RUN_STATE))
+    log = Logger(out, 0, "train", ckpt["history"] if resume else ())
+    if resume:
+        log.info(checkpoint.resumed_message(stage, ckpt["step"], changes))
     teacher.requires_grad_(False)
     data = tcfg.data
     student = init_student(cfg, stage, teacher, tcfg, device).train()
@@ -142,7 +153,7 @@ def train_student(cfg: Config, stage: str, device) -> dict:
     elif stage == "sf_dmd":
         fake = copy.deepcopy(teacher).train().requires_grad_(True)
         fake_opt = torch.optim.AdamW(fake.parameters(), lr=dc.dmd_fake_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    elif stage == "tf_kd":   # teacher ODE pairs, made once (their cost is reported apart)
+    elif stage == "tf_kd":   # teacher ODE pairs, made once (their cost is reported apart; a resume makes the same)
         t0 = time.time()
         real = sample_clips(dc.kd_pairs, data, seed=tc.seed * 7 + 11, device=device)
         x0 = to_model(real.frames)
@@ -158,30 +169,33 @@ def train_student(cfg: Config, stage: str, device) -> dict:
         log.info(f"tf_kd: {dc.kd_pairs} teacher ODE pairs ({dc.teacher_steps} steps) in {time.time() - t0:.1f}s")
     elif stage not in ("tf_scm", "tf_meanflow"):
         raise ValueError(f"student stage must be one of {STUDENT_STAGES}, got {stage!r}")
+    parts = {"model": student, "ema": ema, "opt": opt, "target": target, "fake": fake, "fake_opt": fake_opt}
+    parts = {k: v for k, v in parts.items() if v is not None}
+    stream = ClipStream(data, dc.batch_size, first_seed=tc.seed * 1_000_003 + 77, device=device)
 
     quick = QuickEval(cfg, tcfg, device) if dc.eval_every > 0 else None
     solver = solver_for(stage)
     params = sum(p.numel() for p in student.parameters())
     log.info(f"{stage}: {params / 1e6:.2f}M parameters, init {dc.init}, teacher {dc.teacher}, "
              f"frames/chunk {tcfg.model.frames_per_chunk}, schedules {schedules}, device {device}")
-    evals, running, nonfinite = [], [], 0
-    train_seconds, step, step_times = 0.0, 0, []
+    step, running, evals, nonfinite, train_seconds, step_times = 0, [], [], 0, 0.0, []
 
     def evaluate_now():
         r = quick(ema, solver, dc.noisy_context)
         evals.append({"step": step, "train_seconds": train_seconds, **r})
         log.info(f"eval step {step} ({train_seconds:.1f}s): fd {r['fd']:.4g} physics {r['physics_error_px']:.4g}")
 
-    if quick is not None:
+    if resume:
+        for name, part in parts.items():
+            part.load_state_dict(ckpt[name])
+        stream.load_state_dict(ckpt["data"])
+        step, evals, nonfinite, train_seconds, step_times = (ckpt[k] for k in ("step", *RUN_STATE))
+        running = checkpoint.restore_rank_state(ckpt["ranks"][0], device)
+    elif quick is not None:
         evaluate_now()
-    bar = tqdm(total=dc.steps, desc=stage, leave=False)
-    pool, pool_id = None, -1
+    bar = tqdm(total=dc.steps, initial=step, desc=stage, leave=False)
     while step < dc.steps:
-        if step // POOL != pool_id:
-            pool_id = step // POOL
-            pool = sample_clips(POOL * dc.batch_size, data, seed=tc.seed * 1_000_003 + 77 + pool_id, device=device)
-        i = (step % POOL) * dc.batch_size
-        clips = pool.slice(i, i + dc.batch_size)
+        clips = next(stream)
         x0, cond = to_model(clips.frames), clips.cond
         actions = clips.actions if actions_on else None
         lr_scale = min(1.0, (step + 1) / max(1, dc.warmup))
@@ -239,17 +253,15 @@ def train_student(cfg: Config, stage: str, device) -> dict:
                 raise FloatingPointError(f"{stage}: loss is {mean_loss} at step {step}")
         if quick is not None and (step % dc.eval_every == 0 or done):
             evaluate_now()
+        if step % dc.ckpt_every == 0 or done:
+            checkpoint.save(ckpt_path, {
+                "config": config, "stage": stage, "kind": "student", "objective": stage, "step": step,
+                **{name: part.state_dict() for name, part in parts.items()}, "history": log.history,
+                "data": stream.state_dict(), "ranks": checkpoint.gather_rank_states(device, running, 1),
+                "evals": evals, "nonfinite": nonfinite, "train_seconds": train_seconds, "step_times": step_times})
         if done:
             break
     bar.close()
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "ckpt.pt")
-    torch.save({"config": {**cfg.to_dict(), "model": {**tcfg.to_dict()["model"], "two_times": stage == "tf_meanflow"},
-                           "data": tcfg.to_dict()["data"]},
-                "stage": stage, "kind": "student", "objective": stage, "step": step,
-                "model": student.state_dict(), "ema": ema.state_dict(), "history": log.history, "evals": evals},
-               path + ".tmp")
-    os.replace(path + ".tmp", path)
     metrics = {"stage": stage, "objective": stage, "init": dc.init, "teacher": dc.teacher, "steps": step,
                "parameters": params, "seconds": train_seconds, "steps_per_s": step / max(train_seconds, 1e-9),
                "ms_per_step": 1000 * train_seconds / max(step, 1),

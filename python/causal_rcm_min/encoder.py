@@ -77,7 +77,16 @@ def train_encoder(data: DataConfig, cfg: EvalConfig, device, seed: int = 777, lo
 
 
 def load_or_train(path: str, data: DataConfig, cfg: EvalConfig, device, log=None) -> ClipEncoder:
-    """The cached encoder at ``path`` if it was trained for this data config, else train and cache it."""
+    """The cached encoder at ``path`` if it was trained for this data config, else train and cache it.
+
+    The caller's RNG streams are left as they were, so a training stage that scores itself
+    draws the same numbers whether or not the encoder was cached.
+    """
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        return _load_or_train(path, data, cfg, device, log)
+
+
+def _load_or_train(path: str, data: DataConfig, cfg: EvalConfig, device, log) -> ClipEncoder:
     if os.path.exists(path):
         state = torch.load(path, map_location=device, weights_only=False)
         if state["data"] == asdict(data) and state["width"] == cfg.encoder_width:

@@ -8,16 +8,22 @@ import time
 
 
 class Logger:
-    """Only rank 0 writes; other ranks get a logger that does nothing."""
+    """Only rank 0 writes; other ranks get a logger that does nothing.
 
-    def __init__(self, out_dir: str | None, rank: int = 0, name: str = "log"):
+    ``<out_dir>/<name>.jsonl`` is rewritten from ``history``: a resumed run starts from the
+    records of its checkpoint, so the steps it redoes are not logged twice.
+    """
+
+    def __init__(self, out_dir: str | None, rank: int = 0, name: str = "log", history=()):
         self.active = rank == 0
-        self.history: list[dict] = []
+        self.history: list[dict] = list(history)
         self._file = None
         self._t0, self._step0 = time.time(), None
         if self.active and out_dir is not None:
             os.makedirs(out_dir, exist_ok=True)
-            self._file = open(os.path.join(out_dir, f"{name}.jsonl"), "a")
+            self._file = open(os.path.join(out_dir, f"{name}.jsonl"), "w")
+            self._file.writelines(json.dumps(record) + "\n" for record in self.history)
+            self._file.flush()
 
     def info(self, msg: str):
         if self.active:

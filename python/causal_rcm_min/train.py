@@ -1,11 +1,13 @@
-"""Command line for every stage: teachers, the Fréchet encoder, sampling and evaluation.
+"""Command line for every stage: teachers, students, the Fréchet encoder, sampling and evaluation.
 
     python -m causal_rcm_min.train --preset tiny --stage all --out runs/tiny
     python -m causal_rcm_min.train --preset small --stage teacher_causal train.steps=5000
     torchrun --nproc_per_node 4 -m causal_rcm_min.train --preset small --stage teacher_causal
 
 Each stage writes under ``<out>/<stage>/``; checkpoints carry the whole config, and
-``--resume`` continues a training stage from its last checkpoint.
+``--resume`` continues a training stage from its last checkpoint exactly as if it had not
+stopped (checkpoint.py); a checkpoint written under another config is refused unless
+``--allow-config-change`` is given.
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from . import distill
+from . import checkpoint, distill
 from . import encoder as fd_encoder
 from .config import Config, apply_overrides, preset
-from .data import sample_clips, to_model
+from .data import ClipStream, sample_clips, to_model
 from .evaluate import frechet_distance, score_clips
 from .log import Logger
 from .losses import objective
@@ -40,7 +42,6 @@ TEACHERS = {  # stage -> flow-matching objective
     "teacher_bidirectional": "bidirectional",
 }
 STAGES = (*TEACHERS, *distill.STUDENT_STAGES, "encoder", "sample", "evaluate", "all")
-POOL = 16   # training batches drawn from the world at once
 
 
 # ---- distributed -----------------------------------------------------------------------
@@ -59,30 +60,10 @@ def setup_distributed():
     return rank, world, device
 
 
-# ---- checkpoints -----------------------------------------------------------------------
-def save_checkpoint(path, cfg: Config, stage, step, model, ema, opt, history):
-    tmp = path + ".tmp"
-    torch.save({"config": cfg.to_dict(), "stage": stage, "objective": TEACHERS[stage], "step": step,
-                "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                "history": history}, tmp)
-    os.replace(tmp, path)
-
-
-def load_teacher(path: str, device) -> tuple[CausalVideoDiT, Config, dict]:
-    """The EMA model of a teacher checkpoint, rebuilt from the config stored inside it."""
-    if not os.path.exists(path):
-        raise ValueError(f"checkpoint {path} does not exist; train its stage first")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    cfg = Config.from_dict(ckpt["config"])
-    model = CausalVideoDiT(cfg.model, cfg.data).to(device)
-    model.load_state_dict(ckpt["ema"])
-    return model.eval(), cfg, ckpt
-
-
-# ---- stages ----------------------------------------------------------------------------
-def train_teacher(cfg: Config, stage: str, resume: bool, rank: int, world: int, device) -> dict:
+# ---- teachers ---------------------------------------------------------------------------
+def train_teacher(cfg: Config, stage: str, resume: bool, rank: int, world: int, device,
+                  allow_config_change: bool = False) -> dict:
     out = os.path.join(cfg.out_dir, stage)
-    log = Logger(out, rank, "train")
     tc = cfg.train
     if tc.batch_size % world:
         raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the world size {world}")
@@ -90,36 +71,32 @@ def train_teacher(cfg: Config, stage: str, resume: bool, rank: int, world: int, 
     model = CausalVideoDiT(cfg.model, cfg.data).to(device).fuse_pointwise(tc.fused_pointwise)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
-    step, history = 0, []
+    local_batch = tc.batch_size // world
+    stream = ClipStream(cfg.data, local_batch, first_seed=tc.seed * 1_000_003 + rank, stride=world, device=device)
+    step, history, running, changes = 0, [], [], []
     ckpt_path = os.path.join(out, "ckpt.pt")
     if resume:
-        if not os.path.exists(ckpt_path):
-            raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt, changes = checkpoint.load_for_resume(ckpt_path, cfg.to_dict(), world, device, allow_config_change)
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
+        stream.load_state_dict(ckpt["data"])
         step, history = ckpt["step"], ckpt["history"]
-        log.history = list(history)
-        log.info(f"resumed {stage} at step {step}")
+        if len(ckpt["ranks"]) == world:   # else (allowed) a new data split: this run's own RNG streams
+            running = checkpoint.restore_rank_state(ckpt["ranks"][rank], device)
+    log = Logger(out, rank, "train", history)
+    if resume:
+        log.info(checkpoint.resumed_message(stage, step, changes))
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else model
     loss_fn = objective(TEACHERS[stage])
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if tc.amp and device.type == "cuda" else contextlib.nullcontext()
     params = sum(p.numel() for p in model.parameters())
     log.info(f"{stage}: {params / 1e6:.2f}M parameters, objective {TEACHERS[stage]}, world {world}, device {device}")
-    local_batch = tc.batch_size // world
-    t0, start_step, running = time.time(), step, []
+    t0, start_step = time.time(), step
     bar = tqdm(total=tc.steps, initial=step, desc=stage, disable=rank != 0, leave=False)
-    pool, pool_id = None, -1
     while step < tc.steps:
-        # Clips are made POOL batches at a time: the CPU-side motion draws then cost little per step.
-        if step // POOL != pool_id:
-            pool_id = step // POOL
-            pool = sample_clips(POOL * local_batch, cfg.data, seed=tc.seed * 1_000_003 + pool_id * world + rank,
-                                device=device)
-        i = (step % POOL) * local_batch
-        clips = pool.slice(i, i + local_batch)
+        clips = next(stream)
         for group in opt.param_groups:
             group["lr"] = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup))
         with amp:
@@ -145,8 +122,13 @@ def train_teacher(cfg: Config, stage: str, resume: bool, rank: int, world: int, 
             log.log(step, loss=mean_loss.item(), grad_norm=grad_norm.item(), lr=opt.param_groups[0]["lr"])
             if not math.isfinite(mean_loss.item()):
                 raise FloatingPointError(f"{stage}: loss is {mean_loss.item()} at step {step}")
-        if rank == 0 and (step % tc.ckpt_every == 0 or done):
-            save_checkpoint(ckpt_path, cfg, stage, step, model, ema, opt, log.history)
+        if step % tc.ckpt_every == 0 or done:
+            ranks = checkpoint.gather_rank_states(device, running, world)
+            if rank == 0:
+                checkpoint.save(ckpt_path, {
+                    "config": cfg.to_dict(), "stage": stage, "objective": TEACHERS[stage], "step": step,
+                    "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                    "history": log.history, "data": stream.state_dict(), "ranks": ranks})
         if done:
             break
     bar.close()
@@ -163,6 +145,7 @@ def train_teacher(cfg: Config, stage: str, resume: bool, rank: int, world: int, 
     return metrics
 
 
+# ---- encoder, sampling, evaluation ------------------------------------------------------
 def encoder_path(cfg: Config) -> str:
     return os.path.join(cfg.out_dir, "encoder", "encoder.pt")
 
@@ -186,7 +169,7 @@ def run_sample(cfg: Config, device) -> str:
     if sc.teacher not in TEACHERS and not os.path.exists(path):
         raise ValueError(f"sample.teacher must be one of {sorted(TEACHERS)} or a trained student's folder, "
                          f"got {sc.teacher!r}")
-    model, tcfg, ckpt = distill.load_ckpt_model(path, device)
+    model, tcfg, ckpt = checkpoint.load_model(path, device)
     data = tcfg.data
     real = sample_clips(sc.num_samples, data, seed=sc.seed, device=device)
     gen = torch.Generator(device=device).manual_seed(sc.seed)
@@ -298,6 +281,8 @@ def parse_args(argv=None):
     ap.add_argument("--stage", required=True, help=" | ".join(STAGES))
     ap.add_argument("--out", default=None, help="output directory (default: the preset's out_dir)")
     ap.add_argument("--resume", action="store_true", help="continue a training stage from its checkpoint")
+    ap.add_argument("--allow-config-change", action="store_true",
+                    help="with --resume: continue under a config that differs from the checkpoint's")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100 model.frames_per_chunk=1")
     return ap.parse_args(argv)
 
@@ -309,26 +294,33 @@ def build_config(args) -> Config:
     return cfg
 
 
-def run_stage(cfg: Config, stage: str, resume: bool = False):
+def run_stage(cfg: Config, stage: str, resume: bool = False, allow_config_change: bool = False):
+    """Run ``stage``. ``resume``: continue a training stage (teacher or student) from its checkpoint,
+    which must have been written under the same config unless ``allow_config_change``.
+
+    ``all`` runs the encoder, the three teachers and every student (distilled from
+    ``distill.teacher``), then samples and evaluates each teacher and student.
+    """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if allow_config_change and not resume:
+        raise ValueError("allow_config_change (--allow-config-change) applies to a resume (--resume)")
     rank, world, device = setup_distributed()
     if stage == "all":
-        for s in ("encoder", *TEACHERS):
-            run_stage(cfg, s, resume)
-        for teacher in TEACHERS:
+        for s in ("encoder", *TEACHERS, *distill.STUDENT_STAGES):
+            run_stage(cfg, s, resume, allow_config_change)
+        students = [os.path.basename(distill.stage_dir(cfg, s)) for s in distill.STUDENT_STAGES]
+        for folder in (*TEACHERS, *students):
             c = copy.deepcopy(cfg)
-            c.sample.teacher = teacher
+            c.sample.teacher = folder
             run_stage(c, "sample")
             run_stage(c, "evaluate")
     elif stage in TEACHERS:
-        train_teacher(cfg, stage, resume, rank, world, device)
+        train_teacher(cfg, stage, resume, rank, world, device, allow_config_change)
     elif rank != 0:    # the remaining stages are single-process
         return
     elif stage in distill.STUDENT_STAGES:
-        if resume:
-            raise ValueError("--resume applies to teacher stages; a student stage reruns from its start")
-        distill.train_student(cfg, stage, device)
+        distill.train_student(cfg, stage, device, resume, allow_config_change)
     elif stage == "encoder":
         run_encoder(cfg, device)
     elif stage == "sample":
@@ -345,7 +337,7 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
     t0 = time.time()
-    run_stage(cfg, args.stage, args.resume)
+    run_stage(cfg, args.stage, args.resume, args.allow_config_change)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
