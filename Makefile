@@ -32,7 +32,7 @@ bench-cpu: setup  ## a tiny CPU smoke of the benchmark runner
 	$(PY) -m bench.run --scale 0.005 --device cpu --out /tmp/jfa-bench-cpu
 
 repro-rcm: setup  ## the toy Causal-rCM reproduction on a GPU; resumable, so run it again until it says done
-	bash bench/run_rcm_repro.sh
+	bash examples/causal_rcm/run_rcm_repro.sh
 
 clean:
 	rm -rf build *.egg-info python/*.egg-info .pytest_cache .hypothesis

@@ -391,7 +391,7 @@ def test_repro_budget_runs_one_stage_per_piece(tmp_path):
 
 @pytest.mark.slow
 def test_repro_script_smoke_resumable(tmp_path):
-    """bench/run_rcm_repro.sh with PRESET=smoke: every stage of the reproduction (both layouts side by
+    """examples/causal_rcm/run_rcm_repro.sh with PRESET=smoke: every stage of the reproduction (both layouts side by
     side, teachers, the TF-sCM timing, TF-KD/dCM/sCM, SF-DMD from each initialisation, sampling, scores,
     the report) at the smallest sizes, split into pieces by the budget and rerun once all is done."""
     import json
@@ -399,7 +399,7 @@ def test_repro_script_smoke_resumable(tmp_path):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = os.path.join(root, "bench", "run_rcm_repro.sh")
+    script = os.path.join(root, "examples", "causal_rcm", "run_rcm_repro.sh")
     # one thread per process: the two layouts run side by side, and tiny models gain nothing from more
     env = dict(os.environ, PRESET="smoke", WORK=str(tmp_path / "work"), PY=sys.executable, JFA_BACKEND="reference",
                OMP_NUM_THREADS="1")

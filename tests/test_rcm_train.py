@@ -94,7 +94,7 @@ def test_stage_needs_its_inputs(tmp_path):
 def test_bench_script_tiny(tmp_path):
     env = dict(os.environ, PRESET="tiny", WORK=str(tmp_path / "work"), PY=sys.executable, OMP_NUM_THREADS="1")
     extra = " ".join(FAST)
-    subprocess.run(["bash", os.path.join(ROOT, "bench", "run_teacher_small.sh"), str(tmp_path / "res")],
+    subprocess.run(["bash", os.path.join(ROOT, "examples", "causal_rcm", "run_teacher_small.sh"), str(tmp_path / "res")],
                    env=env | {"RCM_OVERRIDES": extra}, check=True, capture_output=True)
     for name in ("results.json", "results.md", "generated.gif", "generated.png", "real.png", "loss.png",
                  "machine.json"):

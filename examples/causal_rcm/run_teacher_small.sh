@@ -3,15 +3,15 @@
 # it with the streaming KV-cache sampler, and score the samples against real data
 # (physics error, condition adherence, drift, Fréchet distance) by frame index.
 #
-#   bench/run_teacher_small.sh [results_dir]        # one H200: training stops at 9 minutes
-#   PRESET=tiny bench/run_teacher_small.sh /tmp/x   # the same pipeline as a CPU dry run
-#   RCM_OVERRIDES="train.steps=100 sample.cfg_scale=3" bench/run_teacher_small.sh   # extra config overrides
+#   examples/causal_rcm/run_teacher_small.sh [results_dir]        # one H200: training stops at 9 minutes
+#   PRESET=tiny examples/causal_rcm/run_teacher_small.sh /tmp/x   # the same pipeline as a CPU dry run
+#   RCM_OVERRIDES="train.steps=100 sample.cfg_scale=3" examples/causal_rcm/run_teacher_small.sh   # extra config overrides
 #
 # Checkpoints and samples go to $WORK (default $TMPDIR/causal_rcm_teacher_small_<preset>, outside
 # the repository, as checkpoints are large); the results
 # (JSON, markdown, per-frame plot, loss curve, GIF/PNG filmstrips) are copied to results_dir.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RESULTS=${1:-bench/results/teacher_causal_chunkwise_small}
 PRESET=${PRESET:-small}
 WORK=${WORK:-${TMPDIR:-/tmp}/causal_rcm_teacher_small_${PRESET}}

@@ -4,27 +4,27 @@
 # and chunk-wise, scored with evaluate.py; TF-sCM vs TF-dCM convergence curves; the step time
 # TF-sCM saves by reusing the JVP pass's primal for the gradient.
 #
-#   bench/run_rcm_repro.sh [results_dir]                  # one H200, < 25 min in all
-#   BUDGET_S=500 bench/run_rcm_repro.sh                   # stop starting stages after 500 s; rerun to go on
-#   PRESET=tiny OMP_NUM_THREADS=1 bench/run_rcm_repro.sh /tmp/rcm_tiny     # CPU dry run end to end (~1 min on 2 cores)
-#   PRESET=smoke OMP_NUM_THREADS=1 bench/run_rcm_repro.sh /tmp/rcm_smoke   # every stage at its smallest, as the test runs it (~30 s)
+#   examples/causal_rcm/run_rcm_repro.sh [results_dir]                  # one H200, < 25 min in all
+#   BUDGET_S=500 examples/causal_rcm/run_rcm_repro.sh                   # stop starting stages after 500 s; rerun to go on
+#   PRESET=tiny OMP_NUM_THREADS=1 examples/causal_rcm/run_rcm_repro.sh /tmp/rcm_tiny     # CPU dry run end to end (~1 min on 2 cores)
+#   PRESET=smoke OMP_NUM_THREADS=1 examples/causal_rcm/run_rcm_repro.sh /tmp/rcm_smoke   # every stage at its smallest, as the test runs it (~30 s)
 #     (one thread per process on a CPU: the two layouts run side by side, and with torch's default
 #     threads they wait on each other's cores, 3x slower on 2 cores)
-#   TEACHER_CKPT=path/ckpt.pt bench/run_rcm_repro.sh      # reuse a trained chunk-wise teacher_causal
-#   LAYOUTS=chunkwise bench/run_rcm_repro.sh              # one layout only
-#   PARALLEL=0 bench/run_rcm_repro.sh                     # layouts one after the other
+#   TEACHER_CKPT=path/ckpt.pt examples/causal_rcm/run_rcm_repro.sh      # reuse a trained chunk-wise teacher_causal
+#   LAYOUTS=chunkwise examples/causal_rcm/run_rcm_repro.sh              # one layout only
+#   PARALLEL=0 examples/causal_rcm/run_rcm_repro.sh                     # layouts one after the other
 #
 # By default the two layouts train as two processes side by side on the one GPU. The teachers'
 # steps are GPU-bound and share it (each gets half), but the later stages (SF-DMD rollouts,
 # sampling) are bound by kernel launches and overlap: on an H200 the stages add up to 39 min and
 # the pair takes 22 (bench/results/rcm_repro_small_2026-11-21). Step times (the convergence
 # curves' seconds) are measured under that sharing, the same for TF-sCM and TF-dCM.
-#   PRESET=gpu_check KEEP_GOING=1 LAYOUTS=chunkwise BUDGET_S=400 bench/run_rcm_repro.sh   # one-piece GPU check
+#   PRESET=gpu_check KEEP_GOING=1 LAYOUTS=chunkwise BUDGET_S=400 examples/causal_rcm/run_rcm_repro.sh   # one-piece GPU check
 #
 # Work (checkpoints, markers of finished stages) stays in $WORK (default runs/rcm_repro_<preset>,
 # ignored by git): a rerun skips every finished stage, so the run can be split into pieces.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PRESET=${PRESET:-small}
 RESULTS=${1:-bench/results/rcm_repro_${PRESET}}
 WORK=${WORK:-runs/rcm_repro_${PRESET}}
