@@ -150,6 +150,37 @@ class Progress:
         return _clock(time.monotonic() - self.start)
 
 
+def compile_all(nvcc: str, flags: list[str], sources: list[str], cache: build_cache.ObjectCache,
+                jobs: int, force: bool = False, what: str = "") -> list[str]:
+    """The objects of ``sources``: from the cache, or compiled by nvcc (``jobs`` at a time) with a
+    line per finished file. ``what`` says what they are for the first line."""
+    todo = sources if force else [s for s in sources if not cache.has(s)]
+    jobs = max(1, min(jobs, len(todo) or 1))
+    say(f"CUDA kernels{what}: {len(sources)} files, {len(sources) - len(todo)} cached, {len(todo)} to compile"
+        + (f" with {jobs} nvcc jobs" if todo else ""))
+    if todo:
+        say("nvcc " + " ".join(flags) + " -c <file>.cu")
+        progress = Progress(len(todo), jobs)
+
+        def compile_one(src):
+            t0 = time.monotonic()
+            tmp = cache.temp_path(src)
+            try:
+                subprocess.run([nvcc, *flags, "-c", src, "-o", tmp], check=True)
+                cache.store(src, tmp)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            return src, time.monotonic() - t0
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for fut in as_completed([pool.submit(compile_one, s) for s in todo]):
+                src, seconds = fut.result()
+                progress.finished(os.path.basename(src), seconds)
+        say(f"compiled {len(todo)} CUDA files in {progress.summary()}")
+    return [cache.path(s) for s in sources]
+
+
 class NvccBuildExt(build_ext):
     """Compiles the CUDA sources with nvcc (or takes them from the object cache), then builds
     and links the module as usual."""
@@ -165,34 +196,11 @@ class NvccBuildExt(build_ext):
         if os.environ.get("JFA_CUDA_LINEINFO") == "1":
             flags.append("-lineinfo")
         version = build_info.nvcc_version(nvcc)
-        cache = build_cache.ObjectCache(flags, version)
-        todo = sources if self.force else [s for s in sources if not cache.has(s)]
-        jobs = max(1, min(int(os.environ.get("JFA_CUDA_JOBS", default_jobs())), len(todo) or 1))
         code = ", ".join(build_info.sass_name(a) for a in arch_list) + f" + PTX {build_info.ptx_arch(arch_list)}"
-        say(f"CUDA kernels ({profile} variants): {len(sources)} files for {code}, "
-            f"{len(sources) - len(todo)} cached, {len(todo)} to compile with nvcc {version}"
-            + (f", {jobs} jobs" if todo else ""))
-        if todo:
-            say("nvcc " + " ".join(flags) + " -c <file>.cu")
-            progress = Progress(len(todo), jobs)
-
-            def compile_one(src):
-                t0 = time.monotonic()
-                tmp = cache.temp_path(src)
-                try:
-                    subprocess.run([nvcc, *flags, "-c", src, "-o", tmp], check=True)
-                    cache.store(src, tmp)
-                finally:
-                    if os.path.exists(tmp):
-                        os.remove(tmp)
-                return src, time.monotonic() - t0
-
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                for fut in as_completed([pool.submit(compile_one, s) for s in todo]):
-                    src, seconds = fut.result()
-                    progress.finished(os.path.basename(src), seconds)
-            say(f"compiled {len(todo)} CUDA files in {progress.summary()}")
-        ext.extra_objects = list(ext.extra_objects or []) + [cache.path(s) for s in sources]
+        objects = compile_all(nvcc, flags, sources, build_cache.ObjectCache(flags, version),
+                              int(os.environ.get("JFA_CUDA_JOBS", default_jobs())), bool(self.force),
+                              f" ({profile} variants for {code}, nvcc {version})")
+        ext.extra_objects = list(ext.extra_objects or []) + objects
         ext.include_dirs = list(ext.include_dirs or []) + [os.path.join(home, "include")]
         ext.extra_compile_args = list(ext.extra_compile_args or []) + defines
         ext.define_macros = list(ext.define_macros or []) + build_info.macros(
