@@ -137,9 +137,11 @@ def install_editable(mode: str) -> None:
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=dict(os.environ, JFA_CUDA_BUILD=mode), cwd=ROOT)
+        shown = set()   # pip runs setup.py more than once: each of its lines once
         for line in proc.stdout:
             log.write(line)
-            if line.lstrip().startswith("jvp-flash-attn:"):
+            if line.lstrip().startswith("jvp-flash-attn:") and line.strip() not in shown:
+                shown.add(line.strip())
                 print(line.strip(), flush=True)
         rc = proc.wait()
     if rc != 0:

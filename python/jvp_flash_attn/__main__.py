@@ -12,8 +12,8 @@ import torch
 import jvp_flash_attn as jfa
 from jvp_flash_attn.backends import cuda_arch, cuda_backend
 
-BUILD_HINT = ("build it: pip install -v . (or -e .) with nvcc on PATH, JFA_CUDA_ARCHS for the archs; "
-              "on a machine without a GPU: JFA_CUDA_BUILD=1 make demo")
+BUILD_HINT = ("pip install -v . (or -e .) from the source tree with nvcc on PATH (JFA_CUDA_ARCHS picks the "
+              "archs); on a machine without a GPU: make demo JFA_CUDA_BUILD=1")
 
 
 def _variants(variants) -> list[str]:
@@ -79,8 +79,10 @@ def report(data: dict | None = None) -> str:
                      + (f", static CUDA runtime {runtime // 1000}.{runtime % 1000 // 10}" if runtime else "")
                      + (f", tiles {core['tiles']}" if core.get("tiles") else ""))
         lines += ["  " + line for line in _variants([tuple(v) for v in core["kernels"]])]
+    elif "No module named 'jvp_flash_attn._cuda'" in core["reason"]:
+        lines.append(f"compiled core: not built; build it: {BUILD_HINT}")
     else:
-        lines.append(f"compiled core: not built ({core['reason']}); {BUILD_HINT}")
+        lines.append(f"compiled core: cannot be loaded ({core['reason']}); rebuild it: {BUILD_HINT}")
     lines.append("backends (automatic order):")
     for name, reason in d["backends"].items():
         lines.append(f"  {name:10s} {'available' if reason is None else 'unavailable: ' + reason}")
