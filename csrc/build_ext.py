@@ -150,6 +150,12 @@ class Progress:
         return _clock(time.monotonic() - self.start)
 
 
+def nvcc_flags(arch_list: list[str]) -> list[str]:
+    flags = ["-std=c++17", "-O3", "--use_fast_math", "-Xcompiler", "-fPIC", "-I", HERE]
+    flags += gencode_flags(arch_list) + tile_defines() + arch_defines(arch_list)
+    return flags + (["-lineinfo"] if os.environ.get("JFA_CUDA_LINEINFO") == "1" else [])
+
+
 def compile_all(nvcc: str, flags: list[str], sources: list[str], cache: build_cache.ObjectCache,
                 jobs: int, force: bool = False, what: str = "") -> list[str]:
     """The objects of ``sources``: from the cache, or compiled by nvcc (``jobs`` at a time) with a
@@ -192,9 +198,7 @@ class NvccBuildExt(build_ext):
         sources = generate_kernels.sources(profile)
         arch_list = archs()
         defines = tile_defines() + arch_defines(arch_list)
-        flags = ["-std=c++17", "-O3", "--use_fast_math", "-Xcompiler", "-fPIC", "-I", HERE, *gencode_flags(arch_list), *defines]
-        if os.environ.get("JFA_CUDA_LINEINFO") == "1":
-            flags.append("-lineinfo")
+        flags = nvcc_flags(arch_list)
         version = build_info.nvcc_version(nvcc)
         code = ", ".join(build_info.sass_name(a) for a in arch_list) + f" + PTX {build_info.ptx_arch(arch_list)}"
         objects = compile_all(nvcc, flags, sources, build_cache.ObjectCache(flags, version),
