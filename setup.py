@@ -7,8 +7,15 @@ the wheel is pure Python (py3-none-any) and the triton and reference backends se
 import os
 import sys
 
+import setuptools
 from setuptools import setup
 from setuptools.command.sdist import sdist
+
+# pyproject.toml's license metadata (an SPDX expression) needs setuptools >= 77. pip's isolated
+# builds install it ([build-system]); builds without isolation use what is installed: say so plainly.
+if tuple(int(x) for x in setuptools.__version__.split(".")[:2] if x.isdigit()) < (77, 0):
+    sys.exit(f"jvp-flash-attn: building needs setuptools >= 77, found {setuptools.__version__}: "
+             "pip install 'setuptools>=77' (or build with pip's default build isolation)")
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 sys.path.insert(0, CSRC)
