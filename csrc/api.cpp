@@ -6,8 +6,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "jfa/arch.h"
 #include "jfa/params.h"
@@ -15,6 +17,26 @@
 #include "jfa/tile_shapes.h"
 
 namespace py = pybind11;
+
+// What the build recorded (csrc/build_info.py sets these; a build by other means leaves them empty).
+#ifndef JFA_BUILD_SASS
+#define JFA_BUILD_SASS ""
+#endif
+#ifndef JFA_BUILD_PTX
+#define JFA_BUILD_PTX ""
+#endif
+#ifndef JFA_BUILD_VARIANTS
+#define JFA_BUILD_VARIANTS ""
+#endif
+#ifndef JFA_BUILD_GIT
+#define JFA_BUILD_GIT "unknown"
+#endif
+#ifndef JFA_BUILD_NVCC
+#define JFA_BUILD_NVCC ""
+#endif
+#ifndef JFA_BUILD_TILES
+#define JFA_BUILD_TILES ""
+#endif
 
 namespace jfa {
 
@@ -123,7 +145,13 @@ void run(Direction dir, const AttnParams& p, const py::dict& d) {
     // caller's: select the device the tensors live on before launching on their stream.
     check_device(cudaSetDevice(static_cast<int>(get_int(d, "device"))));
     const auto stream = reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(get_int(d, "stream")));
-    it->second(p, stream);
+    try {
+        it->second(p, stream);
+    } catch (const std::runtime_error& e) {
+        // "no kernel image" and PTX errors depend on what the build holds: say it
+        throw std::runtime_error(std::string(e.what()) + " (this build: " JFA_BUILD_SASS " + PTX " JFA_BUILD_PTX
+                                 ", nvcc " JFA_BUILD_NVCC ")");
+    }
 }
 
 void forward(const py::dict& d) {
@@ -192,6 +220,51 @@ py::dict tile_shapes(int device) {
     return d;
 }
 
+std::vector<std::string> split(const std::string& s) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start < s.size()) {
+        const size_t end = std::min(s.find(';', start), s.size());
+        if (end > start) out.push_back(s.substr(start, end - start));
+        start = end + 1;
+    }
+    return out;
+}
+
+py::dict build_info() {
+    py::dict d;
+    d["sass"] = split(JFA_BUILD_SASS);
+    d["ptx"] = std::string(JFA_BUILD_PTX);
+    d["variants"] = std::string(JFA_BUILD_VARIANTS);
+    d["git"] = std::string(JFA_BUILD_GIT);
+    d["nvcc"] = std::string(JFA_BUILD_NVCC);
+    d["tiles"] = std::string(JFA_BUILD_TILES);
+    d["cuda_runtime"] = CUDART_VERSION;   // the static runtime linked in, e.g. 13000
+    return d;
+}
+
+// (major, minor) of a device, read without creating a context (importing the package must not).
+py::object compute_capability(int device) {
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+        cudaGetLastError();
+        return py::none();
+    }
+    return py::make_tuple(major, minor);
+}
+
+// Why this module's runtime sees no device (e.g. a driver older than the linked runtime), or None.
+py::object device_error() {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return py::str(cudaGetErrorString(e));
+    }
+    return py::none();
+}
+
 int device_count() {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -214,4 +287,9 @@ PYBIND11_MODULE(_cuda, m) {
           "(block_m, block_n) of the tile description each walk needs on a device (-1: the portable path), "
           "and which kernel path serves its forward and JVP");
     m.def("device_count", &jfa::device_count, "visible CUDA devices (0 when none or no driver)");
+    m.def("device_error", &jfa::device_error, "why no device is visible to this module's CUDA runtime, or None");
+    m.def("compute_capability", &jfa::compute_capability, py::arg("device"),
+          "(major, minor) of a device, or None; creates no context");
+    m.def("build_info", &jfa::build_info,
+          "what the build recorded: sass (arch list), ptx (embedded for newer GPUs), variants, git, nvcc, tiles");
 }

@@ -1,12 +1,15 @@
 """The compiled core's build for setup.py: nvcc compiles the generated instantiation files
-(in parallel, jobs bounded by cores and memory), the host compiler builds the pybind11 module,
-and the two link against the static CUDA runtime, so the module needs no torch and no CUDA
-libraries at run time beyond the driver.
+(in parallel, jobs bounded by cores and memory, objects cached by content: build_cache.py), the
+host compiler builds the pybind11 module, and the two link against the static CUDA runtime, so
+the module needs no torch and no CUDA libraries at run time beyond the driver. The build prints
+how many files it compiles, each as it finishes, and the time taken (`pip install -v` shows it).
 
 Environment:
-  JFA_CUDA_ARCHS     ';'-separated SM targets, default "80;90" (e.g. "90" for a quick build)
+  JFA_CUDA_ARCHS     ';'-separated SM targets, default "80;90" (e.g. "90" for a quick build); the
+                     top one's PTX is embedded too, so newer GPUs JIT-compile the portable kernels
   JFA_CUDA_VARIANTS  'full' (default) or 'ci' (bf16, head dim 128 only), see generate_kernels.py
   JFA_CUDA_JOBS      parallel nvcc jobs (default: min(cores, available memory / 3 GiB))
+  JFA_CUDA_CACHE_DIR where compiled objects are kept (default build/cuda-objects in the source tree)
   JFA_CUDA_LINEINFO  1 adds -lineinfo (for compute-sanitizer and profilers)
   JFA_TILES          tile-shape overrides for experiments, e.g. "fwd=128,128,8;bwd_kv=32,128,8;jvp90=128,128"
                      (keys fwd, jvp, bwd_q, bwd_kv: block_m,block_n,warps; fwd90, jvp90, bwdq90, bwdkv90,
@@ -14,12 +17,12 @@ Environment:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from setuptools import Extension
 from setuptools.command.build_ext import build_ext
@@ -27,6 +30,8 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import build_cache  # noqa: E402
+import build_info  # noqa: E402
 import generate_kernels  # noqa: E402
 
 GIB = 1 << 30
@@ -48,6 +53,12 @@ def cuda_home() -> str:
 def nvcc_path(home: str) -> str:
     path = os.path.join(home, "bin", "nvcc")
     return path if os.path.exists(path) else (shutil.which("nvcc") or path)
+
+
+def find_nvcc() -> str | None:
+    """nvcc's path, or None when there is none to build with."""
+    path = nvcc_path(cuda_home())
+    return path if os.path.exists(path) else None
 
 
 def cuda_lib_dir(home: str) -> str:
@@ -112,13 +123,73 @@ def tile_defines() -> list[str]:
     return out
 
 
-def headers() -> list[str]:
-    d = os.path.join(HERE, "jfa")
-    return [os.path.join(d, f) for f in os.listdir(d) if f.endswith(".h")]
+def say(msg: str) -> None:
+    print("jvp-flash-attn: " + msg, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    """One line per compiled file: how far along, its time, the elapsed time and an estimate of the rest."""
+
+    def __init__(self, total: int, jobs: int):
+        self.total, self.jobs, self.done, self.start = total, jobs, 0, time.monotonic()
+
+    def finished(self, name: str, seconds: float) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        rest = f", about {_clock(left)} left" if self.done < self.total else ""
+        say(f"[{self.done:>{len(str(self.total))}}/{self.total}] {name} {_clock(seconds)} "
+            f"(elapsed {_clock(elapsed)}{rest})")
+
+    def summary(self) -> str:
+        return _clock(time.monotonic() - self.start)
+
+
+def nvcc_flags(arch_list: list[str]) -> list[str]:
+    flags = ["-std=c++17", "-O3", "--use_fast_math", "-Xcompiler", "-fPIC", "-I", HERE]
+    flags += gencode_flags(arch_list) + tile_defines() + arch_defines(arch_list)
+    return flags + (["-lineinfo"] if os.environ.get("JFA_CUDA_LINEINFO") == "1" else [])
+
+
+def compile_all(nvcc: str, flags: list[str], sources: list[str], cache: build_cache.ObjectCache,
+                jobs: int, force: bool = False, what: str = "") -> list[str]:
+    """The objects of ``sources``: from the cache, or compiled by nvcc (``jobs`` at a time) with a
+    line per finished file. ``what`` says what they are for the first line."""
+    todo = sources if force else [s for s in sources if not cache.has(s)]
+    jobs = max(1, min(jobs, len(todo) or 1))
+    say(f"CUDA kernels{what}: {len(sources)} files, {len(sources) - len(todo)} cached, {len(todo)} to compile"
+        + (f" with {jobs} nvcc jobs" if todo else ""))
+    if todo:
+        say("nvcc " + " ".join(flags) + " -c <file>.cu")
+        progress = Progress(len(todo), jobs)
+
+        def compile_one(src):
+            t0 = time.monotonic()
+            tmp = cache.temp_path(src)
+            try:
+                subprocess.run([nvcc, *flags, "-c", src, "-o", tmp], check=True)
+                cache.store(src, tmp)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            return src, time.monotonic() - t0
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for fut in as_completed([pool.submit(compile_one, s) for s in todo]):
+                src, seconds = fut.result()
+                progress.finished(os.path.basename(src), seconds)
+        say(f"compiled {len(todo)} CUDA files in {progress.summary()}")
+    return [cache.path(s) for s in sources]
 
 
 class NvccBuildExt(build_ext):
-    """Compiles the CUDA sources with nvcc, then builds and links the module as usual."""
+    """Compiles the CUDA sources with nvcc (or takes them from the object cache), then builds
+    and links the module as usual."""
 
     def build_extension(self, ext):
         home = cuda_home()
@@ -127,36 +198,25 @@ class NvccBuildExt(build_ext):
         sources = generate_kernels.sources(profile)
         arch_list = archs()
         defines = tile_defines() + arch_defines(arch_list)
-        tag = "_".join(arch_list) + "-" + profile + ("-" + hashlib.md5(" ".join(defines).encode()).hexdigest()[:10] if defines else "")
-        obj_dir = os.path.join(os.path.abspath(self.build_temp), "jfa_cuda", tag)
-        os.makedirs(obj_dir, exist_ok=True)
-        flags = ["-std=c++17", "-O3", "--use_fast_math", "-Xcompiler", "-fPIC", "-I", HERE, *gencode_flags(arch_list), *defines]
-        if os.environ.get("JFA_CUDA_LINEINFO") == "1":
-            flags.append("-lineinfo")
-        newest_header = max(os.path.getmtime(h) for h in headers())
-
-        def compile_one(src):
-            obj = os.path.join(obj_dir, os.path.basename(src)[:-3] + ".o")
-            if os.path.exists(obj) and os.path.getmtime(obj) >= max(os.path.getmtime(src), newest_header):
-                return obj
-            cmd = [nvcc, *flags, "-c", src, "-o", obj]
-            print("jvp-flash-attn: " + " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True)
-            return obj
-
-        jobs = int(os.environ.get("JFA_CUDA_JOBS", default_jobs()))
-        print(f"jvp-flash-attn: compiling {len(sources)} CUDA sources for sm_{','.join(arch_list)} "
-              f"({profile} variants) with {jobs} jobs", flush=True)
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            objects = list(pool.map(compile_one, sources))
+        flags = nvcc_flags(arch_list)
+        version = build_info.nvcc_version(nvcc)
+        code = ", ".join(build_info.sass_name(a) for a in arch_list) + f" + PTX {build_info.ptx_arch(arch_list)}"
+        objects = compile_all(nvcc, flags, sources, build_cache.ObjectCache(flags, version),
+                              int(os.environ.get("JFA_CUDA_JOBS", default_jobs())), bool(self.force),
+                              f" ({profile} variants for {code}, nvcc {version})")
         ext.extra_objects = list(ext.extra_objects or []) + objects
         ext.include_dirs = list(ext.include_dirs or []) + [os.path.join(home, "include")]
         ext.extra_compile_args = list(ext.extra_compile_args or []) + defines
+        ext.define_macros = list(ext.define_macros or []) + build_info.macros(
+            arch_list, profile, version, os.environ.get("JFA_TILES", ""))
         ext.library_dirs = list(ext.library_dirs or []) + [cuda_lib_dir(home)]
         # setuptools decides whether to relink from the C++ sources alone; the CUDA objects
         # (another profile, other tile shapes) change without them, so always relink.
-        self.force = True
-        super().build_extension(ext)
+        user_force, self.force = self.force, True
+        try:
+            super().build_extension(ext)
+        finally:
+            self.force = user_force
 
 
 def extension() -> Extension:

@@ -1,10 +1,9 @@
 """jvp-flash-attn: masked attention with backward and fused forward+JVP for video distillation."""
+from ._version import __version__
 from . import backends as _backends_module
 from . import masks, reference
 from .api import attention, attention_jvp
 from .backends import BackendUnavailableError
-
-__version__ = "0.1.0"
 
 
 def backends() -> dict:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 
 from .base import Backend, BackendUnavailableError
+from .cuda_arch import NoKernelImage
 
 # name -> (module, class); the order is the automatic preference.
 _SOURCES = {
@@ -83,9 +85,23 @@ def select(name: str | None, q, k, v) -> Backend:
         else:
             why = _reason(n) or b.unsupported(q, k, v)
         if why is None:
+            for passed_over in reasons:
+                if isinstance(passed_over[1], NoKernelImage):
+                    _say_once(f"jvp_flash_attn: backend {passed_over[0]!r} has no kernel for this GPU "
+                              f"({passed_over[1]}); using {n!r}")
             return b
-        reasons.append(f"{n}: {why}")
-    raise ValueError("no backend supports these inputs: " + "; ".join(reasons))
+        reasons.append((n, why))
+    raise ValueError("no backend supports these inputs: " + "; ".join(f"{n}: {why}" for n, why in reasons))
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """A one-line warning, once per process: an automatic choice passed over a built backend."""
+    if message not in _said:
+        _said.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 # Load every backend once at import: selection then never imports inside a traced region

@@ -20,6 +20,7 @@ import torch
 
 from ..masks import full
 from ..masks.segments import mask_by_uid
+from . import cuda_arch
 from .base import Backend, BackendUnavailableError, empty_outputs, refuse_tangents
 
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -59,6 +60,18 @@ def _variants() -> frozenset:
         m = load_module()
         _built_variants = frozenset() if m is None else frozenset(tuple(v) for v in m.variants())
     return _built_variants
+
+
+_device_reasons = None
+
+
+def device_reasons() -> dict:
+    """device index -> None if this build has kernels for it, else why not (read once, as the variants)."""
+    global _device_reasons
+    if _device_reasons is None:
+        m = load_module()
+        _device_reasons = {} if m is None else cuda_arch.device_reasons(m)
+    return _device_reasons
 
 
 _shapes_by_device = {}
@@ -139,9 +152,14 @@ class CudaBackend(Backend):
     def availability(self):
         if module_error() is not None:
             return module_error()
-        if not torch.cuda.is_available() or load_module().device_count() == 0:
-            return "no CUDA GPU"
-        _variants()  # read the build's kernel list now, outside any traced region
+        m = load_module()
+        if not torch.cuda.is_available() or m.device_count() == 0:
+            error = m.device_error() if torch.cuda.is_available() and hasattr(m, "device_error") else None
+            return f"the compiled core cannot use the GPU: {error}" if error else "no CUDA GPU"
+        _variants()  # read the build's kernel list and archs now, outside any traced region
+        reasons = device_reasons()
+        if reasons and all(reasons.values()):
+            return reasons[0]
         return None
 
     def unsupported(self, q, k, v):
@@ -149,6 +167,8 @@ class CudaBackend(Backend):
             return f"q's dtype must be one of {tuple(DTYPES)} for the cuda backend, got {q.dtype}"
         if q.device.type != "cuda":
             return f"q must be on a CUDA device for the cuda backend, got {q.device}"
+        if device_reasons().get(q.device.index) is not None:
+            return device_reasons()[q.device.index]
         dt, dqk, dv = DTYPES[q.dtype], q.shape[-1], v.shape[-1]
         have = _variants()
         for op in ("fwd", "jvp"):

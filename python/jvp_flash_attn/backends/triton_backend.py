@@ -42,7 +42,7 @@ class TritonBackend(Backend):
         try:
             import triton  # noqa: F401
         except ImportError as e:
-            return f"triton is not installed ({e})"
+            return f"triton is not installed ({e}; pip install 'jvp-flash-attn[triton]')"
         if _interpreting() or torch.cuda.is_available():
             return None
         return "no CUDA GPU (set TRITON_INTERPRET=1 to run the kernels on the CPU)"

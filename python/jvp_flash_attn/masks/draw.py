@@ -10,8 +10,9 @@ _MAX_PIXELS = 1024  # beyond this many tokens a side the picture shows tile stat
 
 def draw(mask, path: str, block_m: int = 8, block_n: int = 8, title: str | None = None) -> str:
     """Write a PNG of ``mask``: element-wise when small, tile states (full/partial/empty) when large."""
-    import matplotlib
+    from .._optional import require
 
+    matplotlib = require("matplotlib", "drawing a mask")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
