@@ -1,4 +1,4 @@
-"""Benchmarks of DESIGN §6: workloads, providers, the runner (bench.run) and mask-build timing.
+"""Benchmarks (docs/design/benchmarks.md): workloads, providers, the runner (bench.run) and mask-build timing.
 
 Importing ``bench`` makes the in-tree package importable when it is not installed, so
 ``python -m bench.run`` and ``python bench/run.py`` work from a plain checkout.

@@ -4,10 +4,10 @@ What is timed is a fresh build, as a training step that misses the cache would p
 the builders' lru caches are cleared and a new FramePattern is made on every call, then
 the SegmentMask, its exact pair count and its 128 x 128 TileDescription (on the host)
 are built. Equal masks share their caches, so no mask of an earlier call may stay alive:
-a build returns only the pair count. The median must stay under LIMIT_MS (DESIGN §7: under 5 ms for W1); a slower
+a build returns only the pair count. The median must stay under LIMIT_MS (goal: under 5 ms for W1, docs/design/benchmarks.md); a slower
 build fails the test and makes the script exit with status 1. The same limit guards the
 other workloads against regressions, except W5 (1.5x the tokens and 2.25x the tiles of W1,
-no goal in DESIGN), which is timed and printed only. Time it on a quiet machine: a loaded
+no goal set), which is timed and printed only. Time it on a quiet machine: a loaded
 host (other jobs on few cores) can multiply the numbers.
 """
 from __future__ import annotations

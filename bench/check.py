@@ -1,4 +1,4 @@
-"""Correctness checks run before any time is printed (DESIGN §5 tolerance rule).
+"""Correctness checks run before any time is printed (the tolerance rule, docs/design/numerics.md).
 
 Two checks, both against float64:
 - ``small``: the whole op on a small mask of the same structure (the workload shrunk to

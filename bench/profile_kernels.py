@@ -1,4 +1,4 @@
-"""Per-kernel GPU time of one attention op on one DESIGN §6 workload, for each backend.
+"""Per-kernel GPU time of one attention op on one benchmark workload, for each backend.
 
     python bench/profile_kernels.py W3 bwd                 # cuda and triton, 5 profiled calls
     python bench/profile_kernels.py W1 fwd --backends cuda

@@ -76,7 +76,7 @@ def _order(rows):
 
 OURS = ("cuda", "cuda-fused", "cuda-two-kernel", "cuda-plain", "triton", "reference")  # the rest are peers
 
-# DESIGN §7 goals: (op, workloads, what, target); "vs peer" is the fastest peer's p50 / ours.
+# performance goals: (op, workloads, what, target); "vs peer" is the fastest peer's p50 / ours.
 ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
 GOALS = (("fwd", ALL, "vs peer", 1.0),
          ("bwd", ALL, "vs peer", 1.0),
@@ -99,7 +99,7 @@ def _flex(rows) -> dict:
 
 
 def goals(rows) -> list[str]:
-    """Markdown lines: each of our measurements that a DESIGN §7 goal covers, met or not."""
+    """Markdown lines: each of our measurements that a performance goal covers, met or not."""
     peers = fastest_peers(rows)
     out = []
     for op, wls, what, target in GOALS:
@@ -174,7 +174,7 @@ def markdown(rows, notes, env: dict, scale, interrupted: bool = False) -> str:
         out += ["", "**Stopped before the end: cases after the last row were not run.**"]
     met = goals(rows) if str(scale) in ("1", "1.0") else []
     if met:
-        out += ["", "## DESIGN §7 goals", "", "| op | workload | provider | measured | goal | |",
+        out += ["", "## Performance goals (docs/design/benchmarks.md)", "", "| op | workload | provider | measured | goal | |",
                 "|---|---|---|---|---|---|", *met]
     for kind, title in (("failed", "Failed correctness checks (not timed)"), ("error", "Errors (not timed)"),
                         ("skipped", "Skipped")):

@@ -1,4 +1,4 @@
-"""Benchmark runner for DESIGN §6: ``python -m bench.run`` (or ``python bench/run.py``).
+"""Benchmark runner (docs/design/benchmarks.md): ``python -m bench.run`` (or ``python bench/run.py``).
 
 Method
 ------
@@ -9,7 +9,7 @@ Method
   of the same structure (``--check-tokens`` per frame) and every output (o; dq, dk, dv;
   o, to) is compared with the float64 reference; then the full-size run's row-local
   outputs (o, dq, to) are compared on three row slices with a float64 computation of those
-  rows. Rule (DESIGN §5): relative error <= 2 x the error of the reference in the same dtype
+  rows. Rule (docs/design/numerics.md): relative error <= 2 x the error of the reference in the same dtype
   + 1e-4. A provider that fails is reported and not timed; the exit status is then 1.
 - Timing on a GPU: ``triton.testing.do_bench`` (CUDA events, L2 cleared before each call,
   ``--warmup-ms`` of warm-up, ``--rep-ms`` of repeats), reporting the 20th, 50th and 80th
@@ -18,7 +18,7 @@ Method
 - ``bwd`` times the backward alone (autograd.grad of a stored forward, retain_graph);
   ``jvp`` times one call returning o and its tangent; ``fwd`` runs under no_grad.
   ``jvp_zt`` (teacher-forcing workloads W1, W2) is ``jvp`` with the clean half's tangents
-  zero and the mask's zero-tangent hint (DESIGN §7: W1 under 33 ms); FLOPs as ``jvp``.
+  zero and the mask's zero-tangent hint (goal: W1 <= 22 ms); FLOPs as ``jvp``.
 - FLOPs count exact allowed pairs P = mask.num_pairs x B x H: forward 2 P (Dqk + Dv),
   backward 2.5x, fused forward+JVP 3x (jvp_flash_attn.reference.flops). TFLOP/s uses p50.
 - Peak memory: torch.cuda.max_memory_allocated from the drawn inputs through preparing the
@@ -28,7 +28,7 @@ Method
 - Output under ``--out``: results.csv (one row per measurement with the machine header),
   notes.csv (skipped cases, failed checks, errors, with the reason), results.md (a summary of
   cuda against the fastest peer per op and workload, then every row against the fastest peer,
-  named, and against FlexAttention, then the DESIGN §7 goals and the notes), results.png (TFLOP/s per workload, one panel per op). The CSV is written row by
+  named, and against FlexAttention, then the performance goals and the notes), results.png (TFLOP/s per workload, one panel per op). The CSV is written row by
   row, and an interrupted run (Ctrl-C, ``timeout -s INT``) still writes the table and chart.
 - Exit status 1 if a check failed, one of our backends raised, or the run was interrupted;
   errors of the other providers (e.g. FlexAttention has no CPU backward) are reported only.

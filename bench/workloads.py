@@ -1,4 +1,4 @@
-"""The workloads of DESIGN §6, W1-W8, at full size or shrunk by ``scale``.
+"""The workloads of docs/design/benchmarks.md, W1-W8, at full size or shrunk by ``scale``.
 
 Full size is Wan2.1 480p: 1560 tokens per latent frame, 21 frames, bf16, B=1, H=12,
 D=128. ``scale`` multiplies the tokens per frame (at least 1 token), keeping frames,
@@ -77,7 +77,7 @@ class Workload:
 
     def zero_tangent_ranges(self, mask: masks.SegmentMask):
         """(q_ranges, k_ranges) whose tangents are zero in a distillation step, or None.
-        For teacher forcing that is the clean half, queries and keys (DESIGN §4, §7)."""
+        For teacher forcing that is the clean half, queries and keys (docs/design/masks.md)."""
         if not self.clean_half:
             return None
         return ((0, mask.sq // 2),), ((0, mask.sk // 2),)
@@ -136,6 +136,6 @@ def describe(scale: float = 1.0) -> str:
 if __name__ == "__main__":
     import argparse
 
-    ap = argparse.ArgumentParser(description="Print the DESIGN §6 workloads.")
+    ap = argparse.ArgumentParser(description="Print the benchmark workloads W1-W8.")
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of 1560 tokens per frame")
     print(describe(ap.parse_args().scale))

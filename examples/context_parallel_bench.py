@@ -30,7 +30,7 @@ import jvp_flash_attn as jfa
 from jvp_flash_attn import masks
 from jvp_flash_attn.distributed import _all_to_all, context_parallel_attention
 
-FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "jvp": 3.0, "jvp_zt": 3.0}  # DESIGN §6, x forward FLOPs
+FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "jvp": 3.0, "jvp_zt": 3.0}  # docs/design/benchmarks.md, x forward FLOPs
 
 
 def _timed(fn, reps, warmup, device, fence):

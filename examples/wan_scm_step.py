@@ -131,7 +131,7 @@ def main(argv=None):
     ap.add_argument("--recipe", choices=["split", "fused"], default="split",
                     help="split: JVP under no_grad + checkpointed forward; fused: one JVP with grad")
     ap.add_argument("--zero-tangent-hint", action="store_true",
-                    help="promise the JVP that the clean copy's tangents are zero (DESIGN §4)")
+                    help="promise the JVP that the clean copy's tangents are zero (docs/design/api.md)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after --warmup)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--backend", default=None, help="jfa backend (default: automatic)")

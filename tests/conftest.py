@@ -73,7 +73,7 @@ def rel_err(a, b):
 
 
 def assert_within_rule(name, out, ref64, ref_lowp, floor=1e-5):
-    """DESIGN §5: the error against the float64 oracle is at most 2 x the error of the reference
+    """The tolerance rule (docs/design/numerics.md): the error against the float64 oracle is at most 2 x the error of the reference
     run in the same dtype, plus a small floor; checked on the relative (Frobenius) error and on
     the max error. -inf entries (empty rows' lse) must match exactly; NaN never passes.
 

@@ -1,4 +1,4 @@
-"""The shared suite every backend runs: DESIGN §5's tolerance rule against the float64 oracle.
+"""The shared suite every backend runs: the tolerance rule (docs/design/numerics.md) against the float64 oracle.
 
 Backends are those that can run here (reference always; triton under TRITON_INTERPRET=1 on
 a CPU or on a GPU; cuda when built and a GPU is present). Shapes are small on a CPU; the

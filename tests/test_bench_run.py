@@ -133,10 +133,10 @@ def test_goals_table():
         "| jvp | W3 | triton | 300 TFLOP/s | >= 700 TFLOP/s | missed |",
         "| jvp_zt | W1 | cuda | 30.0 ms | <= 22 ms | missed |"]
     md = report.markdown(rows, [], {}, 1.0)
-    assert "DESIGN §7 goals" in md
+    assert "## Performance goals" in md
     assert "| fwd | W1 | 1 x 1 | cuda | 10.000 (1.000-1.000) | 600.0 | 1 | 1.25x flex-flash | 2.00x |" in md
     assert "| fwd | 1.25 (flex-flash) | - |" in md  # the summary: cuda / fastest peer per op
-    assert "DESIGN §7 goals" not in report.markdown(rows, [], {}, 0.01)
+    assert "## Performance goals" not in report.markdown(rows, [], {}, 0.01)
 
 
 def test_fastest_peer_is_the_fastest_provider_not_ours():

@@ -1,5 +1,5 @@
 """The compiled core on a GPU: forward, fused forward+JVP and backward against the float64
-oracle under DESIGN §5's rule, with outputs poisoned (NaN) before every launch, fresh random
+oracle under the tolerance rule (docs/design/numerics.md), with outputs poisoned (NaN) before every launch, fresh random
 inputs, awkward lengths (97, 1025, 1560), B > 1, GQA, Dv != Dqk, every mask family."""
 import pytest
 import torch

@@ -22,8 +22,8 @@ def _problem(backend):
 
 
 def _check(got, x, w, backend):
-    """Against float64 autograd of naive attention: to 1e-9 for the float64 reference, by DESIGN
-    §5's rule for the kernels (the reference backend's gradients in their dtype as the baseline)."""
+    """Against float64 autograd of naive attention: to 1e-9 for the float64 reference, by the
+    tolerance rule (docs/design/numerics.md) for the kernels (the reference backend's gradients in their dtype as the baseline)."""
     leaves = [a.double().requires_grad_() for a in x]
     allowed = MASK.dense(x[0].device)
     expected = torch.autograd.grad((naive_attention(*leaves, allowed)[0] * w.double()).sum(), leaves)

@@ -1,4 +1,4 @@
-"""Mask builders against slow predicates written straight from DESIGN §4; counts; errors; pictures."""
+"""Mask builders against slow predicates written straight from docs/design/masks.md; counts; errors; pictures."""
 import itertools
 
 import numpy as np

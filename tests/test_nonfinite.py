@@ -6,7 +6,7 @@ propagate as softmax propagates them.
 
 The oracle computes each query row from its allowed keys only (gathered, not multiplied by zero),
 in float64, by plain torch ops that autograd and forward AD differentiate. Every output (o, to,
-dq, dk, dv) must be non-finite exactly where the oracle's is, and within DESIGN §5's rule where
+dq, dk, dv) must be non-finite exactly where the oracle's is, and within the tolerance rule (docs/design/numerics.md) where
 it is finite. The CPU runs use small tiles (Triton's interpreter: 32 x 16 and 16 x 32), the GPU
 runs the kernels' own; in both the planted values fall in FULL, PARTIAL and EMPTY tiles.
 """
@@ -122,7 +122,7 @@ def test_nonfinite_semantics(backend, name):
 def test_reference_scores_half_inputs_in_float32(dtype):
     """q.k^T of 16-bit inputs is formed in float32, as the kernels form it: no overflow where the
     scores, once scaled, are moderate. The reference in 16 bits stays within a few units of the
-    last place of the float64 oracle (the kernels' own error, which DESIGN §5's rule doubles)."""
+    last place of the float64 oracle (the kernels' own error, which the tolerance rule (docs/design/numerics.md) doubles)."""
     mask = masks.block_causal(masks.FramePattern(7, 6, 2))
     g = torch.Generator().manual_seed(4)
     mk = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)

@@ -193,7 +193,7 @@ def backward(q, k, v, o, lse, do, mask=None, scale=None):
 
 
 def flops(mask: SegmentMask, batch: int, heads: int, d_qk: int, d_v: int, op: str = "fwd") -> float:
-    """Exact-pair FLOPs of DESIGN §6: forward 2 P (Dqk + Dv), backward 2.5x, fused JVP 3x."""
+    """Exact-pair FLOPs (docs/design/benchmarks.md): forward 2 P (Dqk + Dv), backward 2.5x, fused JVP 3x."""
     base = 2.0 * mask.num_pairs * batch * heads * (d_qk + d_v)
     factor = {"fwd": 1.0, "bwd": 2.5, "jvp": 3.0}
     if op not in factor:

@@ -1,4 +1,4 @@
-"""Named mask factories (DESIGN §4). Each returns a cached SegmentMask."""
+"""Named mask factories (docs/design/masks.md). Each returns a cached SegmentMask."""
 from __future__ import annotations
 
 import itertools

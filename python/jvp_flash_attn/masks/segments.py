@@ -3,7 +3,7 @@
 Queries are cut into segments ``q_sizes`` and keys into ``k_sizes``; ``rule[i][j]``
 says what query segment i sees of key segment j: 0 nothing, 1 everything, 2 the
 top-left aligned causal triangle ``(q - q_start) >= (k - k_start)``. Every frame
-and chunk mask of DESIGN §4 is such a grid with O(chunks) segments, so counts and
+and chunk mask of docs/design/masks.md is such a grid with O(chunks) segments, so counts and
 tile descriptions cost O(segments²) or O(tiles), never O(Sq·Sk).
 
 Torch custom ops take plain values only, so a mask reaches them as its ``uid``: a digest of
