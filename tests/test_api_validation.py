@@ -1,6 +1,7 @@
 """Argument validation that does not depend on the backend: the softmax scale, and tangents whose
-dtype differs from their primal's (forward-AD dual tensors and attention_jvp alike). Checked for
-every backend name, available here or not: the check comes before the backend is chosen."""
+dtype differs from their primal's (refused by attention_jvp, rounded to the primal's dtype under
+forward AD). The refusals are checked for every backend name, available here or not: they come
+before the backend is chosen."""
 import numpy as np
 import pytest
 import torch
@@ -43,15 +44,26 @@ def test_scale_as_int_numpy_or_extreme_float_is_accepted(scale):
 
 
 @pytest.mark.parametrize("backend", NAMES)
-def test_forward_ad_tangent_of_another_dtype_is_refused(backend):
-    q, k, v = _qkv()
-    tq, tk, tv = (torch.randn_like(x) for x in (q, k, v))
-    with pytest.raises(TypeError, match=r"tq \(q's forward-AD tangent\) must match its primal's dtype/device "
-                                        r"\(torch.float32, cpu\), got \(torch.float64, cpu\)"):
-        torch.func.jvp(lambda *x: jfa.attention(*x, mask=MASK, backend=backend), (q, k, v), (tq.double(), tk, tv))
-    with fwAD.dual_level(), pytest.raises(TypeError, match=r"tv \(v's forward-AD tangent\) must match its primal's "
-                                                           r"dtype/device \(torch.float32, cpu\), got \(torch.float16"):
-        jfa.attention(q, k, fwAD.make_dual(v, tv.half()), mask=MASK, backend=backend)
+def test_forward_ad_tangent_of_another_dtype_is_rounded_to_its_primals(backend):
+    """Mixed-precision models hand forward-AD tangents of another floating dtype (float32 tangents
+    of bf16 activations): they are taken at the primal's dtype, exactly as if the caller had cast
+    them, never read as raw bytes of the primal's dtype."""
+    why = jfa.backends()[backend]
+    if why is not None:
+        pytest.skip(why)
+    gpu = backend != "reference" and torch.cuda.is_available()
+    q, k, v = (x.to("cuda", torch.bfloat16) if gpu else x for x in _qkv())
+    wide = torch.float32 if gpu else torch.float64
+    tq, tk, tv = (torch.randn(x.shape, dtype=wide, device=x.device) for x in (q, k, v))
+    f = lambda *x: jfa.attention(*x, mask=MASK, backend=backend)
+    _, want = torch.func.jvp(f, (q, k, v), (tq.to(q.dtype), tk.to(k.dtype), tv.to(v.dtype)))
+    _, got = torch.func.jvp(f, (q, k, v), (tq, tk, tv))
+    assert got.dtype == q.dtype and torch.equal(got, want)
+    zeros = (torch.zeros_like(q), torch.zeros_like(k))
+    _, want = torch.func.jvp(f, (q, k, v), (*zeros, tv.to(v.dtype)))
+    with fwAD.dual_level():
+        o = jfa.attention(q, k, fwAD.make_dual(v, tv), mask=MASK, backend=backend)
+        assert torch.equal(fwAD.unpack_dual(o).tangent, want)
 
 
 @pytest.mark.parametrize("backend", NAMES)

@@ -95,8 +95,13 @@ def attention(q, k, v, mask=None, scale=None, backend=None):
     if all(d.tangent is None for d in duals):
         return _run(q, k, v, None, mask, scale, backend)[0]
     primals = tuple(d.primal for d in duals)
-    tangents = tuple(torch.zeros_like(d.primal) if d.tangent is None else d.tangent for d in duals)
-    # forward AD keeps a tangent's shape and strides its primal's, but not its dtype
+    # Forward AD keeps a tangent's shape its primal's, but not always its dtype: mixed-precision
+    # models hand float32 tangents of bf16 activations. The derivative of a bf16 input is taken
+    # at bf16, so a floating tangent of another dtype is rounded to its primal's (the kernels
+    # would otherwise read its bytes as the primal's dtype); anything else is refused below.
+    tangents = tuple(torch.zeros_like(d.primal) if d.tangent is None
+                     else d.tangent.to(d.primal.dtype) if d.tangent.is_floating_point() else d.tangent
+                     for d in duals)
     check_tangents(primals, tangents, names=("tq (q's forward-AD tangent)", "tk (k's forward-AD tangent)",
                                              "tv (v's forward-AD tangent)"))
     o, to = _run(*primals, tangents, mask, scale, backend)

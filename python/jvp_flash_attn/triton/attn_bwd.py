@@ -7,9 +7,7 @@
 3. ``_attn_bwd_dq_kernel``: one program per (query tile, batch x query head), walking the
    query tile's key tiles like the forward.
 With P = exp(S - lse) recomputed per tile: dV = P^T dO, dS = P * (dO V^T - delta),
-dK = scale dS^T Q, dQ = scale dS K. No atomics; scratch is delta only (O(S)). In PARTIAL
-tiles P and dS are zero at masked pairs whatever lse holds (rows with no allowed key have
-lse = -inf), and masked pairs stay absent even where the inputs hold NaN or Inf (_masked_mma).
+dK = scale dS^T Q, dQ = scale dS K. No atomics; scratch is delta only (O(S)).
 """
 from __future__ import annotations
 
@@ -20,7 +18,6 @@ import triton.language as tl
 from ._common import (alloc, block_dims, KERNEL_LOG2E, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
                       _split_ragged, _store_tile, check_int32_offsets, dot_precision, get_config,
                       pow2_at_least_16, serialised_under_interpreter, visit_order)
-from ._masked_mma import _mma_allowed
 
 
 @triton.jit
@@ -65,21 +62,17 @@ def _attn_bwd_dkdv_tile(dk, dv, k, v, qt, Q_HEAD, DO_HEAD, LSE_HEAD, DELTA_HEAD,
         lse2 = tl.load(LSE_HEAD + rows, mask=row_ok, other=0.0) * KERNEL_LOG2E
         delta = tl.load(DELTA_HEAD + rows, mask=row_ok, other=0.0)
     s_t = _mm(k, tl.trans(q), DOT_PRECISION) * qk_scale
-    p_t = tl.math.exp2(s_t - lse2[None, :])
-    dp_t = _mm(v, tl.trans(do), DOT_PRECISION)
-    ds_t = p_t * (dp_t - delta[None, :])
     if MODE == MODE_RULE:
         q_seg = tl.load(Q_SEG + rows, mask=row_ok, other=0)
         q_pos = tl.load(Q_POS + rows, mask=row_ok, other=0)
         ok = _allowed(q_seg[None, :], q_pos[None, :], k_seg[:, None], k_pos[:, None], RULE, n_k_seg)
-        ok = ok & row_ok[None, :]  # rows past Sq read zeros, but a NaN in k still makes their P NaN
-        p_t = tl.where(ok, p_t, 0.0)
-        ds_t = tl.where(ok, ds_t, 0.0)
-        dv = _mma_allowed(p_t.to(do.dtype), do, dv, ok, DOT_PRECISION)
-        dk = _mma_allowed(ds_t.to(q.dtype), q, dk, ok, DOT_PRECISION)
-    else:
-        dv = _mma(p_t.to(do.dtype), do, dv, DOT_PRECISION)
-        dk = _mma(ds_t.to(q.dtype), q, dk, DOT_PRECISION)
+        s_t = tl.where(ok, s_t, float("-inf"))
+        lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)  # rows with no allowed key: P = 0
+    p_t = tl.math.exp2(s_t - lse2[None, :])
+    dv = _mma(p_t.to(do.dtype), do, dv, DOT_PRECISION)
+    dp_t = _mm(v, tl.trans(do), DOT_PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk = _mma(ds_t.to(q.dtype), q, dk, DOT_PRECISION)
     return dk, dv
 
 
@@ -173,18 +166,15 @@ def _attn_bwd_dq_tile(dq, q, do, lse2, delta, kt, K_HEAD, V_HEAD, stride_ks, str
     s = _mm(q, tl.trans(k), DOT_PRECISION) * qk_scale
     if MODE == MODE_BOUNDS:
         s = tl.where(col_ok[None, :], s, float("-inf"))
-    p = tl.math.exp2(s - lse2[:, None])
-    dp = _mm(do, tl.trans(v), DOT_PRECISION)
-    ds = p * (dp - delta[:, None])
     if MODE == MODE_RULE:
         k_seg = tl.load(K_SEG + cols, mask=col_ok, other=0)
         k_pos = tl.load(K_POS + cols, mask=col_ok, other=0)
         ok = _allowed(q_seg[:, None], q_pos[:, None], k_seg[None, :], k_pos[None, :], RULE, n_k_seg)
-        ok = ok & col_ok[None, :]
-        dq = _mma_allowed(tl.where(ok, ds, 0.0).to(k.dtype), k, dq, ok, DOT_PRECISION)
-    else:
-        dq = _mma(ds.to(k.dtype), k, dq, DOT_PRECISION)
-    return dq
+        s = tl.where(ok & col_ok[None, :], s, float("-inf"))
+    p = tl.math.exp2(s - lse2[:, None])
+    dp = _mm(do, tl.trans(v), DOT_PRECISION)
+    ds = p * (dp - delta[:, None])
+    return _mma(ds.to(k.dtype), k, dq, DOT_PRECISION)
 
 
 @triton.jit
@@ -220,6 +210,7 @@ def _attn_bwd_dq_kernel(
     do = _load_tile(DO + b64 * stride_dob + h * stride_doh + rows[:, None] * stride_dos + d_v[None, :],
                     row_ok[:, None], d_v[None, :] < D_V, True, BLOCK_DV != D_V)
     lse2 = tl.load(LSE + bh.to(tl.int64) * seqlen_q + rows, mask=row_ok, other=0.0) * KERNEL_LOG2E
+    lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)  # rows with no allowed key: P = 0
     delta = tl.load(DELTA + bh.to(tl.int64) * seqlen_q + rows, mask=row_ok, other=0.0)
     q_seg = tl.load(Q_SEG + rows, mask=row_ok, other=0)
     q_pos = tl.load(Q_POS + rows, mask=row_ok, other=0)

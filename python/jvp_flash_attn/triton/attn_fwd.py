@@ -4,10 +4,6 @@ One program per (query tile, batch x query head). It visits the query tile's FUL
 tiles with no masking arithmetic, then its PARTIAL key tiles with the segment rule per
 element; EMPTY tiles are never touched. Scores live in log2 units (scale * log2(e)) so the
 exponentials are exp2; ``lse`` is written in natural-log units, float32 (B, Hq, Sq).
-
-Which rows have no allowed key (o = 0, lse = -inf) is decided by the mask, never by the
-scores: a row whose allowed scores are all -inf gives NaN, as softmax does. Masked pairs of a
-PARTIAL tile are absent, even where the inputs hold NaN or Inf (see _masked_mma).
 """
 from __future__ import annotations
 
@@ -19,17 +15,15 @@ from ._common import (alloc, block_dims, KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FU
                       _mm, _mma, _split_ragged, _store_tile, check_int32_offsets,
                       dot_precision, get_config,
                       pow2_at_least_16, serialised_under_interpreter, visit_order)
-from ._masked_mma import _mma_allowed
 
 
 @triton.jit
-def _attn_fwd_tile(acc, l_i, m_i, seen, q, kt, K_HEAD, V_HEAD, stride_ks, stride_vs,
+def _attn_fwd_tile(acc, l_i, m_i, q, kt, K_HEAD, V_HEAD, stride_ks, stride_vs,
                    q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg, seqlen_k, qk_scale,
                    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, MODE: tl.constexpr,
                    DOT_PRECISION: tl.constexpr):
-    """One key tile of the online softmax: returns the rescaled (acc, l_i, m_i) and ``seen``,
-    whether each row has met an allowed key."""
+    """One key tile of the online softmax: returns the rescaled (acc, l_i, m_i)."""
     cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
@@ -43,22 +37,19 @@ def _attn_fwd_tile(acc, l_i, m_i, seen, q, kt, K_HEAD, V_HEAD, stride_ks, stride
         k_seg = tl.load(K_SEG + cols, mask=col_ok, other=0)
         k_pos = tl.load(K_POS + cols, mask=col_ok, other=0)
         ok = _allowed(q_seg[:, None], q_pos[:, None], k_seg[None, :], k_pos[None, :], RULE, n_k_seg)
-        ok = ok & col_ok[None, :]
-        s = tl.where(ok, s, float("-inf"))
-        seen = seen | (tl.max(ok.to(tl.int32), 1) > 0)
+        s = tl.where(ok & col_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    # all scores so far -inf (masked, or allowed and -inf): exp2(-inf - 0) = 0, not NaN
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if MODE == MODE_RULE:
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
+    else:
+        m_use = m_new
     p = tl.math.exp2(s - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = _load_tile(V_HEAD + cols[:, None] * stride_vs + d_v[None, :], col_ok[:, None],
                    d_v[None, :] < D_V, MODE != MODE_FULL, BLOCK_DV != D_V)
-    if MODE == MODE_RULE:
-        acc = _mma_allowed(p.to(v.dtype), v, acc * alpha[:, None], ok, DOT_PRECISION)
-    else:
-        acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION)
-    return acc, l_i, m_new, seen
+    acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION)
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -100,29 +91,26 @@ def _attn_fwd_kernel(
 
     start = tl.load(Q_FULL_PTR + tile)
     end = tl.load(Q_FULL_PTR + tile + 1)
-    seen = tl.zeros([BLOCK_M], tl.int32) < (end - start)  # a FULL tile: every row has an allowed key
     end_even, has_ragged = _split_ragged(Q_FULL_IDX, start, end, n_k_tiles - 1, EVEN_N)
     for i in range(start, end_even):
         kt = tl.load(Q_FULL_IDX + i)
-        acc, l_i, m_i, seen = _attn_fwd_tile(acc, l_i, m_i, seen, q, kt, k_head, v_head, stride_ks,
-                                             stride_vs, q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg,
-                                             seqlen_k, qk_scale, D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV,
-                                             MODE_FULL, DOT_PRECISION)
+        acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, kt, k_head, v_head, stride_ks, stride_vs,
+                                       q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg, seqlen_k, qk_scale,
+                                       D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV, MODE_FULL, DOT_PRECISION)
     if has_ragged:
-        acc, l_i, m_i, seen = _attn_fwd_tile(acc, l_i, m_i, seen, q, n_k_tiles - 1, k_head, v_head,
-                                             stride_ks, stride_vs, q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg,
-                                             seqlen_k, qk_scale, D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV,
-                                             MODE_BOUNDS, DOT_PRECISION)
+        acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, n_k_tiles - 1, k_head, v_head, stride_ks,
+                                       stride_vs, q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg, seqlen_k,
+                                       qk_scale, D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV, MODE_BOUNDS,
+                                       DOT_PRECISION)
     start = tl.load(Q_PART_PTR + tile)
     end = tl.load(Q_PART_PTR + tile + 1)
     for i in range(start, end):
         kt = tl.load(Q_PART_IDX + i)
-        acc, l_i, m_i, seen = _attn_fwd_tile(acc, l_i, m_i, seen, q, kt, k_head, v_head, stride_ks,
-                                             stride_vs, q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg,
-                                             seqlen_k, qk_scale, D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV,
-                                             MODE_RULE, DOT_PRECISION)
+        acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, kt, k_head, v_head, stride_ks, stride_vs,
+                                       q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg, seqlen_k, qk_scale,
+                                       D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV, MODE_RULE, DOT_PRECISION)
 
-    empty = seen == 0  # no allowed key: o = 0, lse = -inf (l = 0 otherwise gives o = 0 / 0 = NaN)
+    empty = l_i == 0.0  # no allowed key: o = 0, lse = -inf
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * KERNEL_LN2)

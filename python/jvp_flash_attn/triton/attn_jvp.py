@@ -4,8 +4,7 @@ With S = scale q k^T, P = softmax(S), tS = scale (tq k^T + q tk^T):
     to = P tv + (P * tS) v - mu * o,   mu = rowsum(P * tS).
 The kernel carries, next to the forward's running (m, l, P v), the running sums
 P tv + (P * tS) v and mu, rescaled by the same factor as the softmax whenever the row max
-moves; at the end to = acc_t / l - (mu / l) * o. Tiles are walked, empty rows decided and
-masked pairs kept absent as in attn_fwd.
+moves; at the end to = acc_t / l - (mu / l) * o. Tiles are walked as in attn_fwd.
 """
 from __future__ import annotations
 
@@ -16,18 +15,16 @@ import triton.language as tl
 from ._common import (alloc, block_dims, KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm,
                       _mma, _split_ragged, _store_tile, check_int32_offsets, dot_precision,
                       get_config, pow2_at_least_16, serialised_under_interpreter, visit_order)
-from ._masked_mma import _mma_allowed
 
 
 @triton.jit
-def _attn_jvp_tile(acc_o, acc_t, mu, l_i, m_i, seen, q, tq, kt,
+def _attn_jvp_tile(acc_o, acc_t, mu, l_i, m_i, q, tq, kt,
                    K_HEAD, V_HEAD, TK_HEAD, TV_HEAD, stride_ks, stride_vs, stride_tks, stride_tvs,
                    q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg, seqlen_k, scale, qk_scale,
                    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, MODE: tl.constexpr,
                    DOT_PRECISION: tl.constexpr):
-    """One key tile of the fused pass: returns the rescaled (acc_o, acc_t, mu, l_i, m_i) and
-    ``seen``, whether each row has met an allowed key."""
+    """One key tile of the fused pass: returns the rescaled (acc_o, acc_t, mu, l_i, m_i)."""
     cols = kt * BLOCK_N + tl.arange(0, BLOCK_N)
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
@@ -39,24 +36,23 @@ def _attn_jvp_tile(acc_o, acc_t, mu, l_i, m_i, seen, q, tq, kt,
     s = _mm(q, k_t, DOT_PRECISION) * qk_scale
     ts = _mma(tq, k_t, _mm(q, tk_t, DOT_PRECISION), DOT_PRECISION) * scale
     if MODE == MODE_BOUNDS:
-        ok = col_ok[None, :]
+        s = tl.where(col_ok[None, :], s, float("-inf"))
     if MODE == MODE_RULE:
         k_seg = tl.load(K_SEG + cols, mask=col_ok, other=0)
         k_pos = tl.load(K_POS + cols, mask=col_ok, other=0)
         ok = _allowed(q_seg[:, None], q_pos[:, None], k_seg[None, :], k_pos[None, :], RULE, n_k_seg)
-        ok = ok & col_ok[None, :]
-        seen = seen | (tl.max(ok.to(tl.int32), 1) > 0)
-    if MODE != MODE_FULL:
-        s = tl.where(ok, s, float("-inf"))
+        s = tl.where(ok & col_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    # all scores so far -inf (masked, or allowed and -inf): exp2(-inf - 0) = 0, not NaN
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if MODE == MODE_RULE:
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
+    else:
+        m_use = m_new
     p = tl.math.exp2(s - m_use[:, None])
     # Masked keys contribute nothing, even where their tangent is not finite.
     if MODE == MODE_FULL:
         pts = p * ts
     else:
-        pts = tl.where(ok, p * ts, 0.0)
+        pts = tl.where(s == float("-inf"), 0.0, p * ts)
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     mu = mu * alpha + tl.sum(pts, 1)
@@ -65,15 +61,10 @@ def _attn_jvp_tile(acc_o, acc_t, mu, l_i, m_i, seen, q, tq, kt,
     tv = _load_tile(TV_HEAD + cols[:, None] * stride_tvs + d_v[None, :], col_ok[:, None],
                     d_v[None, :] < D_V, MODE != MODE_FULL, BLOCK_DV != D_V)
     p16 = p.to(v.dtype)
-    if MODE == MODE_RULE:
-        acc_o = _mma_allowed(p16, v, acc_o * alpha[:, None], ok, DOT_PRECISION)
-        acc_t = _mma_allowed(p16, tv, acc_t * alpha[:, None], ok, DOT_PRECISION)
-        acc_t = _mma_allowed(pts.to(v.dtype), v, acc_t, ok, DOT_PRECISION)
-    else:
-        acc_o = _mma(p16, v, acc_o * alpha[:, None], DOT_PRECISION)
-        acc_t = _mma(p16, tv, acc_t * alpha[:, None], DOT_PRECISION)
-        acc_t = _mma(pts.to(v.dtype), v, acc_t, DOT_PRECISION)
-    return acc_o, acc_t, mu, l_i, m_new, seen
+    acc_o = _mma(p16, v, acc_o * alpha[:, None], DOT_PRECISION)
+    acc_t = _mma(p16, tv, acc_t * alpha[:, None], DOT_PRECISION)
+    acc_t = _mma(pts.to(v.dtype), v, acc_t, DOT_PRECISION)
+    return acc_o, acc_t, mu, l_i, m_new
 
 
 @triton.jit
@@ -123,18 +114,17 @@ def _attn_jvp_kernel(
 
     start = tl.load(Q_FULL_PTR + tile)
     end = tl.load(Q_FULL_PTR + tile + 1)
-    seen = tl.zeros([BLOCK_M], tl.int32) < (end - start)  # a FULL tile: every row has an allowed key
     end_even, has_ragged = _split_ragged(Q_FULL_IDX, start, end, n_k_tiles - 1, EVEN_N)
     for i in range(start, end_even):
         kt = tl.load(Q_FULL_IDX + i)
-        acc_o, acc_t, mu, l_i, m_i, seen = _attn_jvp_tile(
-            acc_o, acc_t, mu, l_i, m_i, seen, q, tq, kt, k_head, v_head, tk_head, tv_head,
+        acc_o, acc_t, mu, l_i, m_i = _attn_jvp_tile(
+            acc_o, acc_t, mu, l_i, m_i, q, tq, kt, k_head, v_head, tk_head, tv_head,
             stride_ks, stride_vs, stride_tks, stride_tvs, q_seg, q_pos, K_SEG, K_POS, RULE,
             n_k_seg, seqlen_k, scale, qk_scale, D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV,
             MODE_FULL, DOT_PRECISION)
     if has_ragged:
-        acc_o, acc_t, mu, l_i, m_i, seen = _attn_jvp_tile(
-            acc_o, acc_t, mu, l_i, m_i, seen, q, tq, n_k_tiles - 1, k_head, v_head, tk_head, tv_head,
+        acc_o, acc_t, mu, l_i, m_i = _attn_jvp_tile(
+            acc_o, acc_t, mu, l_i, m_i, q, tq, n_k_tiles - 1, k_head, v_head, tk_head, tv_head,
             stride_ks, stride_vs, stride_tks, stride_tvs, q_seg, q_pos, K_SEG, K_POS, RULE,
             n_k_seg, seqlen_k, scale, qk_scale, D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV,
             MODE_BOUNDS, DOT_PRECISION)
@@ -142,13 +132,13 @@ def _attn_jvp_kernel(
     end = tl.load(Q_PART_PTR + tile + 1)
     for i in range(start, end):
         kt = tl.load(Q_PART_IDX + i)
-        acc_o, acc_t, mu, l_i, m_i, seen = _attn_jvp_tile(
-            acc_o, acc_t, mu, l_i, m_i, seen, q, tq, kt, k_head, v_head, tk_head, tv_head,
+        acc_o, acc_t, mu, l_i, m_i = _attn_jvp_tile(
+            acc_o, acc_t, mu, l_i, m_i, q, tq, kt, k_head, v_head, tk_head, tv_head,
             stride_ks, stride_vs, stride_tks, stride_tvs, q_seg, q_pos, K_SEG, K_POS, RULE,
             n_k_seg, seqlen_k, scale, qk_scale, D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV,
             MODE_RULE, DOT_PRECISION)
 
-    empty = seen == 0  # no allowed key: o = 0, to = 0, lse = -inf (l = 0 otherwise gives NaN)
+    empty = l_i == 0.0  # no allowed key: o = 0, to = 0, lse = -inf
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc_o / l_safe[:, None]
     to = acc_t / l_safe[:, None] - (mu / l_safe)[:, None] * o
