@@ -52,3 +52,10 @@ def test_every_extra_named_in_messages_exists_in_pyproject():
     for module, (dist, extra) in EXTRAS.items():
         assert any(re.match(re.escape(dist) + r"\b", req) for req in extras[extra]), (module, extra)
     assert {"tqdm", "matplotlib", "pillow"} <= set(extras["trainer"])
+
+
+def test_diffusers_integration_without_diffusers_names_its_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    monkeypatch.delitem(sys.modules, "jvp_flash_attn.integrations.diffusers", raising=False)
+    with pytest.raises(ImportError, match=r"jvp-flash-attn\[diffusers\]"):
+        importlib.import_module("jvp_flash_attn.integrations.diffusers")
