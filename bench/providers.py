@@ -215,6 +215,24 @@ def _bshd(x):
     return x.transpose(1, 2)
 
 
+def _prepare_bhsd(name, op, inp, attend) -> Prepared:
+    """fwd or bwd of ``attend(q, k, v)`` (a peer's call on (B, H, S, D) copies of the inputs),
+    its outputs handed back in our (B, S, H, D) layout."""
+    grad = op == "bwd"
+    q, k, v = (_bhsd(x, grad) for x in (inp.q, inp.k, inp.v))
+    if op == "fwd":
+        def fwd():
+            with torch.no_grad():
+                return attend(q, k, v)
+        return Prepared(fwd, lambda o: (_bshd(o),))
+    if op == "bwd":
+        o = attend(q, k, v)
+        do = _bhsd(inp.do)
+        return Prepared(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
+                        lambda g: tuple(_bshd(x) for x in g))
+    raise ValueError(f"{name} has no {op!r}")
+
+
 class FlexProvider(Provider):
     """torch.compile(flex_attention) with the mask_mod a user writes (bench/flex.py), on
     FlexAttention's Triton kernels (``flex``) or on FlashAttention-4's (``flex-flash``,
@@ -250,24 +268,10 @@ class FlexProvider(Provider):
 
     def prepare(self, op, inp):
         bm = self.block_mask(inp)
-        grad = op == "bwd"
-        if grad:
-            self._allow_repeated_backward()
-        q, k, v = (_bhsd(x, grad) for x in (inp.q, inp.k, inp.v))
-
-        def run():
-            return flexmod.flex_bhsd(q, k, v, bm, inp.scale, kernel_options=self.kernel_options)
-        if op == "fwd":
-            def fwd():
-                with torch.no_grad():
-                    return run()
-            return Prepared(fwd, lambda o: (_bshd(o),))
         if op == "bwd":
-            o = run()
-            do = _bhsd(inp.do)
-            return Prepared(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
-                            lambda g: tuple(_bshd(x) for x in g))
-        raise ValueError(f"{self.name} has no {op!r}")
+            self._allow_repeated_backward()
+        return _prepare_bhsd(self.name, op, inp, lambda q, k, v: flexmod.flex_bhsd(
+            q, k, v, bm, inp.scale, kernel_options=self.kernel_options))
 
 
 class CudnnProvider(Provider):
@@ -291,23 +295,11 @@ class CudnnProvider(Provider):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         gqa = inp.q.shape[2] != inp.k.shape[2]
-        grad = op == "bwd"
-        q, k, v = (_bhsd(x, grad) for x in (inp.q, inp.k, inp.v))
 
-        def run():
+        def attend(q, k, v):
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                 return F.scaled_dot_product_attention(q, k, v, scale=inp.scale, enable_gqa=gqa)
-        if op == "fwd":
-            def fwd():
-                with torch.no_grad():
-                    return run()
-            return Prepared(fwd, lambda o: (_bshd(o),))
-        if op == "bwd":
-            o = run()
-            do = _bhsd(inp.do)
-            return Prepared(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
-                            lambda g: tuple(_bshd(x) for x in g))
-        raise ValueError(f"cudnn has no {op!r}")
+        return _prepare_bhsd(self.name, op, inp, attend)
 
 
 class SdpaProvider(Provider):
@@ -327,22 +319,8 @@ class SdpaProvider(Provider):
     def prepare(self, op, inp):
         dense = dense_mask(inp.mask, inp.q.device)
         gqa = inp.q.shape[2] != inp.k.shape[2]
-        grad = op == "bwd"
-        q, k, v = (_bhsd(x, grad) for x in (inp.q, inp.k, inp.v))
-
-        def run():
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=dense, scale=inp.scale, enable_gqa=gqa)
-        if op == "fwd":
-            def fwd():
-                with torch.no_grad():
-                    return run()
-            return Prepared(fwd, lambda o: (_bshd(o),))
-        if op == "bwd":
-            o = run()
-            do = _bhsd(inp.do)
-            return Prepared(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
-                            lambda g: tuple(_bshd(x) for x in g))
-        raise ValueError(f"sdpa has no {op!r}")
+        return _prepare_bhsd(self.name, op, inp, lambda q, k, v: F.scaled_dot_product_attention(
+            q, k, v, attn_mask=dense, scale=inp.scale, enable_gqa=gqa))
 
 
 class MathJvpProvider(Provider):
