@@ -56,6 +56,8 @@ def test_every_extra_named_in_messages_exists_in_pyproject():
 
 def test_diffusers_integration_without_diffusers_names_its_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)
+    for name in [n for n in sys.modules if n.startswith("diffusers.")]:  # imported by earlier tests
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.delitem(sys.modules, "jvp_flash_attn.integrations.diffusers", raising=False)
     with pytest.raises(ImportError, match=r"jvp-flash-attn\[diffusers\]"):
         importlib.import_module("jvp_flash_attn.integrations.diffusers")
