@@ -7,10 +7,10 @@ output back into sequence shards.
 
 Both exchanges are autograd Functions. ``backward()`` runs the reverse exchange on the
 gradients; forward-mode AD (``torch.func.jvp``, ``torch.autograd.forward_ad``) is served the way
-``jfa.attention`` serves it: the tangents are read before entering the Function and travel in
-the same collective as their primals (packed side by side in one buffer), and the Function's
-``jvp`` rule hands back what that collective already delivered. So a forward under forward AD
-costs two all-to-alls and one fused forward+JVP, like a plain forward.
+``jfa.attention`` serves it: the tangents are taken off the inputs, travel in the same
+collective as their primals (packed side by side in one buffer) and are put back on the outputs
+with ``make_dual``. So a forward under forward AD costs two all-to-alls and one fused
+forward+JVP, like a plain forward.
 """
 from __future__ import annotations
 
@@ -60,58 +60,35 @@ def _exchange(xs, to_heads: bool, group):
     return outs
 
 
-class _TangentSlot:
-    """Carries the tangents from ``forward`` to ``jvp`` (not a container: functorch rebuilds
-    pytree containers between the two calls)."""
-
-    __slots__ = ("tangents",)
-
-    def __init__(self):
-        self.tangents = None
-
-
 class _AllToAll(torch.autograd.Function):
-    """inputs: to_heads, group, slot, n, then n primals and (under forward AD) n tangents."""
+    """inputs: to_heads, group, then the tensors to exchange (primals and tangents alike)."""
 
     @staticmethod
-    def forward(to_heads, group, slot, n, *xs):
-        outs = _exchange(list(xs), to_heads, group)
-        if len(xs) > n:
-            slot.tangents = tuple(outs[n:])
-        return tuple(outs[:n])
+    def forward(to_heads, group, *xs):
+        return tuple(_exchange(list(xs), to_heads, group))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        to_heads, group, slot, n = inputs[:4]
-        ctx.to_heads, ctx.group, ctx.slot, ctx.n, ctx.n_inputs = to_heads, group, slot, n, len(inputs) - 4
+        ctx.to_heads, ctx.group = inputs[:2]
 
     @staticmethod
     def backward(ctx, *grads):
-        back = _exchange(list(grads), not ctx.to_heads, ctx.group)
-        return (None, None, None, None, *back, *([None] * (ctx.n_inputs - ctx.n)))
-
-
-class _AllToAllForwardAD(_AllToAll):
-    """The same exchange with the forward-AD rule; kept apart like api._AttentionForwardAD, so
-    that a traced region without tangents never meets a Function that defines ``jvp``."""
-
-    @staticmethod
-    def jvp(ctx, *_tangents):
-        tangents, ctx.slot.tangents = ctx.slot.tangents, None
-        if tangents is None:
-            raise RuntimeError("jvp_flash_attn.distributed: forward-mode AD reached the all-to-all "
-                               "without its tangents; this is a bug, please report it")
-        return tangents
+        return (None, None, *_exchange(list(grads), not ctx.to_heads, ctx.group))
 
 
 def _all_to_all(xs, to_heads: bool, group):
-    """Differentiable exchange of tensors sharing (B, local S); tangents ride along."""
-    tangents = [fwAD.unpack_dual(x).tangent for x in xs]
-    slot = _TangentSlot()
-    if all(t is None for t in tangents):
-        return _AllToAll.apply(to_heads, group, slot, len(xs), *xs)
-    tangents = [torch.zeros_like(x) if t is None else t for x, t in zip(xs, tangents)]
-    return _AllToAllForwardAD.apply(to_heads, group, slot, len(xs), *xs, *tangents)
+    """Differentiable exchange of tensors sharing (B, local S). Under forward AD the tangents are
+    taken off the inputs, exchanged in the same collective as their primals and put back with
+    ``make_dual``: ordinary outputs, so a compiled graph keeps them (as ``jfa.attention`` does)."""
+    duals = [fwAD.unpack_dual(x) for x in xs]
+    if all(d.tangent is None for d in duals):
+        return _AllToAll.apply(to_heads, group, *xs)
+    primals = [d.primal for d in duals]
+    tangents = [torch.zeros_like(p) if d.tangent is None else d.tangent.to(p.dtype)
+                for p, d in zip(primals, duals)]
+    outs = _AllToAll.apply(to_heads, group, *primals, *tangents)
+    n = len(xs)
+    return tuple(fwAD.make_dual(o, t) for o, t in zip(outs[:n], outs[n:]))
 
 
 def _check(q, k, v, mask, p):
