@@ -77,6 +77,22 @@ def _run(q, k, v, tangents, mask, scale, backend):
     return o, to
 
 
+def split_duals(xs):
+    """(primals, tangents) of forward-AD dual tensors, tangents None when none has one.
+
+    A missing tangent is zero. Forward AD keeps a tangent's shape its primal's, but not always
+    its dtype: mixed-precision models hand float32 tangents of bf16 activations. The derivative
+    of a bf16 input is taken at bf16, so a floating tangent of another dtype is rounded to its
+    primal's (a kernel would otherwise read its bytes as the primal's dtype)."""
+    duals = [fwAD.unpack_dual(x) for x in xs]
+    primals = tuple(d.primal for d in duals)
+    if all(d.tangent is None for d in duals):
+        return primals, None
+    return primals, tuple(torch.zeros_like(d.primal) if d.tangent is None
+                          else d.tangent.to(d.primal.dtype) if d.tangent.is_floating_point() else d.tangent
+                          for d in duals)
+
+
 def attention(q, k, v, mask=None, scale=None, backend=None):
     """Masked attention. q (B, Sq, Hq, Dqk), k (B, Sk, Hk, Dqk), v (B, Sk, Hk, Dv) -> o (B, Sq, Hq, Dv).
 
@@ -91,17 +107,9 @@ def attention(q, k, v, mask=None, scale=None, backend=None):
     torch.Size([1, 48, 2, 16])
     """
     mask, scale = check_inputs(q, k, v, mask, scale)
-    duals = [fwAD.unpack_dual(x) for x in (q, k, v)]
-    if all(d.tangent is None for d in duals):
+    primals, tangents = split_duals((q, k, v))
+    if tangents is None:
         return _run(q, k, v, None, mask, scale, backend)[0]
-    primals = tuple(d.primal for d in duals)
-    # Forward AD keeps a tangent's shape its primal's, but not always its dtype: mixed-precision
-    # models hand float32 tangents of bf16 activations. The derivative of a bf16 input is taken
-    # at bf16, so a floating tangent of another dtype is rounded to its primal's (the kernels
-    # would otherwise read its bytes as the primal's dtype); anything else is refused below.
-    tangents = tuple(torch.zeros_like(d.primal) if d.tangent is None
-                     else d.tangent.to(d.primal.dtype) if d.tangent.is_floating_point() else d.tangent
-                     for d in duals)
     check_tangents(primals, tangents, names=("tq (q's forward-AD tangent)", "tk (k's forward-AD tangent)",
                                              "tv (v's forward-AD tangent)"))
     o, to = _run(*primals, tangents, mask, scale, backend)

@@ -18,7 +18,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.distributed as dist
 
-from .api import attention
+from .api import attention, split_duals
 from .masks import SegmentMask, full
 
 
@@ -80,12 +80,9 @@ def _all_to_all(xs, to_heads: bool, group):
     """Differentiable exchange of tensors sharing (B, local S). Under forward AD the tangents are
     taken off the inputs, exchanged in the same collective as their primals and put back with
     ``make_dual``: ordinary outputs, so a compiled graph keeps them (as ``jfa.attention`` does)."""
-    duals = [fwAD.unpack_dual(x) for x in xs]
-    if all(d.tangent is None for d in duals):
+    primals, tangents = split_duals(xs)
+    if tangents is None:
         return _AllToAll.apply(to_heads, group, *xs)
-    primals = [d.primal for d in duals]
-    tangents = [torch.zeros_like(p) if d.tangent is None else d.tangent.to(p.dtype)
-                for p, d in zip(primals, duals)]
     outs = _AllToAll.apply(to_heads, group, *primals, *tangents)
     n = len(xs)
     return tuple(fwAD.make_dual(o, t) for o, t in zip(outs[:n], outs[n:]))
