@@ -4,20 +4,15 @@
 # without the zero-tangent hint. Run from the repository root, with .whl/ sent along when the
 # machine has no diffusers (bash examples/diffusers_wheels.sh download makes it):
 #   OUT=/tmp/out bash examples/gpu_one.sh [all|test|wan3|wan30]   (parts, when one call is short of time)
-# Writes to $OUT: gpu.txt (GPU, backends, build), pytest_diffusers.log, wan_scm_step.csv and
+# Writes to $OUT: env.txt (GPU, versions, backends), build.log, pytest_diffusers.log, wan_scm_step.csv and
 # wan_scm_step.log (one line per run: ms per part of the step, peak GiB).
 # BUILD=0 skips building the compiled core (the cuda backend; triton is used without it).
 set -u
 OUT=${OUT:-/tmp/jfa_examples}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 bash examples/diffusers_wheels.sh install || { echo "diffusers is missing and .whl/ did not provide it"; exit 3; }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
-if [ "${BUILD:-1}" = 1 ]; then
-  start=$(date +%s)
-  JFA_CUDA_ARCHS=${JFA_CUDA_ARCHS:-90} timeout 300 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1
-  echo "build rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
-fi
-python3 -m jvp_flash_attn >> "$OUT/gpu.txt" 2>&1
+OUT="$OUT" bash bench/gpu.sh env $([ "${BUILD:-1}" = 1 ] && echo build)   # env.txt, build.log
+python3 -m jvp_flash_attn >> "$OUT/env.txt" 2>&1
 
 part=${1:-all} status=0
 if [ "$part" = all ] || [ "$part" = test ]; then

@@ -2,20 +2,14 @@
 # Two GPUs of one host, one command: the context-parallel tests (gloo, on the CPU), then W1 on
 # one GPU against Ulysses context parallelism over both (examples/context_parallel_bench.py).
 #   OUT=/tmp/out bash examples/gpu_two.sh
-# Writes to $OUT: gpu.txt, pytest_distributed.log, cp.log, cp/context_parallel.csv and .md.
+# Writes to $OUT: env.txt (GPU, versions, topology, backends), build.log, pytest_distributed.log, cp.log, cp/context_parallel.csv and .md.
 # BUILD=0 skips building the compiled core.
 set -u
 OUT=${OUT:-/tmp/jfa_cp}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
-nvidia-smi topo -m >> "$OUT/gpu.txt" 2>&1
-if [ "${BUILD:-1}" = 1 ]; then
-  start=$(date +%s)
-  JFA_CUDA_ARCHS=${JFA_CUDA_ARCHS:-90} timeout 300 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1
-  echo "build rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
-fi
-python3 -m jvp_flash_attn >> "$OUT/gpu.txt" 2>&1
+OUT="$OUT" bash bench/gpu.sh env $([ "${BUILD:-1}" = 1 ] && echo build)   # env.txt, build.log
+{ nvidia-smi topo -m; python3 -m jvp_flash_attn; } >> "$OUT/env.txt" 2>&1
 
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_distributed.py > "$OUT/pytest_distributed.log" 2>&1
 echo "distributed tests rc=$?"; tail -2 "$OUT/pytest_distributed.log"
