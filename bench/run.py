@@ -105,7 +105,8 @@ class CheckFailed(Exception):
     pass
 
 
-def _draw(w, recipe, mask, device, gen, op):
+def _draw(w, recipe, device, gen, op):
+    mask = recipe.build()  # the builders cache it: the same mask object every call
     inp = Inputs.draw(mask, w.batch, w.heads, w.heads, w.d_qk, w.d_v, w.dtype, device, gen, recipe)
     return inp.with_zero_tangents(*w.zero_tangent_ranges(mask)) if op == "jvp_zt" else inp
 
@@ -113,19 +114,19 @@ def _draw(w, recipe, mask, device, gen, op):
 def measure(prov, op, w, recipe, check_recipe, args, device, gen) -> dict:
     """Check, then time one (provider, op, workload); raises Skip or CheckFailed."""
     tag = f"[{w.id} {op} {prov.name}]"
-    mask, check_mask = recipe.build(), check_recipe.build()
+    mask = recipe.build()
     whole = mask.sq * mask.sk <= SMALL_CHECK_PAIRS
     notes = []
     kind = "jvp" if op == "jvp_zt" else op  # what the provider runs and the checks compare
-    inp = _draw(w, recipe, mask, device, gen, op)
+    inp = _draw(w, recipe, device, gen, op)
     why = prov.unsupported(kind, inp)
     if why:
         raise Skip(why)
     if not whole and args.check in ("small", "both"):
-        small = _draw(w, check_recipe, check_mask, device, gen, op)
+        small = _draw(w, check_recipe, device, gen, op)
         prep = prov.prepare(kind, small)
         ok, msg = check.check_small(kind, small, prep.outputs(prep.fn()))
-        log(f"{tag} check, small mask {check_mask.sq}x{check_mask.sk}: {msg}")
+        log(f"{tag} check, small mask {small.mask.sq}x{small.mask.sk}: {msg}")
         if not ok:
             raise CheckFailed(f"small-mask check: {msg}")
         notes.append("small-mask ok")
