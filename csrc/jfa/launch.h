@@ -12,6 +12,7 @@
 #include "arch.h"
 #include "bwd_kernel.h"
 #include "bwd_kernel_sm90.h"
+#include "bwd_kernel_sm90_ws.h"
 #include "fwd_kernel.h"
 #include "fwd_kernel_sm90.h"
 #include "fwd_kernel_sm90_ws.h"
@@ -82,6 +83,19 @@ bool encode_fwd_maps(const AttnParams& p, FwdTensorMaps& maps) {
                             encode(&maps.tv, p.tv, p.tv_stride, p.seqlen_k, p.heads_k, kDV, bn)));
 }
 
+// The tensor maps of the warp-specialised backward (q, dO by query tile, k, v by key tile).
+template <class Tr>
+bool encode_bwd_maps(const AttnParams& p, BwdTensorMaps& maps) {
+    constexpr bool kBf16 = std::is_same_v<typename Tr::Elem, __nv_bfloat16>;
+    auto encode = [&](CUtensorMap* map, const void* x, const Strides& s, int rows, int heads, int cols, int box) {
+        return encode_panel_map(map, kBf16, x, s, p.batch, rows, heads, cols, box);
+    };
+    return encode(&maps.q, p.q, p.q_stride, p.seqlen_q, p.heads_q, Tr::kDQK, Tr::kBlockM) &&
+           encode(&maps.do_, p.do_, p.do_stride, p.seqlen_q, p.heads_q, Tr::kDV, Tr::kBlockM) &&
+           encode(&maps.k, p.k, p.k_stride, p.seqlen_k, p.heads_k, Tr::kDQK, Tr::kBlockN) &&
+           encode(&maps.v, p.v, p.v_stride, p.seqlen_k, p.heads_k, Tr::kDV, Tr::kBlockN);
+}
+
 template <class Elem, int kDQK, int kDV, bool kJvp>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     const bool hint = kJvp && p.k_zero_tangent != nullptr;   // the JVP's hinted instantiation
@@ -145,9 +159,18 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
     const int64_t padded = static_cast<int64_t>(p.batch) * p.heads_q * ((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM) * Tr::kBlockM;
     check_cuda(cudaMemsetAsync(p.dq_accum, 0, padded * kDQK * sizeof(float), stream), "zeroing the dQ buffer");
     launch_bwd_delta<Elem>(p, stream);
-    auto kernel = attention_bwd_kv_kernel_sm90<Tr>;
-    set_smem(kernel, Tr::kSmemBytes, two_per_sm(Tr::kThreads));
-    kernel<<<dim3(p.num_k_tiles, p.batch * p.heads_k), Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+    const dim3 grid(p.num_k_tiles, p.batch * p.heads_k);
+    using TrWs = BwdWsTraitsSm90<Elem, kDQK, kDQK>;
+    BwdTensorMaps maps{};
+    if (encode_bwd_maps<TrWs>(p, maps)) {   // the warp-specialised kernel where the TMA unit can load every operand
+        auto kernel = attention_bwd_kernel_sm90_ws<TrWs>;
+        set_smem(kernel, TrWs::kSmemBytes);
+        kernel<<<grid, TrWs::kThreads, TrWs::kSmemBytes, stream>>>(p, maps);
+    } else {
+        auto kernel = attention_bwd_kv_kernel_sm90<Tr>;
+        set_smem(kernel, Tr::kSmemBytes, two_per_sm(Tr::kThreads));
+        kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+    }
     check_cuda(cudaGetLastError(), "launching the fused backward kernel");
     constexpr int kThreads = 256;
     const int64_t work = rows * (kDQK / 8);

@@ -1,0 +1,258 @@
+// The fused backward on Hopper with specialised warps (sm_90a): the default backward there.
+//
+// Same walk, tiles and algebra as the fused form of bwd_kernel_sm90.h (one block per 128-key
+// tile and kv head, 64-query steps over the walk of every query head of the GQA group; dK and dV
+// in registers, dQ added into a float32 buffer by the TMA unit's bulk reduce-add). What changes
+// is who waits for whom. There, every warp loads the next q / dO tile with cp.async and the two
+// warpgroups meet at four __syncthreads per step. Here:
+//   - warpgroup 0 gives its registers away and splits three jobs over its warps: warp 0 issues
+//     the TMA loads (k and v once, then q and dO per step into two stages guarded by "full" and
+//     "empty" transaction barriers), warp 1 copies the step's lse (log2 units) and delta rows
+//     into the stage (their rows are not 16-byte aligned for every Sq, so not by TMA), warp 2
+//     adds each staged dQ tile into the buffer and waits for the TMA unit to have read it;
+//   - warpgroups 1 and 2 (64 keys each) only compute. They meet once per step, when both halves
+//     of dS^T are in shared memory for dQ = dS K; dS^T has two buffers, so a warpgroup may write
+//     step j's while the other still reads step j - 1's.
+// Named barriers: kDsFull (the two consumer warpgroups), kDqFull / kDqEmpty (consumers and the
+// dQ warp). bench/NOTES_cuda.md, item 12.
+#pragma once
+
+#include "bwd_kernel_sm90.h"
+#include "fwd_kernel_sm90_ws.h"
+
+namespace jfa {
+
+// Tensor maps of one backward call, passed as a __grid_constant__ parameter.
+struct BwdTensorMaps {
+    CUtensorMap q, k, v, do_;
+};
+
+template <class Elem_, int kDQK_, int kDV_>
+struct BwdWsTraitsSm90 {
+    using Elem = Elem_;
+    static constexpr int kDQK = kDQK_, kDV = kDV_;
+    static constexpr int kBlockM = kBwdFusedTilesSm90.block_m;   // queries per step
+    static constexpr int kBlockN = kBwdFusedTilesSm90.block_n;   // keys per block
+    static_assert(kBlockM == 64 && kBlockN == 128, "two consumer warpgroups of 64 keys, steps of one wgmma's 64 queries");
+    static constexpr int kThreads = 384;
+    static constexpr int kConsumerThreads = 256;
+    static constexpr int kStages = 2;
+    static constexpr int kKBytes = kBlockN * kDQK * 2, kVBytes = kBlockN * kDV * 2;
+    static constexpr int kQBytes = kBlockM * kDQK * 2, kDOBytes = kBlockM * kDV * 2;
+    static constexpr int kDSBytes = kBlockN * kBlockM * 2;   // one dS^T buffer (keys x queries)
+    static constexpr int kDQBytes = kBlockM * kDQK * 4;      // the float32 dQ staging tile
+    static constexpr int kVOffset = kKBytes;
+    static constexpr int kQOffset = kVOffset + kVBytes;                      // stage st: q, then dO
+    static constexpr int kDSOffset = kQOffset + kStages * (kQBytes + kDOBytes);
+    static constexpr int kDQOffset = kDSOffset + 2 * kDSBytes;
+    static constexpr int kRowsOffset = kDQOffset + kDQBytes;                 // stage st: lse2[64], delta[64]
+    static constexpr int kBarOffset = kRowsOffset + kStages * 2 * kBlockM * 4;
+    static constexpr int kSmemBytes = kBarOffset + 8 * (1 + 2 * kStages) + 1024;   // + room to align the base
+    static_assert(kSmemBytes <= kSmemPerSm90 - 1024, "the block must fit an SM");
+};
+
+// 128 x 32 + 256 x 240 = 65,536: the producer warps' address arithmetic fits 32 registers (24 spilled).
+constexpr int kBwdProducerRegs = 32;
+constexpr int kDsFull = 1;    // both dS^T halves of the step are in shared memory
+constexpr int kDqFull = 2;    // the staged dQ tile is complete (consumers arrive, the dQ warp syncs)
+constexpr int kDqEmpty = 3;   // the TMA unit has read it (the dQ warp arrives, consumers sync)
+
+template <class Tr>
+struct BwdWsSmem {
+    using KTile = PanelTile<Tr::kBlockN, Tr::kDQK>;
+    using VTile = PanelTile<Tr::kBlockN, Tr::kDV>;
+    using QTile = PanelTile<Tr::kBlockM, Tr::kDQK>;
+    using OTile = PanelTile<Tr::kBlockM, Tr::kDV>;
+    using DSTile = PanelTile<Tr::kBlockN, Tr::kBlockM>;
+    uint32_t s0;   // 1024-byte aligned shared address
+    char* base;    // the same place as a pointer
+
+    __device__ __forceinline__ KTile k() const { return KTile{s0}; }
+    __device__ __forceinline__ VTile v() const { return VTile{s0 + Tr::kVOffset}; }
+    __device__ __forceinline__ QTile q(int st) const { return QTile{s0 + Tr::kQOffset + st * (Tr::kQBytes + Tr::kDOBytes)}; }
+    __device__ __forceinline__ OTile dO(int st) const { return OTile{q(st).base + Tr::kQBytes}; }
+    __device__ __forceinline__ DSTile ds(int buf) const { return DSTile{s0 + Tr::kDSOffset + buf * Tr::kDSBytes}; }
+    __device__ __forceinline__ uint32_t dq_staging() const { return s0 + Tr::kDQOffset; }
+    __device__ __forceinline__ float* lse2(int st) const {
+        return reinterpret_cast<float*>(base + Tr::kRowsOffset) + st * 2 * Tr::kBlockM;
+    }
+    __device__ __forceinline__ float* delta(int st) const { return lse2(st) + Tr::kBlockM; }
+    __device__ __forceinline__ MBarrier bar(int i) const { return MBarrier{s0 + Tr::kBarOffset + 8 * i}; }
+    __device__ __forceinline__ MBarrier kv_full() const { return bar(0); }
+    __device__ __forceinline__ MBarrier q_full(int st) const { return bar(1 + st); }
+    __device__ __forceinline__ MBarrier q_empty(int st) const { return bar(1 + Tr::kStages + st); }
+
+    __device__ __forceinline__ void init_barriers() const {
+        kv_full().init(1);
+#pragma unroll
+        for (int st = 0; st < Tr::kStages; ++st) {
+            q_full(st).init(2);                              // the TMA thread and the lse / delta warp
+            q_empty(st).init(Tr::kConsumerThreads / 32);     // one arrival per consumer warp
+        }
+        fence_barrier_init();
+    }
+};
+
+// Step j of the block's walk: query tile and query head (the walk repeats per head of the group).
+struct BwdWsStep {
+    int m0, h;
+    __device__ __forceinline__ BwdWsStep(const TileWalk& walk, int j, int hk, int groups, int block_m)
+        : m0(walk.tile(j % walk.num_total) * block_m), h(hk * groups + j / walk.num_total) {}
+};
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1)
+    attention_bwd_kernel_sm90_ws(const AttnParams p, const __grid_constant__ BwdTensorMaps maps) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using Elem = typename Tr::Elem;
+    constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
+    constexpr int kKS = kBM / 16;   // k16 steps over queries
+    extern __shared__ char smem[];
+    const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
+    const BwdWsSmem<Tr> sm{s0, smem + (s0 - smem_addr(smem))};
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int k_tile = blockIdx.x;
+    const int b = blockIdx.y / p.heads_k, hk = blockIdx.y % p.heads_k;
+    const int groups = p.heads_q / p.heads_k;
+    const int n0 = k_tile * kBN;
+    if (tid == 0) sm.init_barriers();
+    __syncthreads();
+    const TileWalk walk(p.k_tiles, k_tile);
+    const int total = groups * walk.num_total;
+
+    if (warp < 4) {
+        setmaxnreg_dec<kBwdProducerRegs>();
+        if (warp == 0 && lane == 0) {   // loads
+            sm.kv_full().arrive_expect_tx(Tr::kKBytes + Tr::kVBytes);
+            load_panels(sm.k(), &maps.k, sm.kv_full(), n0, hk, b);
+            load_panels(sm.v(), &maps.v, sm.kv_full(), n0, hk, b);
+            for (int j = 0; j < total; ++j) {
+                const int st = j % kS;
+                const BwdWsStep s(walk, j, hk, groups, kBM);
+                sm.q_empty(st).wait(((j / kS) & 1) ^ 1);
+                sm.q_full(st).arrive_expect_tx(Tr::kQBytes + Tr::kDOBytes);
+                load_panels(sm.q(st), &maps.q, sm.q_full(st), s.m0, s.h, b);
+                load_panels(sm.dO(st), &maps.do_, sm.q_full(st), s.m0, s.h, b);
+            }
+        } else if (warp == 1) {   // lse (log2 units; +inf where no key is allowed) and delta rows
+            for (int j = 0; j < total; ++j) {
+                const int st = j % kS;
+                const BwdWsStep s(walk, j, hk, groups, kBM);
+                const int64_t row_off = (static_cast<int64_t>(b) * p.heads_q + s.h) * p.seqlen_q;
+                sm.q_empty(st).wait(((j / kS) & 1) ^ 1);
+                for (int r = lane; r < kBM; r += 32) {
+                    const int row = s.m0 + r;
+                    sm.lse2(st)[r] = lse_log2(p.lse + row_off, row, p.seqlen_q);
+                    sm.delta(st)[r] = row < p.seqlen_q ? p.delta[row_off + row] : 0.f;
+                }
+                __syncwarp();
+                if (lane == 0) sm.q_full(st).arrive();
+            }
+        } else if (warp == 2) {   // dQ: one bulk reduce-add per step
+            for (int j = 0; j < total; ++j) {
+                const BwdWsStep s(walk, j, hk, groups, kBM);
+                named_sync(kDqFull, Tr::kConsumerThreads + 32);
+                if (lane == 0) {
+                    bulk_reduce_add_f32(dq_tile<kDQK>(p, b * p.heads_q + s.h, s.m0 / kBM), sm.dq_staging(), Tr::kDQBytes);
+                    bulk_wait_read();
+                }
+                __syncwarp();
+                if (j + 1 < total) named_arrive(kDqEmpty, Tr::kConsumerThreads + 32);
+            }
+            if (lane == 0) bulk_wait_all();
+        }
+        return;
+    }
+
+    setmaxnreg_inc<kConsumerRegs>();
+    const int cw = warp - 4;               // consumer warp 0..7: keys n0 + 16 cw ..
+    const int wg = cw >> 2, wg_row = wg * 64;
+    const int krow0 = n0 + cw * 16;
+    const int t2 = 2 * (lane & 3);
+    const float scale_log2 = p.scale * kLog2e;
+    const bool edge_k = n0 + kBN > p.seqlen_k;
+    float acc_dk[kDQK / 8][4], acc_dv[kDV / 8][4];
+    zero(acc_dk);
+    zero(acc_dv);
+    sm.kv_full().wait(0);
+
+    for (int j = 0; j < total; ++j) {
+        const int st = j % kS, buf = j & 1;
+        const int i = j % walk.num_total;
+        const int m0 = walk.tile(i) * kBM;
+        const auto sQ = sm.q(st);
+        const auto sDO = sm.dO(st);
+        sm.q_full(st).wait((j / kS) & 1);
+
+        // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x 64 queries.
+        float pt[kBM / 8][4], dst[kBM / 8][4];
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kDQK / 16; ++ks)
+            Wgmma<Elem, kBM>::ss(pt, sm.k().desc_k_major(wg_row, ks), sQ.desc_k_major(0, ks), ks > 0);
+#pragma unroll
+        for (int ks = 0; ks < kDV / 16; ++ks)
+            Wgmma<Elem, kBM>::ss(dst, sm.v().desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), ks > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(pt);
+        pin(dst);
+        mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
+        const float* lse2 = sm.lse2(st);
+        const float* delta = sm.delta(st);
+#pragma unroll
+        for (int nb = 0; nb < kBM / 8; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                pt[nb][e] = exp2f(pt[nb][e] * scale_log2 - lse2[nb * 8 + t2 + (e & 1)]);
+                dst[nb][e] = pt[nb][e] * (dst[nb][e] - delta[nb * 8 + t2 + (e & 1)]);
+            }
+        }
+        uint32_t pf[kKS][4], dsf[kKS][4];
+        c_to_a<Elem, kKS>(pf, pt);
+        c_to_a<Elem, kKS>(dsf, dst);
+
+        // dV += P^T dO and dK += dS^T Q run while dS^T goes to shared memory for dQ.
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sDO.desc_n_major(ks), 1);
+#pragma unroll
+        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
+        wgmma_commit();
+        store_a_frags(sm.ds(buf), dsf, cw * 16, lane);
+        fence_proxy_async();
+        named_sync(kDsFull, Tr::kConsumerThreads);
+
+        // dQ rows of this query tile = dS K over all 128 keys; warpgroup c takes column half c.
+        if (j > 0) named_sync(kDqEmpty, Tr::kConsumerThreads + 32);   // the previous tile has been read
+#pragma unroll
+        for (int c = wg; c < kDQK / kDQHalf; c += 2) {
+            float acc_dq[kDQHalf / 8][4];
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < kBN / 16; ++ks)
+                Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(ks), sm.k().desc_n_major(ks, c), ks > 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            pin(acc_dq);
+            stage_dq_half(sm.dq_staging() + c * kDQHalfBytes, acc_dq, (cw & 3) * 16, lane);
+        }
+        wgmma_wait<0>();
+        pin(acc_dv);
+        pin(acc_dk);
+        pin(pf);
+        pin(dsf);
+        if (lane == 0) sm.q_empty(st).arrive();   // q, dO, lse and delta of the stage are read
+        fence_proxy_async();
+        named_arrive(kDqFull, Tr::kConsumerThreads + 32);
+    }
+
+    const float f_dk[2] = {p.scale, p.scale}, f_dv[2] = {1.f, 1.f};
+    store_rows<Elem, kDQK / 8>(head_ptr<Elem>(p.dk, p.dk_stride, b, hk), p.dk_stride.row, krow0, p.seqlen_k, acc_dk,
+                               f_dk, lane);
+    store_rows<Elem, kDV / 8>(head_ptr<Elem>(p.dv, p.dv_stride, b, hk), p.dv_stride.row, krow0, p.seqlen_k, acc_dv,
+                              f_dv, lane);
+#endif
+}
+
+}  // namespace jfa
