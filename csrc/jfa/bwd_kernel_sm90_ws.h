@@ -51,8 +51,6 @@ struct BwdWsTraitsSm90 {
     static_assert(kSmemBytes <= kSmemPerSm90 - 1024, "the block must fit an SM");
 };
 
-// 128 x 32 + 256 x 240 = 65,536: the producer warps' address arithmetic fits 32 registers (24 spilled).
-constexpr int kBwdProducerRegs = 32;
 constexpr int kDsFull = 1;    // both dS^T halves of the step are in shared memory
 constexpr int kDqFull = 2;    // the staged dQ tile is complete (consumers arrive, the dQ warp syncs)
 constexpr int kDqEmpty = 3;   // the TMA unit has read it (the dQ warp arrives, consumers sync)
@@ -121,7 +119,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     const int total = groups * walk.num_total;
 
     if (warp < 4) {
-        setmaxnreg_dec<kBwdProducerRegs>();
+        // The block is launched with 168 registers a thread; the consumers' 240 come from what the
+        // producers give back, (168 - 24) x 128 = (240 - 168) x 256 exactly (with 32, setmaxnreg.inc waits forever).
+        setmaxnreg_dec<kProducerRegs>();
         if (warp == 0 && lane == 0) {   // loads
             sm.kv_full().arrive_expect_tx(Tr::kKBytes + Tr::kVBytes);
             load_panels(sm.k(), &maps.k, sm.kv_full(), n0, hk, b);
