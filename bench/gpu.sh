@@ -81,9 +81,10 @@ for step in ${*:-env build tests masks bench}; do
   sanitizer)
     small_cases; : > "$OUT/sanitizer.log"; rc=0
     for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck}; do
-      timeout 150 compute-sanitizer --tool "$tool" --kernel-name kns=attention --print-limit 20 python3 /tmp/jfa_small.py \
+      timeout 100 compute-sanitizer --tool "$tool" --kernel-name kns=attention --print-limit 20 python3 /tmp/jfa_small.py \
         > /tmp/jfa_san.log 2>&1; r=$?; [ $r = 0 ] || rc=$r
-      { echo "== $tool rc=$r"; tail -5 /tmp/jfa_san.log; } | tee -a "$OUT/sanitizer.log"
+      { echo "== $tool rc=$r"; grep -v "^=========     at \|^=========  *$" /tmp/jfa_san.log | head -40; tail -3 /tmp/jfa_san.log; } \
+        >> "$OUT/sanitizer.log"; tail -3 /tmp/jfa_san.log
     done
     ;;
   masks)

@@ -242,6 +242,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         pin(acc_dk);
         pin(pf);
         pin(dsf);
+        __syncwarp();   // every lane's lse / delta reads are ordered before lane 0 releases the stage
         if (lane == 0) sm.q_empty(st).arrive();   // q, dO, lse and delta of the stage are read
         fence_proxy_async();
         named_arrive(kDqFull, Tr::kConsumerThreads + 32);
