@@ -84,8 +84,10 @@ struct BwdWsSmem {
         kv_full().init(1);
 #pragma unroll
         for (int st = 0; st < Tr::kStages; ++st) {
-            q_full(st).init(2);                              // the TMA thread and the lse / delta warp
-            q_empty(st).init(Tr::kConsumerThreads / 32);     // one arrival per consumer warp
+            // Every thread that writes or reads the stage's lse / delta rows arrives itself: its own
+            // arrive (release) orders its own accesses, which one arrival per warp would not.
+            q_full(st).init(1 + 32);                     // the TMA thread and the lse / delta warp's lanes
+            q_empty(st).init(Tr::kConsumerThreads);      // every consumer thread
         }
         fence_barrier_init();
     }
@@ -145,8 +147,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                     sm.lse2(st)[r] = lse_log2(p.lse + row_off, row, p.seqlen_q);
                     sm.delta(st)[r] = row < p.seqlen_q ? p.delta[row_off + row] : 0.f;
                 }
-                __syncwarp();
-                if (lane == 0) sm.q_full(st).arrive();
+                sm.q_full(st).arrive();
             }
         } else if (warp == 2) {   // dQ: one bulk reduce-add per step
             for (int j = 0; j < total; ++j) {
@@ -242,8 +243,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         pin(acc_dk);
         pin(pf);
         pin(dsf);
-        __syncwarp();   // every lane's lse / delta reads are ordered before lane 0 releases the stage
-        if (lane == 0) sm.q_empty(st).arrive();   // q, dO, lse and delta of the stage are read
+        sm.q_empty(st).arrive();   // q, dO, lse and delta of the stage are read
         fence_proxy_async();
         named_arrive(kDqFull, Tr::kConsumerThreads + 32);
     }
