@@ -6,18 +6,18 @@ import os
 import pytest
 import torch
 
-from jvp_flash_attn.backends import cuda_backend
+from jvp_flash_attn.backends import cuda_backend, cuda_module
 
 
 def _module_or_skip():
-    m = cuda_backend.load_module()
+    m = cuda_module.load_module()
     if m is None:
-        pytest.skip(cuda_backend.module_error())
+        pytest.skip(cuda_module.module_error())
     return m
 
 
 def test_unbuilt_extension_is_reported_by_availability():
-    if cuda_backend.load_module() is not None:
+    if cuda_module.load_module() is not None:
         pytest.skip("the extension is built here")
     assert cuda_backend.CudaBackend().availability().startswith("compiled extension not built")
 

@@ -190,7 +190,7 @@ def test_unsupported_inputs_are_refused_with_the_reason():
 def test_custom_ops_pass_opcheck():
     mask, x, t, do = _problem("B2-S97x61-H4/2-D32x16-full", torch.float16, _seed())
     scale = 32 ** -0.5
-    torch.library.opcheck(torch.ops.jfa.triton_fwd, (*x, mask.uid, scale))
-    torch.library.opcheck(torch.ops.jfa.triton_jvp, (*x, *t, mask.uid, scale))
+    torch.library.opcheck(torch.ops.jfa.attention_fwd, (*x, mask.uid, scale, "triton"))
+    torch.library.opcheck(torch.ops.jfa.attention_jvp, (*x, *t, mask.uid, scale, "triton"))
     o, lse = get("triton").forward(*x, mask, scale)
-    torch.library.opcheck(torch.ops.jfa.triton_bwd, (*x, o, lse, do, mask.uid, scale))
+    torch.library.opcheck(torch.ops.jfa.attention_bwd, (*x, o, lse, do, mask.uid, scale, "triton", False))
