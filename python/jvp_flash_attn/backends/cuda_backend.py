@@ -8,7 +8,7 @@ import torch
 
 from .base import Backend, BackendUnavailableError
 from .cuda_kernel_choice import choose_backward, choose_forward
-from .cuda_launch_args import DTYPES, aligned, empty, launch_args
+from .cuda_launch_args import DTYPES, aligned, backward_params, empty, forward_params, jvp_params, launch
 from .cuda_module import built_variants, device_reasons, load_module, module_error
 
 
@@ -62,7 +62,7 @@ class CudaBackend(Backend):
             b, sq, hq, _ = q.shape
             o = empty((b, sq, hq, v.shape[-1]), q)
             lse = empty((b, hq, sq), q, dtype=torch.float32)
-            m.forward(launch_args(q, k, v, scale, mask.tiles(*choice.q_tiles, q.device), o=o, lse=lse))
+            launch(m.forward, forward_params(m, choice, mask, q, k, v, scale, o, lse), q)
         return o, lse
 
     def forward_jvp(self, q, k, v, tq, tk, tv, mask, scale):
@@ -70,15 +70,11 @@ class CudaBackend(Backend):
         with torch.cuda.device(q.device):
             m = _module()
             choice = choose_forward(q.device.index, jvp=True)
-            desc = mask.tiles(*choice.q_tiles, q.device)
             b, sq, hq, _ = q.shape
             o = empty((b, sq, hq, v.shape[-1]), q)
             to = empty((b, sq, hq, v.shape[-1]), q)
             lse = empty((b, hq, sq), q, dtype=torch.float32)
-            hint = {}
-            if mask.zero_tangent_q or mask.zero_tangent_k:   # the sm_90a JVP skips zero tangents
-                hint = dict(q_zero_tangent=desc.q_zero_tangent, k_zero_tangent=desc.k_zero_tangent)
-            m.forward_jvp(launch_args(q, k, v, scale, desc, o=o, lse=lse, to=to, tq=tq, tk=tk, tv=tv, **hint))
+            launch(m.forward_jvp, jvp_params(m, choice, mask, q, k, v, tq, tk, tv, scale, o, to, lse), q)
         return o, to, lse
 
     def backward(self, q, k, v, o, lse, do, mask, scale, deterministic=False):
@@ -94,11 +90,10 @@ class CudaBackend(Backend):
             b, sq, hq, _ = q.shape
             dq, dk, dv = empty(q.shape, q), empty(k.shape, k), empty(v.shape, v)
             delta = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
-            fused = {}
+            dq_accum = None
             if choice.backward_form == "fused":   # its float32 dQ sum, in whole query tiles (zeroed by the module)
                 rows = -(-sq // choice.k_tiles[0]) * choice.k_tiles[0]
-                fused["dq_accum"] = torch.empty((b, hq, rows, dqk), dtype=torch.float32, device=q.device)
-            m.backward(launch_args(q, k, v, scale, mask.tiles(*choice.q_tiles, q.device), o=o, lse=lse, do=do,
-                                   dq=dq, dk=dk, dv=dv, delta=delta, k_desc=mask.tiles(*choice.k_tiles, q.device),
-                                   **fused))
+                dq_accum = torch.empty((b, hq, rows, dqk), dtype=torch.float32, device=q.device)
+            launch(m.backward, backward_params(m, choice, mask, q, k, v, o, lse, do, scale, dq, dk, dv, delta,
+                                               dq_accum), q)
         return dq, dk, dv

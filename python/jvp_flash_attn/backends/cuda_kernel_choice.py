@@ -7,12 +7,19 @@ kernel that walks it. The backward has two forms: "two-kernel" (dK/dV, then dQ; 
 repeatable) and, on Hopper only, "fused" (one kernel that also adds dQ into a float32 buffer with
 atomic reduce-adds, so its dQ is not bitwise repeatable; 14-17 % faster on the benchmark
 workloads). "fused" runs unless the call asks for deterministic gradients.
+
+One developer switch, read once at import: ``JFA_CUDA_SM90=0`` runs the portable family on Hopper
+too (to compare the two families in one build).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .cuda_module import load_module
+
+FAMILIES = ("sm90a", "portable")
+PORTABLE_ONLY = os.environ.get("JFA_CUDA_SM90") == "0"
 
 BWD_FORMS = ("two-kernel", "fused")
 
@@ -21,7 +28,7 @@ BWD_FORMS = ("two-kernel", "fused")
 class DeviceKernels:
     """What the build runs on one device: the family and the (block_m, block_n) of each walk."""
 
-    family: str                            # "sm90a wgmma" or "mma.sync"
+    family: str                            # "sm90a" (wgmma, TMA) or "portable" (mma.sync)
     fwd: tuple[int, int]
     jvp: tuple[int, int]
     bwd_q: tuple[int, int]                 # dQ: key tiles per query tile
@@ -43,12 +50,13 @@ _by_device: dict[int, DeviceKernels] = {}
 
 
 def device_kernels(device: int) -> DeviceKernels:
-    """Read from the module once per device and process."""
+    """The family that serves a device and its tile shapes, read from the module once per device."""
     if device not in _by_device:
-        d = dict(load_module().tile_shapes(device))
-        fused = d.get("bwd_fused")
-        _by_device[device] = DeviceKernels(d["path"], tuple(d["fwd"]), tuple(d["jvp"]), tuple(d["bwd_q"]),
-                                           tuple(d["bwd_kv"]), None if fused is None else tuple(fused))
+        m = load_module()
+        family = "sm90a" if m.sm90_capable(device) and not PORTABLE_ONLY else "portable"
+        shapes = {walk: None if shape is None else tuple(shape) for walk, shape in m.tile_shapes(family).items()}
+        _by_device[device] = DeviceKernels(family, shapes["fwd"], shapes["jvp"], shapes["bwd_q"], shapes["bwd_kv"],
+                                           shapes["bwd_fused"])
     return _by_device[device]
 
 
