@@ -42,7 +42,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs():
-    from jvp_flash_attn.triton._common import poison_outputs
+    from jvp_flash_attn.triton.launch_setup import poison_outputs
 
     poison_outputs(True)
     yield
@@ -102,7 +102,7 @@ def test_cases_cover_every_tile_class():
     """The cases above exercise EMPTY, FULL and PARTIAL tiles and a ragged FULL last tile
     under the tile sizes the kernels use here."""
     from jvp_flash_attn.masks.tiles import EMPTY, FULL, PARTIAL
-    from jvp_flash_attn.triton._common import get_config
+    from jvp_flash_attn.triton.launch_setup import get_config
 
     seen = set()
     for mask, *_ in CASES.values():

@@ -48,7 +48,7 @@ def _set_tile_lists(lists, desc, by_key: bool):
         setattr(lists, part, getattr(desc, f"{side}_{part}").data_ptr())
 
 
-def _common_params(module, choice, mask, q, k, v, scale, o, lse, k_desc=None):
+def _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse, k_desc=None):
     """Shapes, the kernel family, q, k, v, the outputs o and lse, the description walked per query
     tile (its token maps serve every walk) and, for the backward, the one walked per key tile."""
     q_desc = mask.tiles(*choice.q_tiles, q.device)
@@ -72,11 +72,11 @@ def _common_params(module, choice, mask, q, k, v, scale, o, lse, k_desc=None):
 
 
 def forward_params(module, choice, mask, q, k, v, scale, o, lse):
-    return _common_params(module, choice, mask, q, k, v, scale, o, lse)[0]
+    return _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse)[0]
 
 
 def jvp_params(module, choice, mask, q, k, v, tq, tk, tv, scale, o, to, lse):
-    p, desc = _common_params(module, choice, mask, q, k, v, scale, o, lse)
+    p, desc = _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse)
     set_tensors(p, tq=tq, tk=tk, tv=tv, to=to)
     if mask.zero_tangent_q or mask.zero_tangent_k:   # the sm_90a JVP skips zero tangents
         p.q_zero_tangent, p.k_zero_tangent = desc.q_zero_tangent.data_ptr(), desc.k_zero_tangent.data_ptr()
@@ -85,7 +85,7 @@ def jvp_params(module, choice, mask, q, k, v, tq, tk, tv, scale, o, to, lse):
 
 def backward_params(module, choice, mask, q, k, v, o, lse, do, scale, dq, dk, dv, delta, dq_accum=None):
     """``dq_accum``: the fused form's float32 dQ sum (its presence selects that form in the module)."""
-    p, _ = _common_params(module, choice, mask, q, k, v, scale, o, lse, k_desc=mask.tiles(*choice.k_tiles, q.device))
+    p, _ = _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse, k_desc=mask.tiles(*choice.k_tiles, q.device))
     set_tensors(p, do_=do, dq=dq, dk=dk, dv=dv)
     p.delta = delta.data_ptr()
     if dq_accum is not None:

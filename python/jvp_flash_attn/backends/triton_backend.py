@@ -30,7 +30,7 @@ def _head_dim_reason(name: str, d: int) -> str | None:
 
 
 def _check_offsets(**tensors):
-    from ..triton._common import check_int32_offsets
+    from ..triton.launch_setup import check_int32_offsets
 
     for name, x in tensors.items():
         check_int32_offsets(name, x)
