@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <tuple>
+#include <utility>
 #include <type_traits>
 #include <stdexcept>
 #include <string>
@@ -82,23 +84,22 @@ void check_device(cudaError_t e) {
     if (e != cudaSuccess) throw std::runtime_error(std::string("jvp_flash_attn CUDA: selecting the device: ") + cudaGetErrorString(e));
 }
 
-// The pointers each direction reads or writes must be set (a missing one would be a null access on the GPU).
-void require(const void* ptr, const char* name) {
-    if (ptr == nullptr) throw std::invalid_argument(std::string("jvp_flash_attn CUDA: the parameter '") + name + "' is not set");
+// The pointers a direction reads or writes must be set (a missing one would be a null access on the GPU).
+using Required = std::initializer_list<std::pair<const void*, const char*>>;
+
+void require(Required fields) {
+    for (const auto& [ptr, name] : fields) {
+        if (ptr == nullptr) throw std::invalid_argument(std::string("jvp_flash_attn CUDA: the parameter '") + name + "' is not set");
+    }
 }
 
-void require_common(const AttnParams& p) {
+void run(Direction dir, const AttnParams& p, const std::string& dtype, int device, uint64_t stream_handle,
+         Required direction_fields) {
+    require_gpu();
     if (p.heads_k <= 0 || p.heads_q % p.heads_k != 0) throw std::invalid_argument("heads_q must be a multiple of heads_k");
-    require(p.q, "q");
-    require(p.k, "k");
-    require(p.v, "v");
-    require(p.o, "o");
-    require(p.lse, "lse");
-    require(p.q_tiles.full_ptr, "q_tiles");
-    require(p.maps.rule, "maps");
-}
-
-void run(Direction dir, const AttnParams& p, const std::string& dtype, int device, uint64_t stream_handle) {
+    require({{p.q, "q"}, {p.k, "k"}, {p.v, "v"}, {p.o, "o"}, {p.lse, "lse"}, {p.q_tiles.full_ptr, "q_tiles"},
+             {p.maps.rule, "maps"}});
+    require(direction_fields);
     const DType dt = parse_dtype(dtype);
     const VariantKey key{static_cast<int>(dir), static_cast<int>(dt), p.head_dim_qk, p.head_dim_v};
     const auto it = registry().find(key);
@@ -125,31 +126,16 @@ void run(Direction dir, const AttnParams& p, const std::string& dtype, int devic
 }
 
 void forward(const AttnParams& p, const std::string& dtype, int device, uint64_t stream) {
-    require_gpu();
-    require_common(p);
-    run(Direction::kFwd, p, dtype, device, stream);
+    run(Direction::kFwd, p, dtype, device, stream, {});
 }
 
 void forward_jvp(const AttnParams& p, const std::string& dtype, int device, uint64_t stream) {
-    require_gpu();
-    require_common(p);
-    require(p.tq, "tq");
-    require(p.tk, "tk");
-    require(p.tv, "tv");
-    require(p.to, "to");
-    run(Direction::kJvp, p, dtype, device, stream);
+    run(Direction::kJvp, p, dtype, device, stream, {{p.tq, "tq"}, {p.tk, "tk"}, {p.tv, "tv"}, {p.to, "to"}});
 }
 
 void backward(const AttnParams& p, const std::string& dtype, int device, uint64_t stream) {
-    require_gpu();
-    require_common(p);
-    require(p.do_, "do_");
-    require(p.dq, "dq");
-    require(p.dk, "dk");
-    require(p.dv, "dv");
-    require(p.delta, "delta");
-    require(p.k_tiles.full_ptr, "k_tiles");
-    run(Direction::kBwd, p, dtype, device, stream);
+    run(Direction::kBwd, p, dtype, device, stream,
+        {{p.do_, "do_"}, {p.dq, "dq"}, {p.dk, "dk"}, {p.dv, "dv"}, {p.delta, "delta"}, {p.k_tiles.full_ptr, "k_tiles"}});
 }
 
 py::list variants() {
