@@ -21,7 +21,6 @@ Providers:
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -123,31 +122,12 @@ class Provider:
         raise NotImplementedError
 
 
-# Kernel forms of the cuda backend a provider can pin: name -> (environment variable, value,
-# the ops it concerns). The provider is then cuda-<name> and times those ops alone.
+# Backward forms of the cuda backend a provider can pin: name -> (the ``deterministic`` argument
+# that selects it, the ops it concerns). The provider is then cuda-<name> and times those ops alone.
 CUDA_FORMS = {
-    "fused": ("JFA_CUDA_BWD", "fused", ("bwd",)),            # the one-kernel backward (Hopper default)
-    "two-kernel": ("JFA_CUDA_BWD", "two-kernel", ("bwd",)),  # the deterministic backward
-    "plain": ("JFA_CUDA_FWD", "plain", ("fwd", "jvp")),      # sm_90a forward / JVP without warp specialisation
+    "fused": (False, ("bwd",)),       # the one-kernel backward (the Hopper default)
+    "two-kernel": (True, ("bwd",)),   # the deterministic backward
 }
-
-
-@contextmanager
-def _cuda_form(form: str | None):
-    """The cuda backend pinned to one of CUDA_FORMS inside; None leaves the defaults."""
-    if form is None:
-        yield
-        return
-    var, value, _ = CUDA_FORMS[form]
-    prev = os.environ.get(var)
-    os.environ[var] = value
-    try:
-        yield
-    finally:
-        if prev is None:
-            del os.environ[var]
-        else:
-            os.environ[var] = prev
 
 
 class JfaProvider(Provider):
@@ -161,7 +141,7 @@ class JfaProvider(Provider):
         self.form = form
         self.name = backend if form is None else f"{backend}-{form}"
         if form is not None:
-            self.ops = CUDA_FORMS[form][2]
+            self.ops = CUDA_FORMS[form][1]
 
     def availability(self, device):
         why = jfa.backends().get(self.backend, f"unknown backend {self.backend!r}")
@@ -179,22 +159,22 @@ class JfaProvider(Provider):
 
     def prepare(self, op, inp):
         mask, scale, be = inp.mask, inp.scale, self.backend
+        deterministic = None if self.form is None else CUDA_FORMS[self.form][0]
         if op == "fwd":
             def fwd():
-                with torch.no_grad(), _cuda_form(self.form):
+                with torch.no_grad():
                     return jfa.attention(inp.q, inp.k, inp.v, mask=mask, scale=scale, backend=be)
             return Prepared(fwd, lambda o: (o,))
         if op == "bwd":
             q, k, v = _leaf(inp.q), _leaf(inp.k), _leaf(inp.v)
-            o = jfa.attention(q, k, v, mask=mask, scale=scale, backend=be)
+            o = jfa.attention(q, k, v, mask=mask, scale=scale, backend=be, deterministic=deterministic)
 
             def bwd():
-                with _cuda_form(self.form):
-                    return torch.autograd.grad(o, (q, k, v), inp.do, retain_graph=True)
+                return torch.autograd.grad(o, (q, k, v), inp.do, retain_graph=True)
             return Prepared(bwd, tuple)
         if op == "jvp":
             def jvp():
-                with torch.no_grad(), _cuda_form(self.form):
+                with torch.no_grad():
                     return jfa.attention_jvp(inp.q, inp.k, inp.v, inp.tq, inp.tk, inp.tv,
                                              mask=mask, scale=scale, backend=be)
             return Prepared(jvp, tuple)
@@ -202,7 +182,6 @@ class JfaProvider(Provider):
 
 
 def _triton_interpret(name) -> bool:
-    import os
     return name == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
 
 

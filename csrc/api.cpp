@@ -1,12 +1,18 @@
-// pybind11 module jvp_flash_attn._cuda: torch-free entry points. Every argument is a plain
-// Python value: device pointers as ints, shapes, (batch, row, head) element strides, the
-// softmax scale, the tile description's device pointers, and the CUDA stream handle as an int.
-// All checks on tensors, allocation and autograd live in python/jvp_flash_attn/backends/cuda_backend.py.
+// pybind11 module jvp_flash_attn._cuda: torch-free entry points. A launch takes the kernels'
+// parameter struct (AttnParams, bound below: device pointers as ints, shapes, (batch, row, head)
+// element strides, the softmax scale, the kernel family, the tile descriptions' device pointers),
+// the dtype, the device and the CUDA stream handle as an int. All work on tensors (checks,
+// allocation, autograd) lives in python/jvp_flash_attn/backends/ (cuda_launch_args.py builds the struct).
 #include <cuda_runtime.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <tuple>
+#include <utility>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -64,20 +70,6 @@ DType parse_dtype(const std::string& s) {
     throw std::invalid_argument("dtype must be 'bf16' or 'fp16', got '" + s + "'");
 }
 
-py::object item(const py::dict& d, const char* key) {
-    if (!d.contains(key)) throw std::invalid_argument(std::string("missing argument '") + key + "'");
-    return d[key];
-}
-int64_t get_int(const py::dict& d, const char* key) { return item(d, key).cast<int64_t>(); }
-template <class T>
-T* get_ptr(const py::dict& d, const char* key) {
-    return reinterpret_cast<T*>(static_cast<uintptr_t>(item(d, key).cast<uint64_t>()));
-}
-Strides get_strides(const py::dict& d, const char* key) {
-    auto t = item(d, key).cast<std::tuple<int64_t, int64_t, int64_t>>();
-    return Strides{std::get<0>(t), std::get<1>(t), std::get<2>(t)};
-}
-
 void require_gpu() {
     int n = 0;
     const cudaError_t e = cudaGetDeviceCount(&n);
@@ -92,48 +84,23 @@ void check_device(cudaError_t e) {
     if (e != cudaSuccess) throw std::runtime_error(std::string("jvp_flash_attn CUDA: selecting the device: ") + cudaGetErrorString(e));
 }
 
-void fill_tiles(const py::dict& d, TileLists& lists, int& num_tiles, int& block_m, int& block_n) {
-    lists.full_ptr = get_ptr<const int32_t>(d, "full_ptr");
-    lists.full_idx = get_ptr<const int32_t>(d, "full_idx");
-    lists.part_ptr = get_ptr<const int32_t>(d, "part_ptr");
-    lists.part_idx = get_ptr<const int32_t>(d, "part_idx");
-    num_tiles = static_cast<int>(get_int(d, "num_tiles"));
-    block_m = static_cast<int>(get_int(d, "block_m"));
-    block_n = static_cast<int>(get_int(d, "block_n"));
+// The pointers a direction reads or writes must be set (a missing one would be a null access on the GPU).
+using Required = std::initializer_list<std::pair<const void*, const char*>>;
+
+void require(Required fields) {
+    for (const auto& [ptr, name] : fields) {
+        if (ptr == nullptr) throw std::invalid_argument(std::string("jvp_flash_attn CUDA: the parameter '") + name + "' is not set");
+    }
 }
 
-AttnParams common_params(const py::dict& d) {
-    AttnParams p;
-    p.batch = static_cast<int>(get_int(d, "batch"));
-    p.seqlen_q = static_cast<int>(get_int(d, "seqlen_q"));
-    p.seqlen_k = static_cast<int>(get_int(d, "seqlen_k"));
-    p.heads_q = static_cast<int>(get_int(d, "heads_q"));
-    p.heads_k = static_cast<int>(get_int(d, "heads_k"));
-    p.head_dim_qk = static_cast<int>(get_int(d, "head_dim_qk"));
-    p.head_dim_v = static_cast<int>(get_int(d, "head_dim_v"));
-    p.scale = item(d, "scale").cast<float>();
-    if (p.heads_k <= 0 || p.heads_q % p.heads_k != 0) throw std::invalid_argument("heads_q must be a multiple of heads_k");
-    p.q = get_ptr<const void>(d, "q");
-    p.k = get_ptr<const void>(d, "k");
-    p.v = get_ptr<const void>(d, "v");
-    p.q_stride = get_strides(d, "q_stride");
-    p.k_stride = get_strides(d, "k_stride");
-    p.v_stride = get_strides(d, "v_stride");
-    p.lse = get_ptr<float>(d, "lse");
-    fill_tiles(item(d, "q_tiles").cast<py::dict>(), p.q_tiles, p.num_q_tiles, p.q_tiles_block_m, p.q_tiles_block_n);
-    const py::dict maps = item(d, "maps").cast<py::dict>();
-    p.maps.q_seg = get_ptr<const int32_t>(maps, "q_seg");
-    p.maps.q_pos = get_ptr<const int32_t>(maps, "q_pos");
-    p.maps.k_seg = get_ptr<const int32_t>(maps, "k_seg");
-    p.maps.k_pos = get_ptr<const int32_t>(maps, "k_pos");
-    p.maps.rule = get_ptr<const int32_t>(maps, "rule");
-    p.maps.num_k_segments = static_cast<int>(get_int(maps, "num_k_segments"));
-    return p;
-}
-
-void run(Direction dir, const AttnParams& p, const py::dict& d) {
+void run(Direction dir, const AttnParams& p, const std::string& dtype, int device, uint64_t stream_handle,
+         Required direction_fields) {
     require_gpu();
-    const DType dt = parse_dtype(item(d, "dtype").cast<std::string>());
+    if (p.heads_k <= 0 || p.heads_q % p.heads_k != 0) throw std::invalid_argument("heads_q must be a multiple of heads_k");
+    require({{p.q, "q"}, {p.k, "k"}, {p.v, "v"}, {p.o, "o"}, {p.lse, "lse"}, {p.q_tiles.full_ptr, "q_tiles"},
+             {p.maps.rule, "maps"}});
+    require(direction_fields);
+    const DType dt = parse_dtype(dtype);
     const VariantKey key{static_cast<int>(dir), static_cast<int>(dt), p.head_dim_qk, p.head_dim_v};
     const auto it = registry().find(key);
     if (it == registry().end()) {
@@ -141,10 +108,14 @@ void run(Direction dir, const AttnParams& p, const py::dict& d) {
                                     " kernel for " + dtype_name(static_cast<int>(dt)) + " with head dims (" +
                                     std::to_string(p.head_dim_qk) + ", " + std::to_string(p.head_dim_v) + ")");
     }
+    if (p.family == KernelFamily::kSm90 && !sm90_capable(device)) {
+        throw std::invalid_argument("jvp_flash_attn CUDA: the sm_90a kernel family was chosen for device " +
+                                    std::to_string(device) + ", which cannot run it (or this build does not hold it)");
+    }
     // This module links its own (static) CUDA runtime, whose current device is not the
     // caller's: select the device the tensors live on before launching on their stream.
-    check_device(cudaSetDevice(static_cast<int>(get_int(d, "device"))));
-    const auto stream = reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(get_int(d, "stream")));
+    check_device(cudaSetDevice(device));
+    const auto stream = reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(stream_handle));
     try {
         it->second(p, stream);
     } catch (const std::runtime_error& e) {
@@ -154,48 +125,17 @@ void run(Direction dir, const AttnParams& p, const py::dict& d) {
     }
 }
 
-void forward(const py::dict& d) {
-    AttnParams p = common_params(d);
-    p.o = get_ptr<void>(d, "o");
-    p.o_stride = get_strides(d, "o_stride");
-    run(Direction::kFwd, p, d);
+void forward(const AttnParams& p, const std::string& dtype, int device, uint64_t stream) {
+    run(Direction::kFwd, p, dtype, device, stream, {});
 }
 
-void forward_jvp(const py::dict& d) {
-    AttnParams p = common_params(d);
-    if (d.contains("q_zero_tangent")) {   // optional: the mask's zero-tangent hint per tile
-        p.q_zero_tangent = get_ptr<const int8_t>(d, "q_zero_tangent");
-        p.k_zero_tangent = get_ptr<const int8_t>(d, "k_zero_tangent");
-    }
-    p.o = get_ptr<void>(d, "o");
-    p.o_stride = get_strides(d, "o_stride");
-    p.tq = get_ptr<const void>(d, "tq");
-    p.tk = get_ptr<const void>(d, "tk");
-    p.tv = get_ptr<const void>(d, "tv");
-    p.to = get_ptr<void>(d, "to");
-    p.tq_stride = get_strides(d, "tq_stride");
-    p.tk_stride = get_strides(d, "tk_stride");
-    p.tv_stride = get_strides(d, "tv_stride");
-    p.to_stride = get_strides(d, "to_stride");
-    run(Direction::kJvp, p, d);
+void forward_jvp(const AttnParams& p, const std::string& dtype, int device, uint64_t stream) {
+    run(Direction::kJvp, p, dtype, device, stream, {{p.tq, "tq"}, {p.tk, "tk"}, {p.tv, "tv"}, {p.to, "to"}});
 }
 
-void backward(const py::dict& d) {
-    AttnParams p = common_params(d);
-    p.o = get_ptr<void>(d, "o");
-    p.o_stride = get_strides(d, "o_stride");
-    p.do_ = get_ptr<const void>(d, "do");
-    p.do_stride = get_strides(d, "do_stride");
-    p.dq = get_ptr<void>(d, "dq");
-    p.dk = get_ptr<void>(d, "dk");
-    p.dv = get_ptr<void>(d, "dv");
-    p.dq_stride = get_strides(d, "dq_stride");
-    p.dk_stride = get_strides(d, "dk_stride");
-    p.dv_stride = get_strides(d, "dv_stride");
-    p.delta = get_ptr<float>(d, "delta");
-    if (d.contains("dq_accum")) p.dq_accum = get_ptr<float>(d, "dq_accum");   // optional: the one-kernel backward
-    fill_tiles(item(d, "k_tiles").cast<py::dict>(), p.k_tiles, p.num_k_tiles, p.k_tiles_block_m, p.k_tiles_block_n);
-    run(Direction::kBwd, p, d);
+void backward(const AttnParams& p, const std::string& dtype, int device, uint64_t stream) {
+    run(Direction::kBwd, p, dtype, device, stream,
+        {{p.do_, "do_"}, {p.dq, "dq"}, {p.dk, "dk"}, {p.dv, "dv"}, {p.delta, "delta"}, {p.k_tiles.full_ptr, "k_tiles"}});
 }
 
 py::list variants() {
@@ -207,16 +147,25 @@ py::list variants() {
     return out;
 }
 
-py::dict tile_shapes(int device) {
-    auto shape = [](const TileShape& s) { return py::make_tuple(s.block_m, s.block_n); };
+KernelFamily parse_family(const std::string& s) {
+    if (s == "sm90a") return KernelFamily::kSm90;
+    if (s == "portable") return KernelFamily::kPortable;
+    throw std::invalid_argument("kernel family must be 'sm90a' or 'portable', got '" + s + "'");
+}
+
+// (block_m, block_n) of each walk of a kernel family; None for a walk the family has no kernel for.
+py::dict tile_shapes(const std::string& family) {
+    const KernelFamily f = parse_family(family);
+    auto shape = [f](Walk walk) {
+        const TileShape s = tile_shape(walk, f);
+        return s.block_m > 0 ? py::object(py::make_tuple(s.block_m, s.block_n)) : py::object(py::none());
+    };
     py::dict d;
-    d["fwd"] = shape(fwd_tile_shape(false, device));
-    d["jvp"] = shape(fwd_tile_shape(true, device));
-    d["bwd_q"] = shape(bwd_q_tile_shape(device));
-    d["bwd_kv"] = shape(bwd_kv_tile_shape(device));
-    d["path"] = sm90_path(device) ? "sm90a wgmma" : "mma.sync";
-    // the fused backward's key description (a float32 dq_accum buffer selects it), where it is built
-    d["bwd_fused"] = sm90_path(device) ? py::object(shape(kBwdFusedTilesSm90)) : py::object(py::none());
+    d["fwd"] = shape(Walk::kFwd);
+    d["jvp"] = shape(Walk::kJvp);
+    d["bwd_q"] = shape(Walk::kBwdQ);
+    d["bwd_kv"] = shape(Walk::kBwdKV);
+    d["bwd_fused"] = shape(Walk::kBwdFused);
     return d;
 }
 
@@ -277,15 +226,79 @@ int device_count() {
 }  // namespace
 }  // namespace jfa
 
+// Device pointers cross as ints, strides as (batch, row, head) tuples.
+template <class T>
+uint64_t address(T* ptr) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(ptr)); }
+template <class T>
+T* pointer(uint64_t address) { return reinterpret_cast<T*>(static_cast<uintptr_t>(address)); }
+
+#define JFA_POINTER(Struct, field)                                                                          \
+    def_property(#field, [](const Struct& s) { return address(s.field); },                                 \
+                 [](Struct& s, uint64_t a) { s.field = pointer<std::remove_pointer_t<decltype(s.field)>>(a); })
+#define JFA_STRIDES(field)                                                                                  \
+    def_property(#field, [](const AttnParams& s) { return std::make_tuple(s.field.batch, s.field.row, s.field.head); }, \
+                 [](AttnParams& s, std::tuple<int64_t, int64_t, int64_t> t) {                                \
+                     s.field = Strides{std::get<0>(t), std::get<1>(t), std::get<2>(t)};                     \
+                 })
+
+void bind_params(py::module_& m) {
+    using jfa::AttnParams;
+    using jfa::KernelFamily;
+    using jfa::Strides;
+    using jfa::TileLists;
+    using jfa::TokenMaps;
+    py::enum_<KernelFamily>(m, "KernelFamily").value("portable", KernelFamily::kPortable).value("sm90a", KernelFamily::kSm90);
+    py::class_<TileLists>(m, "TileLists", "CSR lists of a tile description (jfa/params.h)")
+        .def(py::init<>())
+        .JFA_POINTER(TileLists, full_ptr).JFA_POINTER(TileLists, full_idx)
+        .JFA_POINTER(TileLists, part_ptr).JFA_POINTER(TileLists, part_idx);
+    py::class_<TokenMaps>(m, "TokenMaps", "per-token maps of PARTIAL tiles (jfa/params.h)")
+        .def(py::init<>())
+        .JFA_POINTER(TokenMaps, q_seg).JFA_POINTER(TokenMaps, q_pos).JFA_POINTER(TokenMaps, k_seg)
+        .JFA_POINTER(TokenMaps, k_pos).JFA_POINTER(TokenMaps, rule)
+        .def_readwrite("num_k_segments", &TokenMaps::num_k_segments);
+    py::class_<AttnParams>(m, "AttnParams", "the one struct the kernels see (jfa/params.h); unset pointers are null")
+        .def(py::init<>())
+        .def_readwrite("batch", &AttnParams::batch).def_readwrite("seqlen_q", &AttnParams::seqlen_q)
+        .def_readwrite("seqlen_k", &AttnParams::seqlen_k).def_readwrite("heads_q", &AttnParams::heads_q)
+        .def_readwrite("heads_k", &AttnParams::heads_k).def_readwrite("head_dim_qk", &AttnParams::head_dim_qk)
+        .def_readwrite("head_dim_v", &AttnParams::head_dim_v).def_readwrite("scale", &AttnParams::scale)
+        .def_readwrite("family", &AttnParams::family)
+        .JFA_POINTER(AttnParams, q).JFA_POINTER(AttnParams, k).JFA_POINTER(AttnParams, v)
+        .JFA_POINTER(AttnParams, tq).JFA_POINTER(AttnParams, tk).JFA_POINTER(AttnParams, tv)
+        .JFA_POINTER(AttnParams, o).JFA_POINTER(AttnParams, to).JFA_POINTER(AttnParams, lse)
+        .JFA_STRIDES(q_stride).JFA_STRIDES(k_stride).JFA_STRIDES(v_stride).JFA_STRIDES(tq_stride)
+        .JFA_STRIDES(tk_stride).JFA_STRIDES(tv_stride).JFA_STRIDES(o_stride).JFA_STRIDES(to_stride)
+        .JFA_POINTER(AttnParams, do_).JFA_POINTER(AttnParams, dq).JFA_POINTER(AttnParams, dk)
+        .JFA_POINTER(AttnParams, dv).JFA_POINTER(AttnParams, delta).JFA_POINTER(AttnParams, dq_accum)
+        .JFA_STRIDES(do_stride).JFA_STRIDES(dq_stride).JFA_STRIDES(dk_stride).JFA_STRIDES(dv_stride)
+        .def_readwrite("q_tiles", &AttnParams::q_tiles).def_readwrite("k_tiles", &AttnParams::k_tiles)
+        .def_readwrite("maps", &AttnParams::maps)
+        .JFA_POINTER(AttnParams, q_zero_tangent).JFA_POINTER(AttnParams, k_zero_tangent)
+        .def_readwrite("num_q_tiles", &AttnParams::num_q_tiles).def_readwrite("num_k_tiles", &AttnParams::num_k_tiles)
+        .def_readwrite("q_tiles_block_m", &AttnParams::q_tiles_block_m)
+        .def_readwrite("q_tiles_block_n", &AttnParams::q_tiles_block_n)
+        .def_readwrite("k_tiles_block_m", &AttnParams::k_tiles_block_m)
+        .def_readwrite("k_tiles_block_n", &AttnParams::k_tiles_block_n);
+}
+
 PYBIND11_MODULE(_cuda, m) {
     m.doc() = "jvp_flash_attn compiled core: torch-free masked attention forward, backward and fused forward+JVP";
-    m.def("forward", &jfa::forward, "o, lse = attention(q, k, v); arguments in one dict of ints/floats");
-    m.def("forward_jvp", &jfa::forward_jvp, "o, to, lse in one fused pass; arguments in one dict");
-    m.def("backward", &jfa::backward, "dq, dk, dv (dk/dv summed over GQA groups); arguments in one dict");
+    bind_params(m);
+    const char* launch_args = "(params: AttnParams, dtype: 'bf16' or 'fp16', device, stream handle)";
+    m.def("forward", &jfa::forward, py::arg("params"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+          (std::string("o, lse = attention(q, k, v) ") + launch_args).c_str());
+    m.def("forward_jvp", &jfa::forward_jvp, py::arg("params"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+          (std::string("o, to, lse in one fused pass ") + launch_args).c_str());
+    m.def("backward", &jfa::backward, py::arg("params"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+          (std::string("dq, dk, dv (dk/dv summed over GQA groups); the fused form when dq_accum is set ") +
+           launch_args).c_str());
     m.def("variants", &jfa::variants, "(direction, dtype, head_dim_qk, head_dim_v) of every compiled kernel");
-    m.def("tile_shapes", &jfa::tile_shapes, py::arg("device") = -1,
-          "(block_m, block_n) of the tile description each walk needs on a device (-1: the portable path), "
-          "and which kernel path serves its forward and JVP");
+    m.def("tile_shapes", &jfa::tile_shapes, py::arg("family"),
+          "(block_m, block_n) of the tile description each walk of a kernel family ('sm90a' or 'portable') "
+          "needs, None where the family has no such kernel");
+    m.def("sm90_capable", &jfa::sm90_capable, py::arg("device"),
+          "whether a device can run the sm_90a kernel family (this build holds it, compute capability 9.0)");
     m.def("device_count", &jfa::device_count, "visible CUDA devices (0 when none or no driver)");
     m.def("device_error", &jfa::device_error, "why no device is visible to this module's CUDA runtime, or None");
     m.def("compute_capability", &jfa::compute_capability, py::arg("device"),

@@ -13,7 +13,7 @@ Environment:
   JFA_CUDA_LINEINFO  1 adds -lineinfo (for compute-sanitizer and profilers)
   JFA_TILES          tile-shape overrides for experiments, e.g. "fwd=128,128,8;bwd_kv=32,128,8;jvp90=128,128"
                      (keys fwd, jvp, bwd_q, bwd_kv: block_m,block_n,warps; fwd90, jvp90, bwdq90, bwdkv90,
-                     bwdf90 (the sm_90a path): block_m,block_n; see jfa/tile_shapes.h)
+                     bwdf90 (the sm_90a family): block_m,block_n; see jfa/tile_shapes.h)
 """
 from __future__ import annotations
 
@@ -106,21 +106,35 @@ def default_jobs() -> int:
     return max(1, min(cores, by_mem))
 
 
-def tile_defines() -> list[str]:
-    """-D flags from JFA_TILES (empty by default: the shapes in jfa/tile_shapes.h)."""
-    names = {"fwd": "JFA_FWD", "jvp": "JFA_JVP", "bwd_q": "JFA_BWD_Q", "bwd_kv": "JFA_BWD_KV",
-             "fwd90": "JFA_FWD90", "jvp90": "JFA_JVP90", "bwdq90": "JFA_BWDQ90",
-             "bwdkv90": "JFA_BWDKV90", "bwdf90": "JFA_BWDF90"}   # the sm90 shapes take block_m,block_n only
-    out = []
+# JFA_TILES key -> (walk, kernel family, the tile side whose rows the sm_90a warpgroups split) in
+# jfa/tile_shapes.h; the portable keys take block_m,block_n,warps, the sm90a ones block_m,block_n.
+TILE_KEYS = {
+    "fwd": ("kFwd", "kPortable", None), "jvp": ("kJvp", "kPortable", None),
+    "bwd_q": ("kBwdQ", "kPortable", None), "bwd_kv": ("kBwdKV", "kPortable", None),
+    "fwd90": ("kFwd", "kSm90", 0), "jvp90": ("kJvp", "kSm90", 0), "bwdq90": ("kBwdQ", "kSm90", 0),
+    "bwdkv90": ("kBwdKV", "kSm90", 1), "bwdf90": ("kBwdFused", "kSm90", 1),
+}
+
+
+def tile_defines(for_nvcc: bool = False) -> list[str]:
+    """JFA_TILES as one -DJFA_TILE_OVERRIDES flag (none by default: the shapes of jfa/tile_shapes.h).
+    nvcc reads commas in -D as separators between macros, so for nvcc they are escaped."""
+    entries = []
     for item in filter(None, (x.strip() for x in os.environ.get("JFA_TILES", "").split(";"))):
         key, _, value = item.partition("=")
-        nums = value.split(",")
+        nums = [n.strip() for n in value.split(",")]
         want = 2 if key.endswith("90") else 3
-        if key not in names or len(nums) != want or not all(n.strip().isdigit() for n in nums):
-            raise ValueError(f"JFA_TILES entries look like fwd=128,64,8 or fwd90=128,128 (keys {sorted(names)}), "
+        if key not in TILE_KEYS or len(nums) != want or not all(n.isdigit() for n in nums):
+            raise ValueError(f"JFA_TILES entries look like fwd=128,64,8 or fwd90=128,128 (keys {sorted(TILE_KEYS)}), "
                              f"got {item!r}")
-        out += [f"-D{names[key]}_{suffix}={n.strip()}" for suffix, n in zip("MNW", nums)]
-    return out
+        walk, family, warpgroup_side = TILE_KEYS[key]
+        m, n = int(nums[0]), int(nums[1])
+        warps = int(nums[2]) if warpgroup_side is None else (m, n)[warpgroup_side] // 16
+        entries.append(f"{{jfa::Walk::{walk},jfa::KernelFamily::{family},{{{m},{n},{warps}}}}},")
+    if not entries:
+        return []
+    value = "".join(entries)
+    return ["-DJFA_TILE_OVERRIDES=" + (value.replace(",", "\\,") if for_nvcc else value)]
 
 
 def say(msg: str) -> None:
@@ -152,7 +166,7 @@ class Progress:
 
 def nvcc_flags(arch_list: list[str]) -> list[str]:
     flags = ["-std=c++17", "-O3", "--use_fast_math", "-Xcompiler", "-fPIC", "-I", HERE]
-    flags += gencode_flags(arch_list) + tile_defines() + arch_defines(arch_list)
+    flags += gencode_flags(arch_list) + tile_defines(for_nvcc=True) + arch_defines(arch_list)
     return flags + (["-lineinfo"] if os.environ.get("JFA_CUDA_LINEINFO") == "1" else [])
 
 

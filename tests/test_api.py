@@ -25,9 +25,9 @@ def counts(monkeypatch):
     for name in counter:
         original = getattr(cls, name)
 
-        def wrapped(self, *a, _orig=original, _name=name):
+        def wrapped(self, *a, _orig=original, _name=name, **kw):
             counter[_name] += 1
-            return _orig(self, *a)
+            return _orig(self, *a, **kw)
         monkeypatch.setattr(cls, name, wrapped)
     return counter
 

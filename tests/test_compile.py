@@ -1,11 +1,10 @@
 """torch.compile(fullgraph=True) through jfa.attention (forward and backward), and opcheck of
-the reference backend's custom ops. The Triton ops have their own opcheck in test_triton_kernels."""
+the custom ops over the reference backend (over Triton: test_triton_kernels)."""
 import pytest
 import torch
 
 import jvp_flash_attn as jfa
-from jvp_flash_attn import masks
-from jvp_flash_attn.backends import reference_backend as rb
+from jvp_flash_attn import masks, ops
 from jvp_flash_attn.masks import FramePattern
 
 MASK = masks.teacher_forcing(FramePattern(5, 4, 2), window=2, sink=1)
@@ -43,11 +42,11 @@ def test_compile_fullgraph_forward_and_backward(backend):
 def test_opcheck_reference_ops():
     q, k, v = _inputs(torch.float64)
     tq, tk, tv = (torch.randn_like(a) for a in (q, k, v))
-    o, lse = rb.reference_fwd(q, k, v, MASK.uid, 0.25)
+    o, lse = ops.attention_fwd(q, k, v, MASK.uid, 0.25, "reference")
     do = torch.randn_like(o)
-    torch.library.opcheck(rb.reference_fwd, (q, k, v, MASK.uid, 0.25))
-    torch.library.opcheck(rb.reference_jvp, (q, k, v, tq, tk, tv, MASK.uid, 0.25))
-    torch.library.opcheck(rb.reference_bwd, (q, k, v, o, lse, do, MASK.uid, 0.25))
+    torch.library.opcheck(ops.attention_fwd, (q, k, v, MASK.uid, 0.25, "reference"))
+    torch.library.opcheck(ops.attention_jvp, (q, k, v, tq, tk, tv, MASK.uid, 0.25, "reference"))
+    torch.library.opcheck(ops.attention_bwd, (q, k, v, o, lse, do, MASK.uid, 0.25, "reference", False))
 
 
 @pytest.mark.parametrize("compile_backend", ["eager", "inductor"])

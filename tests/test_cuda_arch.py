@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from jvp_flash_attn.backends import cuda_arch, cuda_backend
+from jvp_flash_attn.backends import cuda_arch, cuda_backend, cuda_module
 
 backends = importlib.import_module("jvp_flash_attn.backends")   # (jvp_flash_attn.backends is also a function)
 
@@ -68,10 +68,10 @@ class FakeCore:
 def uncovered_gpu(monkeypatch):
     """An sm_80 GPU in front of a Hopper-only build (JFA_CUDA_ARCHS=90)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(cuda_backend, "_module", FakeCore((8, 0), {"sass": ["sm_90a"], "ptx": "compute_90"}))
-    monkeypatch.setattr(cuda_backend, "_module_error", None)
-    monkeypatch.setattr(cuda_backend, "_built_variants", None)
-    monkeypatch.setattr(cuda_backend, "_device_reasons", None)
+    monkeypatch.setattr(cuda_module, "_module", FakeCore((8, 0), {"sass": ["sm_90a"], "ptx": "compute_90"}))
+    monkeypatch.setattr(cuda_module, "_module_error", None)
+    monkeypatch.setattr(cuda_module, "_built_variants", None)
+    monkeypatch.setattr(cuda_module, "_device_reasons", None)
     reason = cuda_backend.CudaBackend().availability()
     monkeypatch.setitem(backends._reasons, "cuda", reason)
     monkeypatch.setattr(backends, "_said", set())
@@ -107,8 +107,8 @@ def test_uncovered_gpu_falls_back_with_one_line(uncovered_gpu, monkeypatch):
 
 def test_covered_gpu_keeps_the_cuda_backend(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(cuda_backend, "_module", FakeCore((12, 0), DEFAULT_BUILD))
-    monkeypatch.setattr(cuda_backend, "_module_error", None)
-    monkeypatch.setattr(cuda_backend, "_built_variants", None)
-    monkeypatch.setattr(cuda_backend, "_device_reasons", None)
+    monkeypatch.setattr(cuda_module, "_module", FakeCore((12, 0), DEFAULT_BUILD))
+    monkeypatch.setattr(cuda_module, "_module_error", None)
+    monkeypatch.setattr(cuda_module, "_built_variants", None)
+    monkeypatch.setattr(cuda_module, "_device_reasons", None)
     assert cuda_backend.CudaBackend().availability() is None

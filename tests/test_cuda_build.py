@@ -1,23 +1,23 @@
 """The compiled core without a GPU (CI): it builds, imports, reports its variants and tile
-shapes, and a call without a GPU raises a clear error instead of crashing."""
+shapes, binds its parameter struct, and a call without a GPU raises a clear error instead of crashing."""
 import importlib
 import os
 
 import pytest
 import torch
 
-from jvp_flash_attn.backends import cuda_backend
+from jvp_flash_attn.backends import cuda_backend, cuda_module
 
 
 def _module_or_skip():
-    m = cuda_backend.load_module()
+    m = cuda_module.load_module()
     if m is None:
-        pytest.skip(cuda_backend.module_error())
+        pytest.skip(cuda_module.module_error())
     return m
 
 
 def test_unbuilt_extension_is_reported_by_availability():
-    if cuda_backend.load_module() is not None:
+    if cuda_module.load_module() is not None:
         pytest.skip("the extension is built here")
     assert cuda_backend.CudaBackend().availability().startswith("compiled extension not built")
 
@@ -28,35 +28,61 @@ def test_module_lists_its_variants_and_tile_shapes():
     assert ("fwd", "bf16", 128, 128) in variants  # every build profile, the CI one too
     assert ("jvp", "bf16", 128, 128) in variants
     assert ("bwd", "bf16", 128, 128) in variants
-    portable = m.tile_shapes()            # no device: the mma.sync path's shapes
-    assert portable["path"] == "mma.sync"
-    for device in [-1] + list(range(m.device_count())):
-        shapes = m.tile_shapes(device)
-        assert set(shapes) == {"fwd", "jvp", "bwd_q", "bwd_kv", "path", "bwd_fused"}
-        assert shapes["path"] in ("mma.sync", "sm90a wgmma")
+    for family in ("portable", "sm90a"):
+        shapes = m.tile_shapes(family)
+        assert set(shapes) == {"fwd", "jvp", "bwd_q", "bwd_kv", "bwd_fused"}
         # the fused backward is sm_90a only: 64 query rows, whole warpgroups of keys
-        assert (shapes["bwd_fused"] is not None) == (shapes["path"] == "sm90a wgmma")
+        assert (shapes["bwd_fused"] is not None) == (family == "sm90a")
         if shapes["bwd_fused"] is not None:
             assert shapes["bwd_fused"][0] == 64 and shapes["bwd_fused"][1] % 64 == 0
         for key in ("fwd", "jvp", "bwd_q", "bwd_kv"):
             bm, bn = shapes[key]
             assert bm % 16 == 0 and bn % 16 == 0
-        if shapes["path"] == "sm90a wgmma":
+        if family == "sm90a":
             # whole warpgroups: of query rows (fwd, jvp, dQ), of keys (dK/dV)
             assert all(shapes[key][0] % 64 == 0 for key in ("fwd", "jvp", "bwd_q")) and shapes["bwd_kv"][1] % 64 == 0
+    with pytest.raises(ValueError, match="family"):
+        m.tile_shapes("hopper")
 
 
-def test_sm90_path_follows_the_environment_switch():
-    """JFA_CUDA_SM90=0 forces the portable kernels (read at each call), so one process can time both."""
+def test_default_tile_shapes():
+    """The shapes of jfa/tile_shapes.h in a build without JFA_TILES overrides."""
+    m = _module_or_skip()
+    if m.build_info()["tiles"]:
+        pytest.skip(f"built with JFA_TILES={m.build_info()['tiles']}")
+    assert m.tile_shapes("portable") == {"fwd": (128, 64), "jvp": (128, 32), "bwd_q": (128, 64), "bwd_kv": (64, 128),
+                                         "bwd_fused": None}
+    assert m.tile_shapes("sm90a") == {"fwd": (128, 128), "jvp": (128, 64), "bwd_q": (64, 64), "bwd_kv": (64, 64),
+                                      "bwd_fused": (64, 128)}
+
+
+def test_parameter_struct_is_typed():
+    """The launch arguments are one struct mirroring jfa/params.h: fields keep their types and an
+    unknown field is an error, not a silently ignored key."""
+    m = _module_or_skip()
+    p = m.AttnParams()
+    assert p.q == 0 and p.family == m.KernelFamily.portable
+    p.q, p.q_stride, p.family = 1 << 40, (3, 2, 1), m.KernelFamily.sm90a
+    p.q_tiles.full_ptr = 16
+    assert (p.q, p.q_stride, p.family, p.q_tiles.full_ptr) == (1 << 40, (3, 2, 1), m.KernelFamily.sm90a, 16)
+    with pytest.raises(AttributeError):
+        p.not_a_field = 1
+    with pytest.raises(TypeError):
+        p.q_stride = (1, 2)
+
+
+def test_portable_family_switch_is_read_once_in_python():
+    """JFA_CUDA_SM90=0 runs the portable kernels on Hopper too: read once by the kernel choice."""
     m = _module_or_skip()
     if m.device_count() == 0:
         pytest.skip("needs a GPU")
     import subprocess
     import sys
-    code = "import jvp_flash_attn._cuda as m; print(m.tile_shapes(0)['path'])"
-    off = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, JFA_CUDA_SM90="0"),
+    code = ("from jvp_flash_attn.backends import cuda_kernel_choice as c; "
+            "print(c.PORTABLE_ONLY, c.device_kernels(0).family)")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, JFA_CUDA_SM90="0"),
                          capture_output=True, text=True, check=True).stdout.strip()
-    assert off == "mma.sync"
+    assert out == "True portable"
 
 
 def test_module_needs_no_torch():
@@ -71,15 +97,39 @@ def test_module_needs_no_torch():
 def test_call_without_gpu_raises_clear_error():
     m = _module_or_skip()
     assert cuda_backend.CudaBackend().availability() == "no CUDA GPU"
-    tiles = dict(full_ptr=0, full_idx=0, part_ptr=0, part_idx=0, num_tiles=1, block_m=128, block_n=64)
-    maps = dict(q_seg=0, q_pos=0, k_seg=0, k_pos=0, rule=0, num_k_segments=1)
-    args = dict(batch=1, seqlen_q=128, seqlen_k=128, heads_q=1, heads_k=1, head_dim_qk=128, head_dim_v=128,
-                scale=0.1, dtype="bf16", q=0, k=0, v=0, o=0, lse=0, q_stride=(0, 0, 0), k_stride=(0, 0, 0),
-                v_stride=(0, 0, 0), o_stride=(0, 0, 0), q_tiles=tiles, maps=maps, stream=0, device=0)
+    p = m.AttnParams()
+    p.batch, p.seqlen_q, p.seqlen_k, p.heads_q, p.heads_k, p.head_dim_qk, p.head_dim_v = 1, 128, 128, 1, 1, 128, 128
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
-        m.forward(args)
+        m.forward(p, "bf16", 0, 0)
 
 
 def test_registry_lists_cuda_first():
     backends = importlib.import_module("jvp_flash_attn.backends")
     assert backends.NAMES[0] == "cuda"
+
+
+@pytest.mark.parametrize("family", ["portable", "sm90a"])
+def test_launch_arguments_fill_the_struct(family):
+    """Each direction's arguments as the cuda backend builds them (CPU tensors stand in for the
+    GPU's): every field it sets exists, and the tile descriptions have the family's shapes."""
+    m = _module_or_skip()
+    from jvp_flash_attn import masks
+    from jvp_flash_attn.backends import cuda_kernel_choice as kc, cuda_launch_args as la
+    shapes = {walk: shape and tuple(shape) for walk, shape in m.tile_shapes(family).items()}
+    kernels = kc.DeviceKernels(family, shapes["fwd"], shapes["jvp"], shapes["bwd_q"], shapes["bwd_kv"],
+                               shapes["bwd_fused"])
+    mask = masks.block_causal(masks.FramePattern(40, 5)).with_zero_tangents(q_ranges=[(0, 40)])
+    q, k, v = (torch.zeros(2, mask.sq, 2, 128, dtype=torch.bfloat16) for _ in range(3))
+    o, lse = torch.zeros_like(q), torch.zeros(2, 2, mask.sq)
+    choice = kc.KernelChoice(family, kernels.fwd)
+    p = la.forward_params(m, choice, mask, q, k, v, 0.1, o, lse)
+    assert (p.q_tiles_block_m, p.q_tiles_block_n) == kernels.fwd and p.family == getattr(m.KernelFamily, family)
+    assert p.q == q.data_ptr() and p.q_stride == q.stride()[:3] and p.num_q_tiles == -(-mask.sq // kernels.fwd[0])
+    p = la.jvp_params(m, kc.KernelChoice(family, kernels.jvp), mask, q, k, v, q, k, v, 0.1, o, o, lse)
+    assert p.tq == q.data_ptr() and p.to == o.data_ptr() and p.q_zero_tangent != 0
+    for fused in {False, kernels.bwd_fused is not None}:
+        choice = kc.KernelChoice(family, kernels.bwd_q, kernels.bwd_fused if fused else kernels.bwd_kv,
+                                 "fused" if fused else "two-kernel")
+        p = la.backward_params(m, choice, mask, q, k, v, o, lse, o, 0.1, q, k, v, lse, lse if fused else None)
+        assert p.do_ == o.data_ptr() and p.do_stride == o.stride()[:3] and p.delta == lse.data_ptr()
+        assert (p.k_tiles_block_m, p.k_tiles_block_n) == choice.k_tiles and (p.dq_accum != 0) == fused

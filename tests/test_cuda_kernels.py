@@ -7,7 +7,7 @@ import torch
 import jvp_flash_attn as jfa
 from conftest import assert_within_rule, rel_err
 from jvp_flash_attn import masks, reference
-from jvp_flash_attn.backends import cuda_backend, get, select
+from jvp_flash_attn.backends import cuda_backend, cuda_kernel_choice, cuda_launch_args, get, select
 from jvp_flash_attn.masks import FramePattern
 
 _REASON = cuda_backend.CudaBackend().availability()
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=f"
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
-    monkeypatch.setattr(cuda_backend, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(cuda_launch_args, "POISON_OUTPUTS", True)
 
 
 CASES = {  # id -> (mask, B, Hq, Hk, Dqk, Dv)
@@ -173,36 +173,28 @@ def _kernels_of(fn, *args):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_both_forward_forms_agree(case, monkeypatch):
-    """On Hopper the warp-specialised forward and JVP (TMA loads, ping-pong warpgroups) are the
-    default; JFA_CUDA_FWD=plain runs the kernels whose warps all load. Both within the rule, and
-    bit for bit the same: the same products in the same order per row, and the pointwise
-    arithmetic rounds as written (softmax.h) whatever kernel it is compiled into."""
+def test_hopper_runs_the_warp_specialised_forward(case):
+    """On Hopper the forward and JVP are the warp-specialised kernels (TMA loads, ping-pong
+    warpgroups) whenever the TMA unit can describe the operands, as here; within the rule."""
     mask, x, t, _ = _inputs(case, torch.bfloat16)
     be, scale = get("cuda"), x[0].shape[-1] ** -0.5
     o64, to64, lse64 = reference.forward_jvp(*(a.double() for a in (*x, *t)), mask)
     o_lp, to_lp, lse_lp = reference.forward_jvp(*x, *t, mask)
-    hopper = cuda_backend._tile_shapes(x[0].device.index)["path"] == "sm90a wgmma"
-    runs = {}
-    for form in ("ws", "plain"):
-        monkeypatch.setenv("JFA_CUDA_FWD", form)
-        (o, lse), kernels = _kernels_of(be.forward, *x, mask, scale)
-        (o_j, to, lse_j), jvp_kernels = _kernels_of(be.forward_jvp, *x, *t, mask, scale)
-        ran_ws = [any("kernel_sm90_ws" in n for n in names) for names in (kernels, jvp_kernels)]
-        assert ran_ws == [hopper and form == "ws"] * 2, (form, sorted(kernels | jvp_kernels))
-        for name, got, ref, lp in (("o", o, o64, o_lp), ("lse", lse, lse64, lse_lp), ("o (jvp)", o_j, o64, o_lp),
-                                   ("to", to, to64, to_lp), ("lse (jvp)", lse_j, lse64, lse_lp)):
-            assert_within_rule(f"{name} ({form})", got, ref, lp)
-        runs[form] = (o, lse, o_j, to, lse_j)
-    for name, ws, plain in zip(("o", "lse", "o (jvp)", "to", "lse (jvp)"), runs["ws"], runs["plain"]):
-        assert torch.equal(ws, plain), (name, (ws.float() - plain.float()).abs().max().item())
+    hopper = cuda_kernel_choice.device_kernels(x[0].device.index).family == "sm90a"
+    (o, lse), kernels = _kernels_of(be.forward, *x, mask, scale)
+    (o_j, to, lse_j), jvp_kernels = _kernels_of(be.forward_jvp, *x, *t, mask, scale)
+    ran_ws = [any("kernel_sm90_ws" in n for n in names) for names in (kernels, jvp_kernels)]
+    assert ran_ws == [hopper] * 2, sorted(kernels | jvp_kernels)
+    for name, got, ref, lp in (("o", o, o64, o_lp), ("lse", lse, lse64, lse_lp), ("o (jvp)", o_j, o64, o_lp),
+                               ("to", to, to64, to_lp), ("lse (jvp)", lse_j, lse64, lse_lp)):
+        assert_within_rule(name, got, ref, lp)
 
 
 @pytest.mark.parametrize("case", [c for c, spec in CASES.items() if spec[4] == spec[5]])
-def test_both_backward_forms_within_rule(case, monkeypatch):
-    """Both backward forms within the rule on every mask family. The two-kernel form (no atomics)
-    is bitwise equal from run to run; the fused form runs where built (its dQ conversion pass shows
-    in the profile) and the deterministic switch overrides it."""
+def test_both_backward_forms_within_rule(case):
+    """Both backward forms within the rule on every mask family. The fused form runs where built
+    (its dQ conversion pass shows in the profile) unless the call is deterministic; the
+    deterministic (two-kernel) form is bitwise equal from run to run."""
     mask, x, _, do = _inputs(case, torch.bfloat16)
     be, scale = get("cuda"), x[0].shape[-1] ** -0.5
     x64 = [a.double() for a in x]
@@ -211,34 +203,21 @@ def test_both_backward_forms_within_rule(case, monkeypatch):
     grads64 = reference.backward(*x64, o64, lse64, do.double(), mask)
     grads_lp = reference.backward(*x, o_lp, lse_lp.float(), do, mask)
     o, lse = be.forward(*x, mask, scale)
-    built = cuda_backend._tile_shapes(x[0].device.index)["bwd_fused"] is not None
-    runs = {}
-    for form, deterministic in (("fused", "0"), ("two-kernel", "0"), ("fused", "1")):
-        monkeypatch.setenv("JFA_CUDA_BWD", form)
-        monkeypatch.setenv("JFA_CUDA_DETERMINISTIC", deterministic)
-        grads, kernels = _kernels_of(be.backward, *x, o, lse, do, mask, scale)
+    built = cuda_kernel_choice.device_kernels(x[0].device.index).bwd_fused is not None
+    runs = []
+    for deterministic in (False, True, True):
+        grads, kernels = _kernels_of(be.backward, *x, o, lse, do, mask, scale, deterministic)
         ran_fused = any("dq_convert" in k for k in kernels)
-        assert ran_fused == (built and form == "fused" and deterministic == "0"), (form, sorted(kernels))
+        assert ran_fused == (built and not deterministic), (deterministic, sorted(kernels))
         # on Hopper the fused form is the warp-specialised kernel (the TMA unit describes these inputs)
-        assert any("bwd_kernel_sm90_ws" in k for k in kernels) == ran_fused, (form, sorted(kernels))
+        assert any("bwd_kernel_sm90_ws" in k for k in kernels) == ran_fused, (deterministic, sorted(kernels))
         for name, got, ref, lp in zip(("dq", "dk", "dv"), grads, grads64, grads_lp):
             assert_within_rule(f"{name} ({'fused' if ran_fused else 'two-kernel'})", got, ref, lp)
-        runs[(form, deterministic)] = grads
-    # the deterministic switch ran the two-kernel form: the same bits as asking for it
-    assert all(torch.equal(a, b) for a, b in zip(runs[("two-kernel", "0")], runs[("fused", "1")]))
+        runs.append(grads)
+    assert all(torch.equal(a, b) for a, b in zip(runs[1], runs[2]))
 
 
-def test_backward_form_switches(monkeypatch):
-    monkeypatch.delenv("JFA_CUDA_DETERMINISTIC", raising=False)
-    monkeypatch.setenv("JFA_CUDA_BWD", "fused")
-    built = cuda_backend._tile_shapes(0)["bwd_fused"] is not None
-    assert cuda_backend.backward_form(0) == ("fused" if built else "two-kernel")
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        assert cuda_backend.backward_form(0) == "two-kernel"
-    finally:
-        torch.use_deterministic_algorithms(prev)
-    monkeypatch.setenv("JFA_CUDA_BWD", "atomic")
-    with pytest.raises(ValueError, match="JFA_CUDA_BWD"):
-        cuda_backend.backward_form(0)
+def test_backward_form_follows_deterministic():
+    built = cuda_kernel_choice.device_kernels(0).bwd_fused is not None
+    assert cuda_kernel_choice.choose_backward(0, False).backward_form == ("fused" if built else "two-kernel")
+    assert cuda_kernel_choice.choose_backward(0, True).backward_form == "two-kernel"

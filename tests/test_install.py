@@ -12,7 +12,7 @@ import pytest
 
 import jvp_flash_attn as jfa
 from jvp_flash_attn.__main__ import main
-from jvp_flash_attn.backends import cuda_backend
+from jvp_flash_attn.backends import cuda_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What the core may link: the C and C++ runtimes and the loader. No libtorch/libc10, no libcudart
@@ -68,9 +68,9 @@ def test_report_says_what_was_built(capsys):
 
 
 def test_compiled_core_links_no_torch_and_no_cuda_runtime():
-    m = cuda_backend.load_module()
+    m = cuda_module.load_module()
     if m is None:
-        pytest.skip(cuda_backend.module_error())
+        pytest.skip(cuda_module.module_error())
     if shutil.which("readelf") is None:
         pytest.skip("needs readelf (binutils)")
     dynamic = subprocess.run(["readelf", "-d", m.__file__], capture_output=True, text=True, check=True).stdout

@@ -42,7 +42,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs():
-    from jvp_flash_attn.triton._common import poison_outputs
+    from jvp_flash_attn.triton.launch_setup import poison_outputs
 
     poison_outputs(True)
     yield
@@ -102,7 +102,7 @@ def test_cases_cover_every_tile_class():
     """The cases above exercise EMPTY, FULL and PARTIAL tiles and a ragged FULL last tile
     under the tile sizes the kernels use here."""
     from jvp_flash_attn.masks.tiles import EMPTY, FULL, PARTIAL
-    from jvp_flash_attn.triton._common import get_config
+    from jvp_flash_attn.triton.launch_setup import get_config
 
     seen = set()
     for mask, *_ in CASES.values():
@@ -190,7 +190,7 @@ def test_unsupported_inputs_are_refused_with_the_reason():
 def test_custom_ops_pass_opcheck():
     mask, x, t, do = _problem("B2-S97x61-H4/2-D32x16-full", torch.float16, _seed())
     scale = 32 ** -0.5
-    torch.library.opcheck(torch.ops.jfa.triton_fwd, (*x, mask.uid, scale))
-    torch.library.opcheck(torch.ops.jfa.triton_jvp, (*x, *t, mask.uid, scale))
+    torch.library.opcheck(torch.ops.jfa.attention_fwd, (*x, mask.uid, scale, "triton"))
+    torch.library.opcheck(torch.ops.jfa.attention_jvp, (*x, *t, mask.uid, scale, "triton"))
     o, lse = get("triton").forward(*x, mask, scale)
-    torch.library.opcheck(torch.ops.jfa.triton_bwd, (*x, o, lse, do, mask.uid, scale))
+    torch.library.opcheck(torch.ops.jfa.attention_bwd, (*x, o, lse, do, mask.uid, scale, "triton", False))

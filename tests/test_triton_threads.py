@@ -26,7 +26,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs():
-    from jvp_flash_attn.triton._common import poison_outputs
+    from jvp_flash_attn.triton.launch_setup import poison_outputs
 
     poison_outputs(True)
     yield
@@ -82,14 +82,14 @@ def _naive(mask, x):
 
 
 def test_visit_order_cache_is_bounded_and_shared_by_equal_masks():
-    from jvp_flash_attn.triton import _common
+    from jvp_flash_attn.triton import launch_setup
 
     live = [SegmentMask((6, 6), (12,), ((1,), (2,)), zero_tangent_k=[(0, n)]) for n in range(13)]
     live += [masks.full(n, 12) for n in range(1, 150)]
     for mask in live:
-        _common.visit_order(mask.tiles(4, 4, DEVICE), "q")
-    assert len(_common._ORDERS) <= 64   # VISIT_ORDER_CACHE_SIZE, however many masks live
+        launch_setup.visit_order(mask.tiles(4, 4, DEVICE), "q")
+    assert len(launch_setup._ORDERS) <= 64   # VISIT_ORDER_CACHE_SIZE, however many masks live
     # an equal mask made after the first is gone (so with a new description) finds its entry
-    order = _common.visit_order(SegmentMask((5, 7), (12,), ((2,), (1,))).tiles(4, 4, DEVICE), "k")
+    order = launch_setup.visit_order(SegmentMask((5, 7), (12,), ((2,), (1,))).tiles(4, 4, DEVICE), "k")
     gc.collect()
-    assert _common.visit_order(SegmentMask((5, 7), (12,), ((2,), (1,))).tiles(4, 4, DEVICE), "k") is order
+    assert launch_setup.visit_order(SegmentMask((5, 7), (12,), ((2,), (1,))).tiles(4, 4, DEVICE), "k") is order

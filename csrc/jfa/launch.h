@@ -3,8 +3,6 @@
 
 #include <cuda_runtime.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -59,15 +57,9 @@ void launch_fwd_with(Kernel kernel, bool jvp, const AttnParams& p, cudaStream_t 
     check_cuda(cudaGetLastError(), jvp ? "launching the forward+JVP kernel" : "launching the forward kernel");
 }
 
-// JFA_CUDA_FWD=plain runs the sm_90a forward and JVP whose warps all load and compute (to compare
-// the two); the default is the warp-specialised pair.
-inline bool fwd_ws_enabled() {
-    const char* env = std::getenv("JFA_CUDA_FWD");
-    return env == nullptr || std::strcmp(env, "plain") != 0;
-}
-
 // The tensor maps of the warp-specialised kernels (q, k, v, and tq, tk, tv for the JVP); false when
-// the TMA unit cannot describe an operand, and the caller takes the kernels that load with cp.async.
+// the TMA unit cannot describe an operand, and the caller takes the sm_90a kernels whose warps all
+// load (with cp.async) and compute: the same bits, slower.
 template <class Tr, bool kJvp>
 bool encode_fwd_maps(const AttnParams& p, FwdTensorMaps& maps) {
     constexpr bool kBf16 = std::is_same_v<typename Tr::Elem, __nv_bfloat16>;
@@ -99,10 +91,10 @@ bool encode_bwd_maps(const AttnParams& p, BwdTensorMaps& maps) {
 template <class Elem, int kDQK, int kDV, bool kJvp>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     const bool hint = kJvp && p.k_zero_tangent != nullptr;   // the JVP's hinted instantiation
-    if (sm90_path(current_device())) {
+    if (p.family == KernelFamily::kSm90) {
         using TrWs = FwdWsTraitsSm90<Elem, kDQK, kDV, kJvp>;
         FwdTensorMaps maps{};
-        if (fwd_ws_enabled() && encode_fwd_maps<TrWs, kJvp>(p, maps)) {
+        if (encode_fwd_maps<TrWs, kJvp>(p, maps)) {
             if (hint) {
                 launch_fwd_with<TrWs>(attention_fwd_kernel_sm90_ws<TrWs, kJvp>, kJvp, p, stream, maps);
             } else {
@@ -181,7 +173,7 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
 
 template <class Elem, int kDQK, int kDV>
 void launch_bwd(const AttnParams& p, cudaStream_t stream) {
-    if (sm90_path(current_device())) {
+    if (p.family == KernelFamily::kSm90) {
         if (p.dq_accum != nullptr) {
             static_assert(kDQK == kDV, "the backward is built for equal head dims");
             launch_bwd_fused<Elem, kDQK>(p, stream);

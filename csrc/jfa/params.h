@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "tile_shapes.h"
+
 namespace jfa {
 
 // CSR lists over tiles (see python/jvp_flash_attn/masks/tiles.py): for tile t of the outer
@@ -44,6 +46,9 @@ struct AttnParams {
     int head_dim_qk = 0;
     int head_dim_v = 0;
     float scale = 0.f;    // softmax scale applied to q k^T
+    // The kernel family the caller chose for the device (checked against it before launching); the
+    // tile descriptions below are built for that family's tile shapes.
+    KernelFamily family = KernelFamily::kPortable;
 
     // Forward / JVP inputs and outputs. 16-bit element pointers are void* so one struct
     // serves fp16 and bf16; the kernel casts them to its element type.

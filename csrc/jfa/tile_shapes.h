@@ -1,8 +1,16 @@
-// Tile shapes per walk, shared by the kernels' traits and the host module (which tells the
-// Python side which tile descriptions to build). Plain constants: no CUDA needed to read them.
+// Tile shapes: one constexpr function of (walk, kernel family), read by the kernels' traits and
+// by the host module (which tells the Python side which tile descriptions to build). No CUDA needed.
 #pragma once
 
 namespace jfa {
+
+// The two kernel families: mma.sync products and cp.async loads on every GPU from sm_80, and
+// wgmma products with TMA loads on sm_90a. The Python side picks one per device and passes it down.
+enum class KernelFamily : int { kPortable = 0, kSm90 = 1 };
+
+// What a tile description is walked by: the forward, the JVP, dQ (key tiles per query tile), dK/dV
+// (query tiles per key tile) and the fused backward (query tiles per key tile, dQ added atomically).
+enum class Walk : int { kFwd = 0, kJvp = 1, kBwdQ = 2, kBwdKV = 3, kBwdFused = 4 };
 
 struct TileShape {
     int block_m;  // query rows per tile
@@ -10,92 +18,65 @@ struct TileShape {
     int warps;
 };
 
-// Each default can be overridden at build time (JFA_TILES, see csrc/build_ext.py) to time
-// alternatives without editing code; the module reports the shapes it was built with.
-#ifndef JFA_FWD_M
-#define JFA_FWD_M 128
-#endif
-#ifndef JFA_FWD_N
-#define JFA_FWD_N 64
-#endif
-#ifndef JFA_FWD_W
-#define JFA_FWD_W 8
-#endif
-#ifndef JFA_JVP_M
-#define JFA_JVP_M 128
-#endif
-#ifndef JFA_JVP_N
-#define JFA_JVP_N 32
-#endif
-#ifndef JFA_JVP_W
-#define JFA_JVP_W 8
-#endif
-#ifndef JFA_BWD_Q_M
-#define JFA_BWD_Q_M 128
-#endif
-#ifndef JFA_BWD_Q_N
-#define JFA_BWD_Q_N 64
-#endif
-#ifndef JFA_BWD_Q_W
-#define JFA_BWD_Q_W 8
-#endif
-#ifndef JFA_BWD_KV_M
-#define JFA_BWD_KV_M 64
-#endif
-#ifndef JFA_BWD_KV_N
-#define JFA_BWD_KV_N 128
-#endif
-#ifndef JFA_BWD_KV_W
-#define JFA_BWD_KV_W 8
-#endif
+constexpr TileShape kNoTileShape{0, 0, 0};  // a walk the family has no kernel for
 
-// Hopper wgmma path (sm_90a): every warpgroup (4 warps) owns 64 query rows.
-#ifndef JFA_FWD90_M
-#define JFA_FWD90_M 128
-#endif
-#ifndef JFA_FWD90_N
-#define JFA_FWD90_N 128
-#endif
-#ifndef JFA_JVP90_M
-#define JFA_JVP90_M 128
-#endif
-#ifndef JFA_JVP90_N
-#define JFA_JVP90_N 64
-#endif
-// The backward on sm_90a: one warpgroup of 64 rows per block (queries in dQ, keys in dK/dV), so
-// two blocks share an SM (dQ: 97 KiB of shared memory, 230 registers; dK/dV: 99 KiB, 255) and one's
-// pointwise work overlaps the other's products.
-#ifndef JFA_BWDQ90_M
-#define JFA_BWDQ90_M 64
-#endif
-#ifndef JFA_BWDQ90_N
-#define JFA_BWDQ90_N 64
-#endif
-#ifndef JFA_BWDKV90_M
-#define JFA_BWDKV90_M 64
-#endif
-#ifndef JFA_BWDKV90_N
-#define JFA_BWDKV90_N 64
-#endif
+constexpr TileShape default_tile_shape(Walk walk, KernelFamily family) {
+    if (family == KernelFamily::kSm90) {
+        // Warpgroups (4 warps) of 64 rows: query rows in the forward, JVP and dQ, keys in dK/dV.
+        // The backward runs one warpgroup per block, so two blocks share an SM (dQ: 97 KiB of shared
+        // memory, 230 registers; dK/dV: 99 KiB, 255) and one's pointwise work overlaps the other's
+        // products. The fused backward: 64 query rows x 128 keys, two warpgroups of 64 keys, dQ's two
+        // 64-column halves one per warpgroup (64 keys in one warpgroup, two blocks per SM, sent twice
+        // the dQ bytes to the reduce-add per product: bench/NOTES_cuda.md, item 8).
+        switch (walk) {
+            case Walk::kFwd: return {128, 128, 8};
+            case Walk::kJvp: return {128, 64, 8};
+            case Walk::kBwdQ: return {64, 64, 4};
+            case Walk::kBwdKV: return {64, 64, 4};
+            case Walk::kBwdFused: return {64, 128, 8};
+        }
+    }
+    // Every warp owns 16 rows: query rows in the forward, JVP and dQ, keys in dK/dV.
+    switch (walk) {
+        case Walk::kFwd: return {128, 64, 8};
+        case Walk::kJvp: return {128, 32, 8};
+        case Walk::kBwdQ: return {128, 64, 8};
+        case Walk::kBwdKV: return {64, 128, 8};
+        case Walk::kBwdFused: return kNoTileShape;
+    }
+    return kNoTileShape;
+}
 
-// The fused backward on sm_90a: 64 query rows x 128 keys, two warpgroups of 64 keys; dQ's two
-// 64-column halves are one per warpgroup. (64 keys in one warpgroup, two blocks per SM, sent twice
-// the dQ bytes to the reduce-add per product: bench/NOTES_cuda.md, item 8.)
-#ifndef JFA_BWDF90_M
-#define JFA_BWDF90_M 64
-#endif
-#ifndef JFA_BWDF90_N
-#define JFA_BWDF90_N 128
-#endif
+// Build-time overrides, to time alternatives without editing code (JFA_TILES, see csrc/build_ext.py,
+// which writes JFA_TILE_OVERRIDES as a list of TileOverride initialisers, each followed by a comma).
+struct TileOverride {
+    Walk walk;
+    KernelFamily family;
+    TileShape shape;
+};
 
-constexpr TileShape kFwdTiles{JFA_FWD_M, JFA_FWD_N, JFA_FWD_W};
-constexpr TileShape kJvpTiles{JFA_JVP_M, JFA_JVP_N, JFA_JVP_W};
-constexpr TileShape kBwdQTiles{JFA_BWD_Q_M, JFA_BWD_Q_N, JFA_BWD_Q_W};    // dQ: walks key tiles per query tile
-constexpr TileShape kBwdKVTiles{JFA_BWD_KV_M, JFA_BWD_KV_N, JFA_BWD_KV_W};  // dK/dV: walks query tiles per key tile
-constexpr TileShape kFwdTilesSm90{JFA_FWD90_M, JFA_FWD90_N, JFA_FWD90_M / 16};
-constexpr TileShape kJvpTilesSm90{JFA_JVP90_M, JFA_JVP90_N, JFA_JVP90_M / 16};
-constexpr TileShape kBwdQTilesSm90{JFA_BWDQ90_M, JFA_BWDQ90_N, JFA_BWDQ90_M / 16};
-constexpr TileShape kBwdKVTilesSm90{JFA_BWDKV90_M, JFA_BWDKV90_N, JFA_BWDKV90_N / 16};
-constexpr TileShape kBwdFusedTilesSm90{JFA_BWDF90_M, JFA_BWDF90_N, JFA_BWDF90_N / 16};
+#ifndef JFA_TILE_OVERRIDES
+#define JFA_TILE_OVERRIDES
+#endif
+inline constexpr TileOverride kTileOverrides[] = {JFA_TILE_OVERRIDES TileOverride{Walk::kFwd, KernelFamily::kPortable,
+                                                                                  kNoTileShape}};
+
+constexpr TileShape tile_shape(Walk walk, KernelFamily family) {
+    for (const TileOverride& o : kTileOverrides) {
+        if (o.shape.block_m > 0 && o.walk == walk && o.family == family) return o.shape;
+    }
+    return default_tile_shape(walk, family);
+}
+
+// The shapes by name, as the kernels' traits read them.
+constexpr TileShape kFwdTiles = tile_shape(Walk::kFwd, KernelFamily::kPortable);
+constexpr TileShape kJvpTiles = tile_shape(Walk::kJvp, KernelFamily::kPortable);
+constexpr TileShape kBwdQTiles = tile_shape(Walk::kBwdQ, KernelFamily::kPortable);
+constexpr TileShape kBwdKVTiles = tile_shape(Walk::kBwdKV, KernelFamily::kPortable);
+constexpr TileShape kFwdTilesSm90 = tile_shape(Walk::kFwd, KernelFamily::kSm90);
+constexpr TileShape kJvpTilesSm90 = tile_shape(Walk::kJvp, KernelFamily::kSm90);
+constexpr TileShape kBwdQTilesSm90 = tile_shape(Walk::kBwdQ, KernelFamily::kSm90);
+constexpr TileShape kBwdKVTilesSm90 = tile_shape(Walk::kBwdKV, KernelFamily::kSm90);
+constexpr TileShape kBwdFusedTilesSm90 = tile_shape(Walk::kBwdFused, KernelFamily::kSm90);
 
 }  // namespace jfa

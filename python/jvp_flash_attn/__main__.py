@@ -10,7 +10,7 @@ import platform
 import torch
 
 import jvp_flash_attn as jfa
-from jvp_flash_attn.backends import cuda_arch, cuda_backend
+from jvp_flash_attn.backends import cuda_arch, cuda_module
 
 BUILD_HINT = ("pip install -v . (or -e .) from the source tree with nvcc on PATH (JFA_CUDA_ARCHS picks the "
               "archs); on a machine without a GPU: make demo JFA_CUDA_BUILD=1")
@@ -30,9 +30,9 @@ def _variants(variants) -> list[str]:
 
 def core_info() -> dict:
     """The compiled core's build record, or why there is none."""
-    m = cuda_backend.load_module()
+    m = cuda_module.load_module()
     if m is None:
-        return {"built": False, "reason": cuda_backend.module_error()}
+        return {"built": False, "reason": cuda_module.module_error()}
     info = dict(m.build_info()) if hasattr(m, "build_info") else {}
     info.update(built=True, path=m.__file__, kernels=[list(v) for v in m.variants()])
     return info

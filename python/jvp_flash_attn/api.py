@@ -1,5 +1,6 @@
 """Public entry points: attention (backward + forward AD) and attention_jvp.
 
+Both run the custom ops of ``ops.py`` (one per direction, the backend named as an argument).
 Forward-mode AD is served by the backend's fused forward+JVP. ``attention`` unpacks the
 inputs' forward-AD tangents itself, runs the fused pass on the primals, and returns
 ``make_dual(o, to)``. The tangent is an ordinary output of the traced ops, so a torch.compile
@@ -13,6 +14,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from . import backends as _backends
+from . import ops
 from .checks import check_inputs, check_tangents
 
 
@@ -20,33 +22,34 @@ class _Attention(torch.autograd.Function):
     """(o, lse), or (o, lse, to) when tangents are given; lse and to are not differentiable."""
 
     @staticmethod
-    def forward(q, k, v, tq, tk, tv, mask, scale, backend):
+    def forward(q, k, v, tq, tk, tv, mask, scale, backend, deterministic):
         if tq is None:
-            return backend.forward(q, k, v, mask, scale)
-        o, to, lse = backend.forward_jvp(q, k, v, tq, tk, tv, mask, scale)
+            return ops.attention_fwd(q, k, v, mask.uid, scale, backend)
+        o, to, lse = ops.attention_jvp(q, k, v, tq, tk, tv, mask.uid, scale, backend)
         return o, lse, to
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        q, k, v, _, _, _, mask, scale, backend = inputs
+        q, k, v, _, _, _, mask, scale, backend, deterministic = inputs
         o, lse = output[:2]
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.mask, ctx.scale, ctx.backend = mask, scale, backend
+        ctx.mask, ctx.scale, ctx.backend, ctx.deterministic = mask, scale, backend, deterministic
         ctx.mark_non_differentiable(*output[1:])
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, do, *_):
         if do is None:
-            return (None,) * 9
+            return (None,) * 10
         q, k, v, o, lse = ctx.saved_tensors
         # The kernel is not differentiable: run it without recording (torch.func.grad runs every
         # backward with create_graph=True), and make any second derivative raise.
         with torch.no_grad():
-            dq, dk, dv = ctx.backend.backward(q, k, v, o, lse, do.contiguous(), ctx.mask, ctx.scale)
+            dq, dk, dv = ops.attention_bwd(q, k, v, o, lse, do.contiguous(), ctx.mask.uid, ctx.scale, ctx.backend,
+                                           ctx.deterministic)
         if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, do)):
             dq, dk, dv = _FirstOrderOnly.apply(dq, dk, dv, q, k, v, do)
-        return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 class _FirstOrderOnly(torch.autograd.Function):
@@ -69,11 +72,15 @@ class _FirstOrderOnly(torch.autograd.Function):
                            "derivative (double backward, Hessians and jvp-of-grad are not supported)")
 
 
-def _run(q, k, v, tangents, mask, scale, backend):
-    be = _backends.select(backend, q, k, v)
+def _run(q, k, v, tangents, mask, scale, backend, deterministic):
+    name = _backends.select(backend, q, k, v).name
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    elif not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be None, True or False, got {deterministic!r}")
     if tangents is None:
-        return _Attention.apply(q, k, v, None, None, None, mask, scale, be)[0], None
-    o, _, to = _Attention.apply(q, k, v, *tangents, mask, scale, be)
+        return _Attention.apply(q, k, v, None, None, None, mask, scale, name, deterministic)[0], None
+    o, _, to = _Attention.apply(q, k, v, *tangents, mask, scale, name, deterministic)
     return o, to
 
 
@@ -93,12 +100,17 @@ def split_duals(xs):
                           for d in duals)
 
 
-def attention(q, k, v, mask=None, scale=None, backend=None):
+def attention(q, k, v, mask=None, scale=None, backend=None, deterministic=None):
     """Masked attention. q (B, Sq, Hq, Dqk), k (B, Sk, Hk, Dqk), v (B, Sk, Hk, Dv) -> o (B, Sq, Hq, Dv).
 
     Differentiable by ``backward()``, ``torch.func.grad``/``vjp``, ``torch.func.jvp`` and
     ``torch.autograd.forward_ad``; under forward AD one fused forward+JVP pass computes o and
     its tangent.
+
+    ``deterministic``: whether the gradients must be bitwise repeatable from run to run. None
+    follows ``torch.are_deterministic_algorithms_enabled()``; True or False decides. Only the cuda
+    backend has a faster backward that is not repeatable (on Hopper, dQ summed with atomic
+    adds); True runs its repeatable form. The other backends are repeatable either way.
 
     >>> import torch, jvp_flash_attn as jfa
     >>> p = jfa.masks.FramePattern(tokens_per_frame=6, num_frames=4)
@@ -109,19 +121,20 @@ def attention(q, k, v, mask=None, scale=None, backend=None):
     mask, scale = check_inputs(q, k, v, mask, scale)
     primals, tangents = split_duals((q, k, v))
     if tangents is None:
-        return _run(q, k, v, None, mask, scale, backend)[0]
+        return _run(q, k, v, None, mask, scale, backend, deterministic)[0]
     check_tangents(primals, tangents, names=("tq (q's forward-AD tangent)", "tk (k's forward-AD tangent)",
                                              "tv (v's forward-AD tangent)"))
-    o, to = _run(*primals, tangents, mask, scale, backend)
+    o, to = _run(*primals, tangents, mask, scale, backend, deterministic)
     return fwAD.make_dual(o, to)
 
 
-def attention_jvp(q, k, v, tq, tk, tv, mask=None, scale=None, backend=None):
+def attention_jvp(q, k, v, tq, tk, tv, mask=None, scale=None, backend=None, deterministic=None):
     """(o, to): attention and its directional derivative along (tq, tk, tv), in one fused pass.
 
     ``o`` stays differentiable by ``backward()`` when the inputs require grad; ``to`` is not
-    differentiable (continuous-time consistency objectives stop its gradient).
+    differentiable (continuous-time consistency objectives stop its gradient). ``deterministic``
+    is that of :func:`attention` (it concerns o's backward).
     """
     mask, scale = check_inputs(q, k, v, mask, scale)
     check_tangents((q, k, v), (tq, tk, tv))
-    return _run(q, k, v, (tq, tk, tv), mask, scale, backend)
+    return _run(q, k, v, (tq, tk, tv), mask, scale, backend, deterministic)

@@ -2,7 +2,8 @@
 
 Runs on a CUDA GPU, or on the CPU under Triton's interpreter (TRITON_INTERPRET=1, set
 before the kernels are first imported). The kernels are imported on first use, so asking
-whether the backend is available never defines them.
+whether the backend is available never defines them. The backward has no atomics: bitwise
+repeatable whatever ``deterministic`` says.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _head_dim_reason(name: str, d: int) -> str | None:
 
 
 def _check_offsets(**tensors):
-    from ..triton._common import check_int32_offsets
+    from ..triton.launch_setup import check_int32_offsets
 
     for name, x in tensors.items():
         check_int32_offsets(name, x)
@@ -59,19 +60,19 @@ class TritonBackend(Backend):
         return _head_dim_reason("q", q.shape[-1]) or _head_dim_reason("v", v.shape[-1])
 
     def forward(self, q, k, v, mask, scale):
-        from ..triton.ops import triton_fwd
+        from ..triton import attn_fwd
 
         _check_offsets(q=q, k=k, v=v)
-        return triton_fwd(q, k, v, mask.uid, scale)
+        return attn_fwd(q, k, v, mask, scale)
 
     def forward_jvp(self, q, k, v, tq, tk, tv, mask, scale):
-        from ..triton.ops import triton_jvp
+        from ..triton import attn_jvp
 
         _check_offsets(q=q, k=k, v=v, tq=tq, tk=tk, tv=tv)
-        return triton_jvp(q, k, v, tq, tk, tv, mask.uid, scale)
+        return attn_jvp(q, k, v, tq, tk, tv, mask, scale)
 
-    def backward(self, q, k, v, o, lse, do, mask, scale):
-        from ..triton.ops import triton_bwd
+    def backward(self, q, k, v, o, lse, do, mask, scale, deterministic=False):
+        from ..triton import attn_bwd
 
         _check_offsets(q=q, k=k, v=v, o=o, do=do)
-        return triton_bwd(q, k, v, o, lse, do, mask.uid, scale)
+        return attn_bwd(q, k, v, o, lse, do, mask, scale)

@@ -12,9 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (alloc, block_dims, KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm,
-                      _mma, _split_ragged, _store_tile, check_int32_offsets, dot_precision,
-                      get_config, pow2_at_least_16, serialised_under_interpreter, visit_order)
+from .launch_setup import (alloc, block_dims, check_int32_offsets, get_config, pow2_at_least_16,
+                           serialised_under_interpreter, visit_order)
+from .tile_ops import (KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
+                       _split_ragged, _store_tile, dot_precision)
 
 
 @triton.jit

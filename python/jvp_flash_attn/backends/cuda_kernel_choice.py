@@ -1,0 +1,73 @@
+"""Which kernels of the compiled core a call runs, decided once per call and passed down.
+
+A device is served by one kernel family: the Hopper one (sm_90a: wgmma products, TMA loads) on a
+compute capability 9.0 GPU when the build holds it, the portable one (mma.sync) elsewhere. Each
+family has its own tile shapes, and a mask's tile description must be built for the shape of the
+kernel that walks it. The backward has two forms: "two-kernel" (dK/dV, then dQ; bitwise
+repeatable) and, on Hopper only, "fused" (one kernel that also adds dQ into a float32 buffer with
+atomic reduce-adds, so its dQ is not bitwise repeatable; 14-17 % faster on the benchmark
+workloads). "fused" runs unless the call asks for deterministic gradients.
+
+One developer switch, read once at import: ``JFA_CUDA_SM90=0`` runs the portable family on Hopper
+too (to compare the two families in one build).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .cuda_module import load_module
+
+FAMILIES = ("sm90a", "portable")
+PORTABLE_ONLY = os.environ.get("JFA_CUDA_SM90") == "0"
+
+BWD_FORMS = ("two-kernel", "fused")
+
+
+@dataclass(frozen=True)
+class DeviceKernels:
+    """What the build runs on one device: the family and the (block_m, block_n) of each walk."""
+
+    family: str                            # "sm90a" (wgmma, TMA) or "portable" (mma.sync)
+    fwd: tuple[int, int]
+    jvp: tuple[int, int]
+    bwd_q: tuple[int, int]                 # dQ: key tiles per query tile
+    bwd_kv: tuple[int, int]                # dK/dV: query tiles per key tile
+    bwd_fused: tuple[int, int] | None      # the fused backward's, where the family has one
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """The kernels of one call: the tile shapes of the descriptions they walk and the backward form."""
+
+    family: str
+    q_tiles: tuple[int, int]               # walked per query tile (forward, JVP, dQ)
+    k_tiles: tuple[int, int] | None = None  # walked per key tile (the backward's dK/dV)
+    backward_form: str | None = None
+
+
+_by_device: dict[int, DeviceKernels] = {}
+
+
+def device_kernels(device: int) -> DeviceKernels:
+    """The family that serves a device and its tile shapes, read from the module once per device."""
+    if device not in _by_device:
+        m = load_module()
+        family = "sm90a" if m.sm90_capable(device) and not PORTABLE_ONLY else "portable"
+        shapes = {walk: None if shape is None else tuple(shape) for walk, shape in m.tile_shapes(family).items()}
+        _by_device[device] = DeviceKernels(family, shapes["fwd"], shapes["jvp"], shapes["bwd_q"], shapes["bwd_kv"],
+                                           shapes["bwd_fused"])
+    return _by_device[device]
+
+
+def choose_forward(device: int, jvp: bool) -> KernelChoice:
+    kernels = device_kernels(device)
+    return KernelChoice(kernels.family, kernels.jvp if jvp else kernels.fwd)
+
+
+def choose_backward(device: int, deterministic: bool) -> KernelChoice:
+    """The fused form where the family has it, unless the gradients must be bitwise repeatable."""
+    kernels = device_kernels(device)
+    if kernels.bwd_fused is not None and not deterministic:
+        return KernelChoice(kernels.family, kernels.bwd_q, kernels.bwd_fused, "fused")
+    return KernelChoice(kernels.family, kernels.bwd_q, kernels.bwd_kv, "two-kernel")

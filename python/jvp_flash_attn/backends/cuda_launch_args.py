@@ -1,0 +1,98 @@
+"""The compiled core's arguments: its parameter struct (``AttnParams``, the one the kernels see,
+bound from csrc/jfa/params.h), built from tensors, the kernel choice and tile descriptions here
+and nowhere else.
+
+The module is torch-free: the struct holds device pointers, shapes, (batch, row, head) element
+strides, the kernel family and the tile descriptions' device pointers. Inputs are made 16-byte
+aligned here (the kernels copy 16 bytes at a time) and outputs allocated here.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+_ALIGN_ELEMS = 8  # 16-byte async copies: base pointers and strides in multiples of 8 elements
+
+# Tests set this to fill outputs with NaN before the kernels run, so an unwritten element shows.
+POISON_OUTPUTS = os.environ.get("JFA_POISON_OUTPUTS") == "1"
+
+
+def aligned(x: torch.Tensor) -> torch.Tensor:
+    """x itself when its pointer and (batch, row, head) strides suit 16-byte copies, else a contiguous copy."""
+    ok = x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s % _ALIGN_ELEMS == 0 for s in x.stride()[:3])
+    return x if ok else x.contiguous()
+
+
+def empty(shape, like, dtype=None):
+    """An output for a kernel to fill (NaN-filled under POISON_OUTPUTS)."""
+    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan"))
+    return out
+
+
+def set_tensors(params, **tensors):
+    """Each (B, S, H, D) tensor's pointer and (batch, row, head) strides into the field of its name
+    (dO's is ``do_``, its strides ``do_stride``)."""
+    for name, x in tensors.items():
+        setattr(params, name, x.data_ptr())
+        setattr(params, f"{name.rstrip('_')}_stride", (x.stride(0), x.stride(1), x.stride(2)))
+
+
+def _set_tile_lists(lists, desc, by_key: bool):
+    """The CSR lists the kernels walk: key tiles per query tile, or (by_key) query tiles per key tile."""
+    side = "k" if by_key else "q"
+    for part in ("full_ptr", "full_idx", "part_ptr", "part_idx"):
+        setattr(lists, part, getattr(desc, f"{side}_{part}").data_ptr())
+
+
+def _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse, k_desc=None):
+    """Shapes, the kernel family, q, k, v, the outputs o and lse, the description walked per query
+    tile (its token maps serve every walk) and, for the backward, the one walked per key tile."""
+    q_desc = mask.tiles(*choice.q_tiles, q.device)
+    p = module.AttnParams()
+    p.batch, p.seqlen_q, p.heads_q, p.head_dim_qk = q.shape
+    p.seqlen_k, p.heads_k, p.head_dim_v = k.shape[1], k.shape[2], v.shape[-1]
+    p.scale = float(scale)
+    p.family = getattr(module.KernelFamily, choice.family)
+    set_tensors(p, q=q, k=k, v=v, o=o)
+    p.lse = lse.data_ptr()
+    _set_tile_lists(p.q_tiles, q_desc, by_key=False)
+    p.num_q_tiles, p.q_tiles_block_m, p.q_tiles_block_n = q_desc.num_q_tiles, q_desc.block_m, q_desc.block_n
+    if k_desc is not None:
+        _set_tile_lists(p.k_tiles, k_desc, by_key=True)
+        p.num_k_tiles, p.k_tiles_block_m, p.k_tiles_block_n = k_desc.num_k_tiles, k_desc.block_m, k_desc.block_n
+    maps = p.maps
+    maps.q_seg, maps.q_pos = q_desc.q_seg.data_ptr(), q_desc.q_pos.data_ptr()
+    maps.k_seg, maps.k_pos = q_desc.k_seg.data_ptr(), q_desc.k_pos.data_ptr()
+    maps.rule, maps.num_k_segments = q_desc.rule.data_ptr(), int(q_desc.rule.shape[1])
+    return p, q_desc
+
+
+def forward_params(module, choice, mask, q, k, v, scale, o, lse):
+    return _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse)[0]
+
+
+def jvp_params(module, choice, mask, q, k, v, tq, tk, tv, scale, o, to, lse):
+    p, desc = _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse)
+    set_tensors(p, tq=tq, tk=tk, tv=tv, to=to)
+    if mask.zero_tangent_q or mask.zero_tangent_k:   # the sm_90a JVP skips zero tangents
+        p.q_zero_tangent, p.k_zero_tangent = desc.q_zero_tangent.data_ptr(), desc.k_zero_tangent.data_ptr()
+    return p
+
+
+def backward_params(module, choice, mask, q, k, v, o, lse, do, scale, dq, dk, dv, delta, dq_accum=None):
+    """``dq_accum``: the fused form's float32 dQ sum (its presence selects that form in the module)."""
+    p, _ = _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse, k_desc=mask.tiles(*choice.k_tiles, q.device))
+    set_tensors(p, do_=do, dq=dq, dk=dk, dv=dv)
+    p.delta = delta.data_ptr()
+    if dq_accum is not None:
+        p.dq_accum = dq_accum.data_ptr()
+    return p
+
+
+def launch(module_fn, params, q):
+    """Runs one of the module's launchers on q's device and current stream."""
+    module_fn(params, DTYPES[q.dtype], q.device.index, torch.cuda.current_stream(q.device).cuda_stream)
