@@ -109,6 +109,26 @@ def _check_errors(group):
         context_parallel_attention(q, odd, odd, group=group)
 
 
+def _check_deterministic_reaches_backend(group):
+    """deterministic= travels through the exchanges to the backend's backward, as in jfa.attention."""
+    from jvp_flash_attn.backends import get
+    cls = type(get("reference"))
+    original, seen = cls.backward, []
+
+    def spy(self, *a, deterministic=False):
+        seen.append(deterministic)
+        return original(self, *a, deterministic=deterministic)
+    cls.backward = spy
+    try:
+        p = dist.get_world_size(group)
+        x = [torch.randn(1, 2, p, 8, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+        for deterministic in (True, False):
+            context_parallel_attention(*x, group=group, backend="reference", deterministic=deterministic).sum().backward()
+    finally:
+        cls.backward = original
+    assert seen == [True, False], seen
+
+
 def _worker(rank, world, port, seed):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -123,6 +143,7 @@ def _worker(rank, world, port, seed):
             _check_case("tf-S40-H8/4-D8x6", pairs[rank // 2], seed)
         _check_one_collective_each_way(None, seed)
         _check_errors(None)
+        _check_deterministic_reaches_backend(None)
         dist.barrier()
     finally:
         dist.destroy_process_group()

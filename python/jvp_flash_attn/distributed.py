@@ -115,23 +115,24 @@ def _check(q, k, v, mask, p):
     return mask
 
 
-def context_parallel_attention(q, k, v, mask=None, group=None, scale=None, backend=None):
+def context_parallel_attention(q, k, v, mask=None, group=None, scale=None, backend=None, deterministic=None):
     """Attention over a sequence sharded across ``group`` (default: the whole world).
 
     q (B, Sq/P, Hq, Dqk), k (B, Sk/P, Hk, Dqk), v (B, Sk/P, Hk, Dv): this rank's contiguous
     block of the sequence (rank r holds tokens [r * S/P, (r + 1) * S/P)). ``mask`` covers the
     global sequence (Sq x Sk). Hq and Hk must be multiples of P. Returns this rank's block of
     the output, (B, Sq/P, Hq, Dv). Differentiable by ``backward()``, ``torch.func.jvp`` and
-    ``torch.autograd.forward_ad``; ``scale`` and ``backend`` are those of ``jfa.attention``.
+    ``torch.autograd.forward_ad``; ``scale``, ``backend`` and ``deterministic`` are those of
+    ``jfa.attention`` (the all-to-alls themselves are repeatable).
     """
     p = dist.get_world_size(group)
     mask = _check(q, k, v, mask, p)
     if p == 1:
-        return attention(q, k, v, mask=mask, scale=scale, backend=backend)
+        return attention(q, k, v, mask=mask, scale=scale, backend=backend, deterministic=deterministic)
     if q.shape[1] == k.shape[1]:
         qh, kh, vh = _all_to_all([q, k, v], True, group)
     else:
         (qh,) = _all_to_all([q], True, group)
         kh, vh = _all_to_all([k, v], True, group)
-    o = attention(qh, kh, vh, mask=mask, scale=scale, backend=backend)
+    o = attention(qh, kh, vh, mask=mask, scale=scale, backend=backend, deterministic=deterministic)
     return _all_to_all([o], False, group)[0]
