@@ -14,7 +14,7 @@ import triton.language as tl
 from .launch_setup import (alloc, block_dims, check_int32_offsets, get_config, pow2_at_least_16,
                            serialised_under_interpreter, visit_order)
 from .tile_ops import (KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
-                       _split_ragged, _store_tile, dot_precision)
+                       _rule_tile_max, _split_ragged, _store_tile, dot_precision)
 
 
 @triton.jit
@@ -37,10 +37,11 @@ def _attn_fwd_tile(acc, l_i, m_i, q, kt, K_HEAD, V_HEAD, stride_ks, stride_vs,
         k_seg = tl.load(K_SEG + cols, mask=col_ok, other=0)
         k_pos = tl.load(K_POS + cols, mask=col_ok, other=0)
         ok = _allowed(q_seg[:, None], q_pos[:, None], k_seg[None, :], k_pos[None, :], RULE, n_k_seg)
-        s = tl.where(ok & col_ok[None, :], s, float("-inf"))
+        ok = ok & col_ok[None, :]
+        s = tl.where(ok, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     if MODE == MODE_RULE:
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
+        m_use = _rule_tile_max(m_new, ok)
     else:
         m_use = m_new
     p = tl.math.exp2(s - m_use[:, None])

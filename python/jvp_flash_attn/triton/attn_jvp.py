@@ -15,7 +15,7 @@ import triton.language as tl
 from .launch_setup import (alloc, block_dims, check_int32_offsets, get_config, pow2_at_least_16,
                            serialised_under_interpreter, visit_order)
 from .tile_ops import (KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
-                       _split_ragged, _store_tile, dot_precision)
+                       _rule_tile_max, _split_ragged, _store_tile, dot_precision)
 
 
 @triton.jit
@@ -42,18 +42,22 @@ def _attn_jvp_tile(acc_o, acc_t, mu, l_i, m_i, q, tq, kt,
         k_seg = tl.load(K_SEG + cols, mask=col_ok, other=0)
         k_pos = tl.load(K_POS + cols, mask=col_ok, other=0)
         ok = _allowed(q_seg[:, None], q_pos[:, None], k_seg[None, :], k_pos[None, :], RULE, n_k_seg)
-        s = tl.where(ok & col_ok[None, :], s, float("-inf"))
+        ok = ok & col_ok[None, :]
+        s = tl.where(ok, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     if MODE == MODE_RULE:
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
+        m_use = _rule_tile_max(m_new, ok)
     else:
         m_use = m_new
     p = tl.math.exp2(s - m_use[:, None])
-    # Masked keys contribute nothing, even where their tangent is not finite.
+    # Masked keys contribute nothing, even where their tangent is not finite; an allowed key does,
+    # even where its score is -inf (p = 0 times an infinite tangent score is NaN, as in softmax).
     if MODE == MODE_FULL:
         pts = p * ts
+    elif MODE == MODE_BOUNDS:
+        pts = tl.where(col_ok[None, :], p * ts, 0.0)
     else:
-        pts = tl.where(s == float("-inf"), 0.0, p * ts)
+        pts = tl.where(ok, p * ts, 0.0)
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     mu = mu * alpha + tl.sum(pts, 1)

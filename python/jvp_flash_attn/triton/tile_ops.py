@@ -100,6 +100,16 @@ def _allowed(q_seg, q_pos, k_seg, k_pos, RULE, n_k_seg):
 
 
 @triton.jit
+def _rule_tile_max(m_new, allowed):
+    """The running max a masked (rule) tile subtracts before exp2. Rows with no allowed key so far
+    use 0, so that their masked scores give exp2(-inf) = 0 rather than NaN; every other row its
+    running max, even -inf: a row whose allowed scores are all -inf then gives NaN, as softmax
+    does, instead of passing for a row with no allowed key."""
+    none_here = tl.max(allowed.to(tl.int32), 1) == 0
+    return tl.where((m_new == float("-inf")) & none_here, 0.0, m_new)
+
+
+@triton.jit
 def _split_ragged(FULL_IDX, start, end, last_tile, EVEN: tl.constexpr):
     """The FULL list [start, end) minus its last entry when that entry is the ragged last
     tile (lists are ascending). Returns (end_of_unmasked_part, has_ragged_full_tile)."""
