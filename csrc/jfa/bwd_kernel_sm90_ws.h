@@ -196,8 +196,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             Wgmma<Elem, kBM>::ss(dst, sm.v().desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), ks > 0);
         wgmma_commit();
         wgmma_wait<0>();
-        pin(pt);
-        pin(dst);
+        hold_across_wgmma(pt);
+        hold_across_wgmma(dst);
         mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
         const float* lse2 = sm.lse2(st);
         const float* delta = sm.delta(st);
@@ -235,14 +235,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                 Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(ks), sm.k().desc_n_major(ks, c), ks > 0);
             wgmma_commit();
             wgmma_wait<0>();
-            pin(acc_dq);
+            hold_across_wgmma(acc_dq);
             stage_dq_half(sm.dq_staging() + c * kDQHalfBytes, acc_dq, (cw & 3) * 16, lane);
         }
         wgmma_wait<0>();
-        pin(acc_dv);
-        pin(acc_dk);
-        pin(pf);
-        pin(dsf);
+        hold_across_wgmma(acc_dv);
+        hold_across_wgmma(acc_dk);
+        hold_across_wgmma(pf);
+        hold_across_wgmma(dsf);
         sm.q_empty(st).arrive();   // q, dO, lse and delta of the stage are read
         fence_proxy_async();
         named_arrive(kDqFull, Tr::kConsumerThreads + 32);

@@ -171,7 +171,7 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const WsSmem<Tr
     };
     // Once the scores are in: release the key stage, mask, and update the online softmax.
     auto update = [&](int i, float (&s)[kNBS][4], float (&alpha)[2]) {
-        pin(s);
+        hold_across_wgmma(s);
         if (c.lane == 0) sm.k_empty(i % kS).arrive();
         const int k0 = walk.tile(i) * kBN;
         mask_scores<false>(s, p, walk.partial(i), c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane);
@@ -194,8 +194,8 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const WsSmem<Tr
         wgmma_wait<1>();   // the scores; p_{i-1} v_{i-1} still runs
         update(i, s, alpha);
         wgmma_wait<0>();
-        pin(acc_o);
-        pin(pf_prev);
+        hold_across_wgmma(acc_o);
+        hold_across_wgmma(pf_prev);
         if (c.lane == 0) sm.v_empty((i - 1) % kS).arrive();
         scale_rows(acc_o, alpha);
         c_to_a<Elem, kKPV>(pf_prev, s);
@@ -208,8 +208,8 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const WsSmem<Tr
         for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], sm.v(st, 0).desc_n_major(ks), 1);
         wgmma_commit();
         wgmma_wait<0>();
-        pin(acc_o);
-        pin(pf_prev);
+        hold_across_wgmma(acc_o);
+        hold_across_wgmma(pf_prev);
     }
     fwd_epilogue<Elem, false, kNBO>(p, blk.b, blk.h, c.row0, c.lane, softmax, mu, acc_o, acc_t);
 }
@@ -256,8 +256,8 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const WsSmem<Tr
         wgmma_commit();
         pass_turn<Tr>(c.wg, i, n);
         wgmma_wait<0>();
-        pin(s);
-        pin(ts);
+        hold_across_wgmma(s);
+        hold_across_wgmma(ts);
         if (c.lane == 0) sm.k_empty(st).arrive();
 
         const int k0 = walk.tile(i) * kBN;
@@ -283,10 +283,10 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const WsSmem<Tr
         for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, ptf[ks], sm.v(st, 0).desc_n_major(ks), 1);
         wgmma_commit();
         wgmma_wait<0>();
-        pin(acc_o);
-        pin(acc_t);
-        pin(pf);
-        pin(ptf);
+        hold_across_wgmma(acc_o);
+        hold_across_wgmma(acc_t);
+        hold_across_wgmma(pf);
+        hold_across_wgmma(ptf);
         if (c.lane == 0) sm.v_empty(st).arrive();
     };
 
@@ -302,9 +302,10 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const WsSmem<Tr
     fwd_epilogue<Elem, true, kNBO>(p, blk.b, blk.h, c.row0, c.lane, softmax, mu, acc_o, acc_t);
 }
 
-// The forward (Tr::kTangents false) or fused forward+JVP. kHint: the JVP reads the zero-tangent
-// hint (a separate instantiation, as in fwd_kernel_sm90.h).
-template <class Tr, bool kHint = false>
+// The forward (Tr::kTangents false) or fused forward+JVP. kSkipsZeroTangents: the JVP reads the
+// zero-tangent hint and skips the tangent work of key tiles it marks (a separate instantiation, as
+// in fwd_kernel_sm90.h).
+template <class Tr, bool kSkipsZeroTangents = false>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     attention_fwd_kernel_sm90_ws(const AttnParams p, const __grid_constant__ FwdTensorMaps maps) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -317,7 +318,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 
     const TileWalk walk(p.q_tiles, blk.q_tile);
     // Whether key tile i's tangents are loaded and multiplied (JVP; the hint promises zeros).
-    auto tangents = [&](int i) { return Tr::kTangents && !(kHint && p.k_zero_tangent[walk.tile(i)]); };
+    auto tangents = [&](int i) {
+        return Tr::kTangents && !(kSkipsZeroTangents && p.k_zero_tangent[walk.tile(i)]);
+    };
     if (warp < 4) {
         setmaxnreg_dec<kProducerRegs>();
         if (tid == 0) produce(sm, maps, walk, blk, tangents);
