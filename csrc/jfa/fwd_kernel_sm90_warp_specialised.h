@@ -32,7 +32,7 @@ constexpr int kTurnBarrier = 1;      // named barriers 1 and 2: consumer warpgro
 // Shared memory of a warp-specialised block: query tile(s), key and value stages (operand 0 the
 // tile, 1 its tangent), then the barriers.
 template <class Tr>
-struct WsSmem {
+struct FwdWarpSpecialisedSmem {
     using QTile = PanelTile<Tr::kBlockM, Tr::kDQK>;
     using KTile = PanelTile<Tr::kBlockN, Tr::kDQK>;
     using VTile = PanelTile<Tr::kBlockN, Tr::kDV>;
@@ -68,9 +68,9 @@ struct WsSmem {
 };
 
 // The block's query tile and heads.
-struct WsBlock {
+struct FwdWarpSpecialisedBlock {
     int q_tile, b, h, hk, q0;
-    __device__ __forceinline__ WsBlock(const AttnParams& p, int block_m) {
+    __device__ __forceinline__ FwdWarpSpecialisedBlock(const AttnParams& p, int block_m) {
         q_tile = p.num_q_tiles - 1 - blockIdx.x;   // late query tiles see the most keys: start them first
         b = blockIdx.y / p.heads_q;
         h = blockIdx.y % p.heads_q;
@@ -91,8 +91,8 @@ __device__ __forceinline__ void load_panels(const Tile& t, const CUtensorMap* ma
 // warp released tile i - kS, values likewise. tangents(i) says whether tile i's tk / tv are loaded
 // (JVP; false where the zero-tangent hint promises zeros).
 template <class Tr, class Tangents>
-__device__ __forceinline__ void produce(const WsSmem<Tr>& sm, const FwdTensorMaps& maps, const TileWalk& walk,
-                                        const WsBlock& blk, Tangents&& tangents) {
+__device__ __forceinline__ void produce(const FwdWarpSpecialisedSmem<Tr>& sm, const FwdTensorMaps& maps,
+                                        const TileWalk& walk, const FwdWarpSpecialisedBlock& blk, Tangents&& tangents) {
     constexpr int kS = Tr::kStages;
     sm.q_full().arrive_expect_tx(Tr::kOperands * Tr::kQBytes);
 #pragma unroll
@@ -125,11 +125,12 @@ __device__ __forceinline__ void first_pass(int wg, int n) {
 
 // What a consumer thread knows of its place: its warpgroup (0 or 1) and that warpgroup's first row
 // in the tile, its warp's first query row, its lane.
-struct WsConsumer {
+struct FwdWarpSpecialisedConsumer {
     int wg, wg_row, row0, lane;
     bool edge_q;        // the query tile crosses the end of Sq
     float scale_log2;
-    __device__ __forceinline__ WsConsumer(const AttnParams& p, const WsBlock& blk, int warp, int lane_, int block_m)
+    __device__ __forceinline__ FwdWarpSpecialisedConsumer(const AttnParams& p, const FwdWarpSpecialisedBlock& blk, int warp,
+                                                          int lane_, int block_m)
         : wg((warp >> 2) - 1), wg_row(wg * 64), row0(blk.q0 + (warp - 4) * 16), lane(lane_),
           edge_q(blk.q0 + block_m > p.seqlen_q), scale_log2(p.scale * kLog2e) {}
 };
@@ -137,8 +138,9 @@ struct WsConsumer {
 // The forward's consumer: per key tile, in its turn, q k_i^T and (from the second tile on)
 // p_{i-1} v_{i-1}; then mask and softmax of tile i while p_{i-1} v_{i-1} still runs.
 template <class Tr>
-__device__ __forceinline__ void consume_fwd(const AttnParams& p, const WsSmem<Tr>& sm, const TileWalk& walk,
-                                            const WsBlock& blk, const WsConsumer& c) {
+__device__ __forceinline__ void consume_fwd(const AttnParams& p, const FwdWarpSpecialisedSmem<Tr>& sm,
+                                            const TileWalk& walk, const FwdWarpSpecialisedBlock& blk,
+                                            const FwdWarpSpecialisedConsumer& c) {
     using Elem = typename Tr::Elem;
     constexpr int kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
     constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
@@ -218,8 +220,9 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const WsSmem<Tr
 // tangents(i)); then, off turn, mask, softmax, the tangent probabilities, and o += p v,
 // to += p tv (where tangents(i)) + (p o ts) v.
 template <class Tr, class Tangents>
-__device__ __forceinline__ void consume_jvp(const AttnParams& p, const WsSmem<Tr>& sm, const TileWalk& walk,
-                                            const WsBlock& blk, const WsConsumer& c, Tangents&& tangents) {
+__device__ __forceinline__ void consume_jvp(const AttnParams& p, const FwdWarpSpecialisedSmem<Tr>& sm,
+                                            const TileWalk& walk, const FwdWarpSpecialisedBlock& blk,
+                                            const FwdWarpSpecialisedConsumer& c, Tangents&& tangents) {
     using Elem = typename Tr::Elem;
     constexpr int kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
     constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
@@ -307,12 +310,12 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const WsSmem<Tr
 // in fwd_kernel_sm90.h).
 template <class Tr, bool kSkipsZeroTangents = false>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
-    attention_fwd_kernel_sm90_ws(const AttnParams p, const __grid_constant__ FwdTensorMaps maps) {
+    attention_fwd_kernel_sm90_warp_specialised(const AttnParams p, const __grid_constant__ FwdTensorMaps maps) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ char smem[];
-    const WsSmem<Tr> sm{(smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1)};
+    const FwdWarpSpecialisedSmem<Tr> sm{(smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1)};
     const int tid = threadIdx.x, warp = tid >> 5;
-    const WsBlock blk(p, Tr::kBlockM);
+    const FwdWarpSpecialisedBlock blk(p, Tr::kBlockM);
     if (tid == 0) sm.init_barriers();
     __syncthreads();
 
@@ -326,7 +329,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         if (tid == 0) produce(sm, maps, walk, blk, tangents);
     } else {
         setmaxnreg_inc<kConsumerRegs>();
-        const WsConsumer c(p, blk, warp, tid & 31, Tr::kBlockM);
+        const FwdWarpSpecialisedConsumer c(p, blk, warp, tid & 31, Tr::kBlockM);
         if constexpr (Tr::kTangents) {
             consume_jvp(p, sm, walk, blk, c, tangents);
         } else {
