@@ -42,9 +42,11 @@ constexpr int kSmemPerSm90 = 228 * 1024;   // shared memory of an H100/H200 SM (
 template <bool kJvp>
 constexpr TileShape fwd_tiles_sm90() { return kJvp ? kJvpTilesSm90 : kFwdTilesSm90; }
 
+// The sm_90a forward and forward+JVP whose warps all load by cp.async (fwd_kernel_sm90_cp_async.h):
+// query tile(s), then kStages key/value stages.
 template <class Elem, int kDQK, int kDV, bool kJvp>
-struct FwdTraitsSm90 : Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n,
-                              fwd_tiles_sm90<kJvp>().warps> {
+struct FwdCpAsyncTraitsSm90
+    : Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n, fwd_tiles_sm90<kJvp>().warps> {
     using Base = Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n,
                         fwd_tiles_sm90<kJvp>().warps>;
     static_assert(Base::kBlockM % 64 == 0, "whole warpgroups of 64 rows");

@@ -12,7 +12,7 @@
 #include "bwd_kernel_sm90.h"
 #include "bwd_kernel_sm90_warp_specialised.h"
 #include "fwd_kernel.h"
-#include "fwd_kernel_sm90.h"
+#include "fwd_kernel_sm90_cp_async.h"
 #include "fwd_kernel_sm90_warp_specialised.h"
 #include "registry.h"
 #include "tensor_maps.h"
@@ -104,11 +104,11 @@ void launch_fwd(const AttnParams& p, cudaStream_t stream) {
             }
             return;
         }
-        using Tr = FwdTraitsSm90<Elem, kDQK, kDV, kJvp>;
+        using Tr = FwdCpAsyncTraitsSm90<Elem, kDQK, kDV, kJvp>;
         if (hint) {
-            launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp, kJvp>, kJvp, p, stream);
+            launch_fwd_with<Tr>(attention_fwd_kernel_sm90_cp_async<Tr, kJvp, kJvp>, kJvp, p, stream);
         } else {
-            launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp>, kJvp, p, stream);
+            launch_fwd_with<Tr>(attention_fwd_kernel_sm90_cp_async<Tr, kJvp>, kJvp, p, stream);
         }
     } else {
         using Tr = FwdTraits<Elem, kDQK, kDV, kJvp>;

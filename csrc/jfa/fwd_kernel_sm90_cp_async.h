@@ -1,4 +1,6 @@
-// Forward (o, lse) and fused forward+JVP (o, to, lse) on Hopper's warpgroup products (sm_90a).
+// Forward (o, lse) and fused forward+JVP (o, to, lse) on Hopper's warpgroup products (sm_90a),
+// every warp loading by cp.async: the fallback of fwd_kernel_sm90_warp_specialised.h where the TMA
+// unit cannot describe an operand.
 //
 // Same walk and arithmetic as fwd_kernel.h (see its header for the JVP's algebra); what changes
 // is who multiplies. Each warpgroup owns 64 query rows; q k^T (and tq k^T + q tk^T) is one chain
@@ -11,7 +13,7 @@
 // before rescaling the output; value tiles therefore live one tile longer (three stages).
 #pragma once
 
-#include "fwd_common.h"
+#include "fwd_parts.h"
 #include "kernel_traits.h"
 #include "mask.h"
 #include "wgmma.h"
@@ -21,7 +23,7 @@ namespace jfa {
 // kSkipsZeroTangents: the JVP reads the zero-tangent hint and skips the tangent work of key tiles
 // it marks (a separate instantiation: its branches cost the hint-free JVP registers).
 template <class Tr, bool kJvp, bool kSkipsZeroTangents = false>
-__global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(const AttnParams p) {
+__global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90_cp_async(const AttnParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Elem = typename Tr::Elem;
     constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV;
