@@ -93,7 +93,7 @@ for step in ${*:-env build tests masks bench}; do
     ;;
   bench)
     timeout -s INT --kill-after=30 "${LIMIT_S:-3000}" python3 -m bench.run --workloads "${WORKLOADS:-all}" \
-      --providers "${PROVIDERS:-cuda,triton,flex,flex-flash,cudnn}" --ops "${OPS:-fwd,bwd,jvp,jvp_zt}" \
+      --providers "${PROVIDERS:-cuda,triton,flex,flex-flash,cudnn}" --ops "${OPS:-fwd,bwd,jvp,jvp_hinted}" \
       --out "$OUT/bench" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
     rc=$?; grep -E "^\[|^==|skip provider|measurements" "$OUT/bench.log" | grep -v "check," | tail -40
     ;;

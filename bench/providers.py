@@ -31,7 +31,7 @@ import bench  # noqa: F401
 import jvp_flash_attn as jfa
 from bench import flex as flexmod
 
-OPS = ("fwd", "bwd", "jvp")  # what providers implement; bench.run's jvp_zt is a jvp on other inputs
+OPS = ("fwd", "bwd", "jvp")  # what providers implement; bench.run's jvp_hinted is a jvp on other inputs
 
 
 @dataclass

@@ -17,7 +17,7 @@ Method
   at least two calls, more while ``--rep-ms`` lasts.
 - ``bwd`` times the backward alone (autograd.grad of a stored forward, retain_graph);
   ``jvp`` times one call returning o and its tangent; ``fwd`` runs under no_grad.
-  ``jvp_zt`` (teacher-forcing workloads W1, W2) is ``jvp`` with the clean half's tangents
+  ``jvp_hinted`` (teacher-forcing workloads W1, W2) is ``jvp`` with the clean half's tangents
   zero and the mask's zero-tangent hint (goal: W1 <= 22 ms); FLOPs as ``jvp``.
 - FLOPs count exact allowed pairs P = mask.num_pairs x B x H: forward 2 P (Dqk + Dv),
   backward 2.5x, fused forward+JVP 3x (jvp_flash_attn.reference.flops). TFLOP/s uses p50.
@@ -56,7 +56,7 @@ from jvp_flash_attn.reference import flops
 CHECK_TOKENS = 52          # tokens per frame of the small same-structure check mask
 SMALL_CHECK_PAIRS = 1 << 22  # at or below Sq*Sk, the full-size run is checked whole
 QUANTILES = (0.2, 0.5, 0.8)
-RUN_OPS = ("fwd", "bwd", "jvp", "jvp_zt")
+RUN_OPS = ("fwd", "bwd", "jvp", "jvp_hinted")
 GPU_DEFAULT = ("cuda", "triton", "flex", "flex-flash", "cudnn", "sdpa", "math-jvp")
 CPU_DEFAULT = ("reference", "triton")
 CPU_SCALE = 0.005          # 8 tokens per frame: a CPU run is a smoke run
@@ -108,7 +108,7 @@ class CheckFailed(Exception):
 def _draw(w, recipe, device, gen, op):
     mask = recipe.build()  # the builders cache it: the same mask object every call
     inp = Inputs.draw(mask, w.batch, w.heads, w.heads, w.d_qk, w.d_v, w.dtype, device, gen, recipe)
-    return inp.with_zero_tangents(*w.zero_tangent_ranges(mask)) if op == "jvp_zt" else inp
+    return inp.with_zero_tangents(*w.zero_tangent_ranges(mask)) if op == "jvp_hinted" else inp
 
 
 def measure(prov, op, w, recipe, check_recipe, args, device, gen) -> dict:
@@ -117,7 +117,7 @@ def measure(prov, op, w, recipe, check_recipe, args, device, gen) -> dict:
     mask = recipe.build()
     whole = mask.sq * mask.sk <= SMALL_CHECK_PAIRS
     notes = []
-    kind = "jvp" if op == "jvp_zt" else op  # what the provider runs and the checks compare
+    kind = "jvp" if op == "jvp_hinted" else op  # what the provider runs and the checks compare
     inp = _draw(w, recipe, device, gen, op)
     why = prov.unsupported(kind, inp)
     if why:
@@ -192,7 +192,7 @@ def parse_args(argv=None):
                                  epilog="Method: see the top of bench/run.py.")
     ap.add_argument("--workloads", default="all", help="comma-separated ids, e.g. W1,W3 (default all)")
     ap.add_argument("--ops", default=",".join(RUN_OPS),
-                    help="comma-separated from fwd,bwd,jvp,jvp_zt (jvp_zt: the fused JVP of a teacher-"
+                    help="comma-separated from fwd,bwd,jvp,jvp_hinted (jvp_hinted: the fused JVP of a teacher-"
                          "forcing workload with zero tangents on the clean half and the mask's hint)")
     ap.add_argument("--providers", default=None,
                     help=f"comma-separated from {','.join(providers.NAMES)} (default on a GPU: "
@@ -265,10 +265,10 @@ def main(argv=None) -> int:
             log(f"== {w.id}: {w.description}; Sq {mask.sq}, Sk {mask.sk}, B {w.batch}, H {w.heads}, "
                 f"Dqk {w.d_qk}, Dv {w.d_v}, pairs {mask.num_pairs} ({mask.num_pairs / (mask.sq * mask.sk):.3f})")
             for op in ops:
-                if op == "jvp_zt" and w.zero_tangent_ranges(mask) is None:
+                if op == "jvp_hinted" and w.zero_tangent_ranges(mask) is None:
                     continue  # only teacher forcing has a zero-tangent half
                 for prov in active:
-                    if ("jvp" if op == "jvp_zt" else op) not in prov.ops:
+                    if ("jvp" if op == "jvp_hinted" else op) not in prov.ops:
                         continue
                     case = (w.id, op, prov.name)
                     try:

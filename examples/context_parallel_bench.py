@@ -6,7 +6,7 @@ the ranks of ``torchrun`` with Ulysses context parallelism.
 Every rank draws the same global inputs. First each rank times ``jfa.attention`` on the whole
 sequence on its own GPU (the one-GPU rows, rank 0's times), then all ranks time
 ``context_parallel_attention`` on their shards together. Ops: fwd; bwd (the backward alone,
-from a kept graph); jvp (``torch.func.jvp`` under no_grad: one fused forward+JVP); jvp_zt (the
+from a kept graph); jvp (``torch.func.jvp`` under no_grad: one fused forward+JVP); jvp_hinted (the
 same with the clean half's tangents zero and promised zero by the mask); all_to_all (the
 forward's two exchanges alone). Each time is the median of --reps iterations, each fenced by a
 barrier and timed with CUDA events; a context-parallel time is the slowest rank's median.
@@ -30,7 +30,7 @@ import jvp_flash_attn as jfa
 from jvp_flash_attn import masks
 from jvp_flash_attn.distributed import _all_to_all, context_parallel_attention
 
-FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "jvp": 3.0, "jvp_zt": 3.0}  # docs/design/benchmarks.md, x forward FLOPs
+FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "jvp": 3.0, "jvp_hinted": 3.0}  # docs/design/benchmarks.md, x forward FLOPs
 
 
 def _timed(fn, reps, warmup, device, fence):
@@ -54,11 +54,11 @@ def _timed(fn, reps, warmup, device, fence):
     return statistics.median(times)
 
 
-def _ops(attn, q, k, v, t, t_zt, do, mask, mask_zt):
+def _ops(attn, q, k, v, t, t_hinted, do, mask, mask_hinted):
     """name -> (callable to time, result to check). Inputs are leaves that require grad."""
     with torch.no_grad():
         _, to = torch.func.jvp(lambda *x: attn(*x, mask), (q, k, v), t)
-        _, to_zt = torch.func.jvp(lambda *x: attn(*x, mask_zt), (q, k, v), t_zt)
+        _, to_hinted = torch.func.jvp(lambda *x: attn(*x, mask_hinted), (q, k, v), t_hinted)
     o = attn(q, k, v, mask)
     grads = torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
 
@@ -76,7 +76,7 @@ def _ops(attn, q, k, v, t, t_zt, do, mask, mask_zt):
         "fwd": (fwd, [o.detach()]),
         "bwd": (lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True), list(grads)),
         "jvp": (jvp(mask, t), [to]),
-        "jvp_zt": (jvp(mask_zt, t_zt), [to_zt]),
+        "jvp_hinted": (jvp(mask_hinted, t_hinted), [to_hinted]),
     }
 
 
@@ -112,12 +112,12 @@ def main(argv=None):
     pattern = masks.FramePattern(args.tokens_per_frame, args.frames)
     mask = masks.teacher_forcing(pattern)
     clean = (0, pattern.num_tokens)
-    mask_zt = mask.with_zero_tangents(q_ranges=[clean], k_ranges=[clean])
+    mask_hinted = mask.with_zero_tangents(q_ranges=[clean], k_ranges=[clean])
     g = torch.Generator(device=device).manual_seed(0)
     mk = lambda: torch.randn(1, mask.sq, args.heads, args.head_dim, generator=g, device=device, dtype=dtype)  # noqa: E731
     x, t, do = [mk() for _ in range(3)], tuple(mk() for _ in range(3)), mk()
-    t_zt = tuple(a.clone() for a in t)
-    for a in t_zt:
+    t_hinted = tuple(a.clone() for a in t)
+    for a in t_hinted:
         a[:, : pattern.num_tokens] = 0  # the clean half's tangents are zero, as promised
 
     def single(q, k, v, m):
@@ -127,10 +127,10 @@ def main(argv=None):
         return context_parallel_attention(q, k, v, m, backend=args.backend)
 
     leaves = [a.clone().requires_grad_() for a in x]
-    one = _ops(single, *leaves, t, t_zt, do, mask, mask_zt)
+    one = _ops(single, *leaves, t, t_hinted, do, mask, mask_hinted)
     sh = lambda a: _shard(a, rank, p).contiguous()  # noqa: E731
     shards = [sh(a).requires_grad_() for a in x]
-    many = _ops(split, *shards, tuple(sh(a) for a in t), tuple(sh(a) for a in t_zt), sh(do), mask, mask_zt)
+    many = _ops(split, *shards, tuple(sh(a) for a in t), tuple(sh(a) for a in t_hinted), sh(do), mask, mask_hinted)
 
     errors = {}
     for op, (_, want) in one.items():

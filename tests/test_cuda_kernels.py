@@ -183,8 +183,9 @@ def test_hopper_runs_the_warp_specialised_forward(case):
     hopper = cuda_kernel_choice.device_kernels(x[0].device.index).family == "sm90a"
     (o, lse), kernels = _kernels_of(be.forward, *x, mask, scale)
     (o_j, to, lse_j), jvp_kernels = _kernels_of(be.forward_jvp, *x, *t, mask, scale)
-    ran_ws = [any("kernel_sm90_ws" in n for n in names) for names in (kernels, jvp_kernels)]
-    assert ran_ws == [hopper] * 2, sorted(kernels | jvp_kernels)
+    ran_warp_specialised = [any("kernel_sm90_warp_specialised" in n for n in names)
+                            for names in (kernels, jvp_kernels)]
+    assert ran_warp_specialised == [hopper] * 2, sorted(kernels | jvp_kernels)
     for name, got, ref, lp in (("o", o, o64, o_lp), ("lse", lse, lse64, lse_lp), ("o (jvp)", o_j, o64, o_lp),
                                ("to", to, to64, to_lp), ("lse (jvp)", lse_j, lse64, lse_lp)):
         assert_within_rule(name, got, ref, lp)
@@ -210,7 +211,8 @@ def test_both_backward_forms_within_rule(case):
         ran_fused = any("dq_convert" in k for k in kernels)
         assert ran_fused == (built and not deterministic), (deterministic, sorted(kernels))
         # on Hopper the fused form is the warp-specialised kernel (the TMA unit describes these inputs)
-        assert any("bwd_kernel_sm90_ws" in k for k in kernels) == ran_fused, (deterministic, sorted(kernels))
+        ran_warp_specialised = any("bwd_kernel_sm90_warp_specialised" in k for k in kernels)
+        assert ran_warp_specialised == ran_fused, (deterministic, sorted(kernels))
         for name, got, ref, lp in zip(("dq", "dk", "dv"), grads, grads64, grads_lp):
             assert_within_rule(f"{name} ({'fused' if ran_fused else 'two-kernel'})", got, ref, lp)
         runs.append(grads)

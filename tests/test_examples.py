@@ -45,6 +45,6 @@ def test_context_parallel_bench_on_two_gloo_processes(tmp_path):
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "context_parallel.csv")))
-    assert {r["op"] for r in rows} == {"fwd", "bwd", "jvp", "jvp_zt", "all_to_all"}
+    assert {r["op"] for r in rows} == {"fwd", "bwd", "jvp", "jvp_hinted", "all_to_all"}
     assert all(float(r["rel_err_vs_1gpu"]) < 1e-6 for r in rows if r["rel_err_vs_1gpu"])
     assert (tmp_path / "context_parallel.md").read_text().startswith("# Ulysses")

@@ -6,7 +6,7 @@
 // No atomics: the result is deterministic.
 #pragma once
 
-#include "fwd_common.h"
+#include "fwd_parts.h"
 #include "kernel_traits.h"
 #include "mask.h"
 

@@ -143,8 +143,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
             Wgmma<Elem, kBM>::ss(dst, sV.desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), ks > 0);
         wgmma_commit();
         wgmma_wait<0>();
-        pin(pt);
-        pin(dst);
+        hold_across_wgmma(pt);
+        hold_across_wgmma(dst);
         mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
 #pragma unroll
         for (int nb = 0; nb < kBM / 8; ++nb) {
@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
                     Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sDS.desc_n_major(ks), sK.desc_n_major(ks, c), ks > 0);
                 wgmma_commit();
                 wgmma_wait<0>();
-                pin(acc_dq);
+                hold_across_wgmma(acc_dq);
                 stage_dq_half(staging + c * kDQHalfBytes, acc_dq, (warp & 3) * 16, lane);
             }
             fence_proxy_async();
@@ -195,10 +195,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
             }
         }
         wgmma_wait<0>();
-        pin(acc_dv);
-        pin(acc_dk);
-        pin(pf);
-        pin(dsf);
+        hold_across_wgmma(acc_dv);
+        hold_across_wgmma(acc_dk);
+        hold_across_wgmma(pf);
+        hold_across_wgmma(dsf);
         __syncthreads();
     }
 
@@ -272,8 +272,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(c
             Wgmma<Elem, kBN>::ss(dp, sDO.desc_k_major(wg_row, ks), sV.desc_k_major(0, ks), ks > 0);
         wgmma_commit();
         wgmma_wait<0>();
-        pin(s);
-        pin(dp);
+        hold_across_wgmma(s);
+        hold_across_wgmma(dp);
         mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
 #pragma unroll
         for (int nb = 0; nb < kNBS; ++nb) {
@@ -290,8 +290,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(c
         for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dq, af[ks], sK.desc_n_major(ks), 1);
         wgmma_commit();
         wgmma_wait<0>();
-        pin(acc_dq);
-        pin(af);
+        hold_across_wgmma(acc_dq);
+        hold_across_wgmma(af);
         __syncthreads();
     }
     const float f[2] = {p.scale, p.scale};

@@ -9,7 +9,7 @@
 //   o = acc_o / l,  to = acc_t / l - (mu / l) o.
 #pragma once
 
-#include "fwd_common.h"
+#include "fwd_parts.h"
 #include "kernel_traits.h"
 #include "mask.h"
 

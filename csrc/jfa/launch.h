@@ -10,10 +10,10 @@
 #include "arch.h"
 #include "bwd_kernel.h"
 #include "bwd_kernel_sm90.h"
-#include "bwd_kernel_sm90_ws.h"
+#include "bwd_kernel_sm90_warp_specialised.h"
 #include "fwd_kernel.h"
-#include "fwd_kernel_sm90.h"
-#include "fwd_kernel_sm90_ws.h"
+#include "fwd_kernel_sm90_cp_async.h"
+#include "fwd_kernel_sm90_warp_specialised.h"
 #include "registry.h"
 #include "tensor_maps.h"
 
@@ -92,21 +92,23 @@ template <class Elem, int kDQK, int kDV, bool kJvp>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     const bool hint = kJvp && p.k_zero_tangent != nullptr;   // the JVP's hinted instantiation
     if (p.family == KernelFamily::kSm90) {
-        using TrWs = FwdWsTraitsSm90<Elem, kDQK, kDV, kJvp>;
+        using TrWarpSpecialised = FwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDV, kJvp>;
         FwdTensorMaps maps{};
-        if (encode_fwd_maps<TrWs, kJvp>(p, maps)) {
+        if (encode_fwd_maps<TrWarpSpecialised, kJvp>(p, maps)) {
             if (hint) {
-                launch_fwd_with<TrWs>(attention_fwd_kernel_sm90_ws<TrWs, kJvp>, kJvp, p, stream, maps);
+                launch_fwd_with<TrWarpSpecialised>(attention_fwd_kernel_sm90_warp_specialised<TrWarpSpecialised, kJvp>,
+                                                   kJvp, p, stream, maps);
             } else {
-                launch_fwd_with<TrWs>(attention_fwd_kernel_sm90_ws<TrWs>, kJvp, p, stream, maps);
+                launch_fwd_with<TrWarpSpecialised>(attention_fwd_kernel_sm90_warp_specialised<TrWarpSpecialised>, kJvp,
+                                                   p, stream, maps);
             }
             return;
         }
-        using Tr = FwdTraitsSm90<Elem, kDQK, kDV, kJvp>;
+        using Tr = FwdCpAsyncTraitsSm90<Elem, kDQK, kDV, kJvp>;
         if (hint) {
-            launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp, kJvp>, kJvp, p, stream);
+            launch_fwd_with<Tr>(attention_fwd_kernel_sm90_cp_async<Tr, kJvp, kJvp>, kJvp, p, stream);
         } else {
-            launch_fwd_with<Tr>(attention_fwd_kernel_sm90<Tr, kJvp>, kJvp, p, stream);
+            launch_fwd_with<Tr>(attention_fwd_kernel_sm90_cp_async<Tr, kJvp>, kJvp, p, stream);
         }
     } else {
         using Tr = FwdTraits<Elem, kDQK, kDV, kJvp>;
@@ -152,12 +154,13 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
     check_cuda(cudaMemsetAsync(p.dq_accum, 0, padded * kDQK * sizeof(float), stream), "zeroing the dQ buffer");
     launch_bwd_delta<Elem>(p, stream);
     const dim3 grid(p.num_k_tiles, p.batch * p.heads_k);
-    using TrWs = BwdWsTraitsSm90<Elem, kDQK, kDQK>;
+    using TrWarpSpecialised = BwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDQK>;
     BwdTensorMaps maps{};
-    if (encode_bwd_maps<TrWs>(p, maps)) {   // the warp-specialised kernel where the TMA unit can load every operand
-        auto kernel = attention_bwd_kernel_sm90_ws<TrWs>;
-        set_smem(kernel, TrWs::kSmemBytes);
-        kernel<<<grid, TrWs::kThreads, TrWs::kSmemBytes, stream>>>(p, maps);
+    // the warp-specialised kernel where the TMA unit can load every operand
+    if (encode_bwd_maps<TrWarpSpecialised>(p, maps)) {
+        auto kernel = attention_bwd_kernel_sm90_warp_specialised<TrWarpSpecialised>;
+        set_smem(kernel, TrWarpSpecialised::kSmemBytes);
+        kernel<<<grid, TrWarpSpecialised::kThreads, TrWarpSpecialised::kSmemBytes, stream>>>(p, maps);
     } else {
         auto kernel = attention_bwd_kv_kernel_sm90<Tr>;
         set_smem(kernel, Tr::kSmemBytes, two_per_sm(Tr::kThreads));

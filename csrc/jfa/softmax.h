@@ -1,9 +1,9 @@
 // Online softmax over key tiles for the two rows (g, g + 8) that a lane holds in a warp's
 // 16-row slice. Scores are kept in the log2 domain (scaled by scale * log2(e)) so exp2 is one
 // instruction. Row sums are per-lane partials and are reduced across the quad only at the end.
-// Every multiply feeding an add, here and in fwd_common.h, says how it rounds (__fmul_rn,
+// Every multiply feeding an add, here and in fwd_parts.h, says how it rounds (__fmul_rn,
 // __fsub_rn, __fmaf_rn, ...): left to the compiler, whether a multiply and an add fuse depended on
-// the surrounding kernel, and kernels that run the same products (plain and warp-specialised,
+// the surrounding kernel, and kernels that run the same products (cp.async and warp-specialised,
 // hinted or not) differed in lse by a rounding.
 #pragma once
 

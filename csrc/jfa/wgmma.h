@@ -63,17 +63,18 @@ __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sy
 // Shared memory written by cp.async (the generic proxy) and read next by wgmma (the async proxy).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// Pin registers that an asynchronous product reads or writes to this point of the program: the
-// compiler may not move their other uses across it (nor reuse an operand's register before the wait).
+// Hold registers that an asynchronous product reads or writes at this point of the program (called
+// after the wait): the compiler may not move their other uses across it (nor reuse an operand's
+// register before the wait).
 template <int kN>
-__device__ __forceinline__ void pin(float (&r)[kN][4]) {
+__device__ __forceinline__ void hold_across_wgmma(float (&r)[kN][4]) {
 #pragma unroll
     for (int i = 0; i < kN; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(r[i][e])::"memory");
 }
 template <int kN>
-__device__ __forceinline__ void pin(uint32_t (&r)[kN][4]) {
+__device__ __forceinline__ void hold_across_wgmma(uint32_t (&r)[kN][4]) {
 #pragma unroll
     for (int i = 0; i < kN; ++i)
 #pragma unroll

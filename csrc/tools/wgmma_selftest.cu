@@ -39,7 +39,7 @@ __global__ void selftest_kernel(const Elem* a, const Elem* b, const Elem* v, flo
     for (int ks = 0; ks < kK / 16; ++ks) Wgmma<Elem, N>::ss(acc, sA.desc_k_major(0, ks), sB.desc_k_major(0, ks), ks > 0);
     wgmma_commit();
     wgmma_wait<0>();
-    pin(acc);
+    hold_across_wgmma(acc);
     const int g = lane >> 2, t = lane & 3;
     for (int nb = 0; nb < N / 8; ++nb)
         for (int e = 0; e < 4; ++e) c_ss[(warp * 16 + g + 8 * (e >> 1)) * N + nb * 8 + 2 * t + (e & 1)] = acc[nb][e];
@@ -63,8 +63,8 @@ __global__ void selftest_kernel(const Elem* a, const Elem* b, const Elem* v, flo
     for (int ks = 0; ks < kK / 16; ++ks) Wgmma<Elem, N>::rs(acc, af[ks], sV.desc_n_major(ks), ks > 0);
     wgmma_commit();
     wgmma_wait<0>();
-    pin(acc);
-    pin(af);
+    hold_across_wgmma(acc);
+    hold_across_wgmma(af);
     for (int nb = 0; nb < N / 8; ++nb)
         for (int e = 0; e < 4; ++e) c_rs[(warp * 16 + g + 8 * (e >> 1)) * N + nb * 8 + 2 * t + (e & 1)] = acc[nb][e];
 #endif

@@ -1,4 +1,6 @@
-// Forward (o, lse) and fused forward+JVP (o, to, lse) on Hopper's warpgroup products (sm_90a).
+// Forward (o, lse) and fused forward+JVP (o, to, lse) on Hopper's warpgroup products (sm_90a),
+// every warp loading by cp.async: the fallback of fwd_kernel_sm90_warp_specialised.h where the TMA
+// unit cannot describe an operand.
 //
 // Same walk and arithmetic as fwd_kernel.h (see its header for the JVP's algebra); what changes
 // is who multiplies. Each warpgroup owns 64 query rows; q k^T (and tq k^T + q tk^T) is one chain
@@ -11,17 +13,17 @@
 // before rescaling the output; value tiles therefore live one tile longer (three stages).
 #pragma once
 
-#include "fwd_common.h"
+#include "fwd_parts.h"
 #include "kernel_traits.h"
 #include "mask.h"
 #include "wgmma.h"
 
 namespace jfa {
 
-// kHint: the JVP reads the zero-tangent hint (a separate instantiation: its branches cost the
-// hint-free JVP registers).
-template <class Tr, bool kJvp, bool kHint = false>
-__global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(const AttnParams p) {
+// kSkipsZeroTangents: the JVP reads the zero-tangent hint and skips the tangent work of key tiles
+// it marks (a separate instantiation: its branches cost the hint-free JVP registers).
+template <class Tr, bool kJvp, bool kSkipsZeroTangents = false>
+__global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90_cp_async(const AttnParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Elem = typename Tr::Elem;
     constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV;
@@ -49,7 +51,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
     // Zero-tangent hint (JVP): a key tile whose tk and tv are zero skips their loads, q tk^T and
     // p tv. (Skipping tq k^T for zero-tangent query tiles as well made ptxas spill 300 bytes in
     // the key loop; the query side is not used.)
-    auto tan_k = [&](int i) { return !(kJvp && kHint && p.k_zero_tangent[walk.tile(i)]); };
+    auto tan_k = [&](int i) { return !(kJvp && kSkipsZeroTangents && p.k_zero_tangent[walk.tile(i)]); };
     sQ.template load_async<Tr::kThreads>(heads.q, p.q_stride.row, q0, p.seqlen_q, tid);
     if constexpr (kJvp) sTQ.template load_async<Tr::kThreads>(heads.tq, p.tq_stride.row, q0, p.seqlen_q, tid);
     auto load_kv = [&](int i, int st) {
@@ -114,8 +116,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
         } else {
             wgmma_wait<0>();
         }
-        pin(s);
-        if constexpr (kJvp) pin(ts);
+        hold_across_wgmma(s);
+        if constexpr (kJvp) hold_across_wgmma(ts);
 
         const int k0 = walk.tile(i) * kBN;
         mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
@@ -124,8 +126,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
         sm.update(s, scale_log2, alpha);
         if constexpr (!kJvp) {
             wgmma_wait<0>();   // p_{i-1} v_{i-1} (unconditional, so ptxas sees every path wait)
-            pin(acc_o);
-            pin(pf_prev);
+            hold_across_wgmma(acc_o);
+            hold_across_wgmma(pf_prev);
             scale_rows(acc_o, alpha);
             c_to_a<Elem, kKPV>(pf_prev, s);
             st_prev = st;
@@ -151,17 +153,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
 #pragma unroll
                 for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, pf[ks], sTV.desc_n_major(ks), 1);
             }
-            if (kHint) wgmma_fence();
+            if (kSkipsZeroTangents) wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, ptf[ks], sV.desc_n_major(ks), 1);
         }
         wgmma_commit();
         wgmma_wait<0>();
-        pin(acc_o);
-        pin(pf);
+        hold_across_wgmma(acc_o);
+        hold_across_wgmma(pf);
         if constexpr (kJvp) {
-            pin(acc_t);
-            pin(ptf);
+            hold_across_wgmma(acc_t);
+            hold_across_wgmma(ptf);
         }
         __syncthreads();  // this stage is refilled by the next iteration's prefetch
     }
@@ -171,8 +173,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90(con
         for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], stages.v(st_prev, 0).desc_n_major(ks), 1);
         wgmma_commit();
         wgmma_wait<0>();
-        pin(acc_o);
-        pin(pf_prev);
+        hold_across_wgmma(acc_o);
+        hold_across_wgmma(pf_prev);
     }
 
     fwd_epilogue<Elem, kJvp, kNBO>(p, b, h, row0, lane, sm, mu, acc_o, acc_t);

@@ -18,7 +18,7 @@
 #pragma once
 
 #include "bwd_kernel_sm90.h"
-#include "fwd_kernel_sm90_ws.h"
+#include "fwd_kernel_sm90_warp_specialised.h"
 
 namespace jfa {
 
@@ -28,7 +28,7 @@ struct BwdTensorMaps {
 };
 
 template <class Elem_, int kDQK_, int kDV_>
-struct BwdWsTraitsSm90 {
+struct BwdWarpSpecialisedTraitsSm90 {
     using Elem = Elem_;
     static constexpr int kDQK = kDQK_, kDV = kDV_;
     static constexpr int kBlockM = kBwdFusedTilesSm90.block_m;   // queries per step
@@ -56,7 +56,7 @@ constexpr int kDqFull = 2;    // the staged dQ tile is complete (consumers arriv
 constexpr int kDqEmpty = 3;   // the TMA unit has read it (the dQ warp arrives, consumers sync)
 
 template <class Tr>
-struct BwdWsSmem {
+struct BwdWarpSpecialisedSmem {
     using KTile = PanelTile<Tr::kBlockN, Tr::kDQK>;
     using VTile = PanelTile<Tr::kBlockN, Tr::kDV>;
     using QTile = PanelTile<Tr::kBlockM, Tr::kDQK>;
@@ -94,22 +94,22 @@ struct BwdWsSmem {
 };
 
 // Step j of the block's walk: query tile and query head (the walk repeats per head of the group).
-struct BwdWsStep {
+struct BwdWarpSpecialisedStep {
     int m0, h;
-    __device__ __forceinline__ BwdWsStep(const TileWalk& walk, int j, int hk, int groups, int block_m)
+    __device__ __forceinline__ BwdWarpSpecialisedStep(const TileWalk& walk, int j, int hk, int groups, int block_m)
         : m0(walk.tile(j % walk.num_total) * block_m), h(hk * groups + j / walk.num_total) {}
 };
 
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
-    attention_bwd_kernel_sm90_ws(const AttnParams p, const __grid_constant__ BwdTensorMaps maps) {
+    attention_bwd_kernel_sm90_warp_specialised(const AttnParams p, const __grid_constant__ BwdTensorMaps maps) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Elem = typename Tr::Elem;
     constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
     constexpr int kKS = kBM / 16;   // k16 steps over queries
     extern __shared__ char smem[];
     const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
-    const BwdWsSmem<Tr> sm{s0, smem + (s0 - smem_addr(smem))};
+    const BwdWarpSpecialisedSmem<Tr> sm{s0, smem + (s0 - smem_addr(smem))};
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int k_tile = blockIdx.x;
     const int b = blockIdx.y / p.heads_k, hk = blockIdx.y % p.heads_k;
@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             load_panels(sm.v(), &maps.v, sm.kv_full(), n0, hk, b);
             for (int j = 0; j < total; ++j) {
                 const int st = j % kS;
-                const BwdWsStep s(walk, j, hk, groups, kBM);
+                const BwdWarpSpecialisedStep s(walk, j, hk, groups, kBM);
                 sm.q_empty(st).wait(((j / kS) & 1) ^ 1);
                 sm.q_full(st).arrive_expect_tx(Tr::kQBytes + Tr::kDOBytes);
                 load_panels(sm.q(st), &maps.q, sm.q_full(st), s.m0, s.h, b);
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         } else if (warp == 1) {   // lse (log2 units; +inf where no key is allowed) and delta rows
             for (int j = 0; j < total; ++j) {
                 const int st = j % kS;
-                const BwdWsStep s(walk, j, hk, groups, kBM);
+                const BwdWarpSpecialisedStep s(walk, j, hk, groups, kBM);
                 const int64_t row_off = (static_cast<int64_t>(b) * p.heads_q + s.h) * p.seqlen_q;
                 sm.q_empty(st).wait(((j / kS) & 1) ^ 1);
                 for (int r = lane; r < kBM; r += 32) {
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             }
         } else if (warp == 2) {   // dQ: one bulk reduce-add per step
             for (int j = 0; j < total; ++j) {
-                const BwdWsStep s(walk, j, hk, groups, kBM);
+                const BwdWarpSpecialisedStep s(walk, j, hk, groups, kBM);
                 named_sync(kDqFull, Tr::kConsumerThreads + 32);
                 if (lane == 0) {
                     bulk_reduce_add_f32(dq_tile<kDQK>(p, b * p.heads_q + s.h, s.m0 / kBM), sm.dq_staging(), Tr::kDQBytes);
@@ -196,8 +196,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             Wgmma<Elem, kBM>::ss(dst, sm.v().desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), ks > 0);
         wgmma_commit();
         wgmma_wait<0>();
-        pin(pt);
-        pin(dst);
+        hold_across_wgmma(pt);
+        hold_across_wgmma(dst);
         mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
         const float* lse2 = sm.lse2(st);
         const float* delta = sm.delta(st);
@@ -235,14 +235,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                 Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(ks), sm.k().desc_n_major(ks, c), ks > 0);
             wgmma_commit();
             wgmma_wait<0>();
-            pin(acc_dq);
+            hold_across_wgmma(acc_dq);
             stage_dq_half(sm.dq_staging() + c * kDQHalfBytes, acc_dq, (cw & 3) * 16, lane);
         }
         wgmma_wait<0>();
-        pin(acc_dv);
-        pin(acc_dk);
-        pin(pf);
-        pin(dsf);
+        hold_across_wgmma(acc_dv);
+        hold_across_wgmma(acc_dk);
+        hold_across_wgmma(pf);
+        hold_across_wgmma(dsf);
         sm.q_empty(st).arrive();   // q, dO, lse and delta of the stage are read
         fence_proxy_async();
         named_arrive(kDqFull, Tr::kConsumerThreads + 32);

@@ -1,9 +1,9 @@
 // Forward (o, lse) and fused forward+JVP (o, to, lse) on Hopper with specialised warpgroups
 // (sm_90a): the default forward and JVP there.
 //
-// Same walk and arithmetic as fwd_kernel_sm90.h (see fwd_kernel.h for the JVP's algebra); what
-// changes is who waits for whom. In those kernels every warp loads, and barriers per key tile hold
-// both warpgroups in step, so the tensor cores idle while both mask and exponentiate. Here:
+// Same walk and arithmetic as fwd_kernel_sm90_cp_async.h (see fwd_kernel.h for the JVP's algebra);
+// what changes is who waits for whom. In those kernels every warp loads, and barriers per key tile
+// hold both warpgroups in step, so the tensor cores idle while both mask and exponentiate. Here:
 //   - warpgroup 0 is the producer: one thread issues TMA loads of the query tile(s) and of each
 //     key and value tile (and their tangents) into stages guarded by transaction barriers ("full"
 //     when the bytes landed, "empty" when every consumer warp is done reading), and gives its
@@ -18,7 +18,7 @@
 #include <type_traits>
 
 #include "async_sm90.h"
-#include "fwd_common.h"
+#include "fwd_parts.h"
 #include "kernel_traits.h"
 #include "mask.h"
 #include "wgmma.h"
@@ -32,7 +32,7 @@ constexpr int kTurnBarrier = 1;      // named barriers 1 and 2: consumer warpgro
 // Shared memory of a warp-specialised block: query tile(s), key and value stages (operand 0 the
 // tile, 1 its tangent), then the barriers.
 template <class Tr>
-struct WsSmem {
+struct FwdWarpSpecialisedSmem {
     using QTile = PanelTile<Tr::kBlockM, Tr::kDQK>;
     using KTile = PanelTile<Tr::kBlockN, Tr::kDQK>;
     using VTile = PanelTile<Tr::kBlockN, Tr::kDV>;
@@ -68,9 +68,9 @@ struct WsSmem {
 };
 
 // The block's query tile and heads.
-struct WsBlock {
+struct FwdWarpSpecialisedBlock {
     int q_tile, b, h, hk, q0;
-    __device__ __forceinline__ WsBlock(const AttnParams& p, int block_m) {
+    __device__ __forceinline__ FwdWarpSpecialisedBlock(const AttnParams& p, int block_m) {
         q_tile = p.num_q_tiles - 1 - blockIdx.x;   // late query tiles see the most keys: start them first
         b = blockIdx.y / p.heads_q;
         h = blockIdx.y % p.heads_q;
@@ -91,8 +91,8 @@ __device__ __forceinline__ void load_panels(const Tile& t, const CUtensorMap* ma
 // warp released tile i - kS, values likewise. tangents(i) says whether tile i's tk / tv are loaded
 // (JVP; false where the zero-tangent hint promises zeros).
 template <class Tr, class Tangents>
-__device__ __forceinline__ void produce(const WsSmem<Tr>& sm, const FwdTensorMaps& maps, const TileWalk& walk,
-                                        const WsBlock& blk, Tangents&& tangents) {
+__device__ __forceinline__ void produce(const FwdWarpSpecialisedSmem<Tr>& sm, const FwdTensorMaps& maps,
+                                        const TileWalk& walk, const FwdWarpSpecialisedBlock& blk, Tangents&& tangents) {
     constexpr int kS = Tr::kStages;
     sm.q_full().arrive_expect_tx(Tr::kOperands * Tr::kQBytes);
 #pragma unroll
@@ -125,11 +125,12 @@ __device__ __forceinline__ void first_pass(int wg, int n) {
 
 // What a consumer thread knows of its place: its warpgroup (0 or 1) and that warpgroup's first row
 // in the tile, its warp's first query row, its lane.
-struct WsConsumer {
+struct FwdWarpSpecialisedConsumer {
     int wg, wg_row, row0, lane;
     bool edge_q;        // the query tile crosses the end of Sq
     float scale_log2;
-    __device__ __forceinline__ WsConsumer(const AttnParams& p, const WsBlock& blk, int warp, int lane_, int block_m)
+    __device__ __forceinline__ FwdWarpSpecialisedConsumer(const AttnParams& p, const FwdWarpSpecialisedBlock& blk, int warp,
+                                                          int lane_, int block_m)
         : wg((warp >> 2) - 1), wg_row(wg * 64), row0(blk.q0 + (warp - 4) * 16), lane(lane_),
           edge_q(blk.q0 + block_m > p.seqlen_q), scale_log2(p.scale * kLog2e) {}
 };
@@ -137,8 +138,9 @@ struct WsConsumer {
 // The forward's consumer: per key tile, in its turn, q k_i^T and (from the second tile on)
 // p_{i-1} v_{i-1}; then mask and softmax of tile i while p_{i-1} v_{i-1} still runs.
 template <class Tr>
-__device__ __forceinline__ void consume_fwd(const AttnParams& p, const WsSmem<Tr>& sm, const TileWalk& walk,
-                                            const WsBlock& blk, const WsConsumer& c) {
+__device__ __forceinline__ void consume_fwd(const AttnParams& p, const FwdWarpSpecialisedSmem<Tr>& sm,
+                                            const TileWalk& walk, const FwdWarpSpecialisedBlock& blk,
+                                            const FwdWarpSpecialisedConsumer& c) {
     using Elem = typename Tr::Elem;
     constexpr int kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
     constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
@@ -171,7 +173,7 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const WsSmem<Tr
     };
     // Once the scores are in: release the key stage, mask, and update the online softmax.
     auto update = [&](int i, float (&s)[kNBS][4], float (&alpha)[2]) {
-        pin(s);
+        hold_across_wgmma(s);
         if (c.lane == 0) sm.k_empty(i % kS).arrive();
         const int k0 = walk.tile(i) * kBN;
         mask_scores<false>(s, p, walk.partial(i), c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane);
@@ -194,8 +196,8 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const WsSmem<Tr
         wgmma_wait<1>();   // the scores; p_{i-1} v_{i-1} still runs
         update(i, s, alpha);
         wgmma_wait<0>();
-        pin(acc_o);
-        pin(pf_prev);
+        hold_across_wgmma(acc_o);
+        hold_across_wgmma(pf_prev);
         if (c.lane == 0) sm.v_empty((i - 1) % kS).arrive();
         scale_rows(acc_o, alpha);
         c_to_a<Elem, kKPV>(pf_prev, s);
@@ -208,8 +210,8 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const WsSmem<Tr
         for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_o, pf_prev[ks], sm.v(st, 0).desc_n_major(ks), 1);
         wgmma_commit();
         wgmma_wait<0>();
-        pin(acc_o);
-        pin(pf_prev);
+        hold_across_wgmma(acc_o);
+        hold_across_wgmma(pf_prev);
     }
     fwd_epilogue<Elem, false, kNBO>(p, blk.b, blk.h, c.row0, c.lane, softmax, mu, acc_o, acc_t);
 }
@@ -218,8 +220,9 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const WsSmem<Tr
 // tangents(i)); then, off turn, mask, softmax, the tangent probabilities, and o += p v,
 // to += p tv (where tangents(i)) + (p o ts) v.
 template <class Tr, class Tangents>
-__device__ __forceinline__ void consume_jvp(const AttnParams& p, const WsSmem<Tr>& sm, const TileWalk& walk,
-                                            const WsBlock& blk, const WsConsumer& c, Tangents&& tangents) {
+__device__ __forceinline__ void consume_jvp(const AttnParams& p, const FwdWarpSpecialisedSmem<Tr>& sm,
+                                            const TileWalk& walk, const FwdWarpSpecialisedBlock& blk,
+                                            const FwdWarpSpecialisedConsumer& c, Tangents&& tangents) {
     using Elem = typename Tr::Elem;
     constexpr int kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
     constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
@@ -256,8 +259,8 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const WsSmem<Tr
         wgmma_commit();
         pass_turn<Tr>(c.wg, i, n);
         wgmma_wait<0>();
-        pin(s);
-        pin(ts);
+        hold_across_wgmma(s);
+        hold_across_wgmma(ts);
         if (c.lane == 0) sm.k_empty(st).arrive();
 
         const int k0 = walk.tile(i) * kBN;
@@ -283,10 +286,10 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const WsSmem<Tr
         for (int ks = 0; ks < kKPV; ++ks) MmaO::rs(acc_t, ptf[ks], sm.v(st, 0).desc_n_major(ks), 1);
         wgmma_commit();
         wgmma_wait<0>();
-        pin(acc_o);
-        pin(acc_t);
-        pin(pf);
-        pin(ptf);
+        hold_across_wgmma(acc_o);
+        hold_across_wgmma(acc_t);
+        hold_across_wgmma(pf);
+        hold_across_wgmma(ptf);
         if (c.lane == 0) sm.v_empty(st).arrive();
     };
 
@@ -302,28 +305,31 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const WsSmem<Tr
     fwd_epilogue<Elem, true, kNBO>(p, blk.b, blk.h, c.row0, c.lane, softmax, mu, acc_o, acc_t);
 }
 
-// The forward (Tr::kTangents false) or fused forward+JVP. kHint: the JVP reads the zero-tangent
-// hint (a separate instantiation, as in fwd_kernel_sm90.h).
-template <class Tr, bool kHint = false>
+// The forward (Tr::kTangents false) or fused forward+JVP. kSkipsZeroTangents: the JVP reads the
+// zero-tangent hint and skips the tangent work of key tiles it marks (a separate instantiation, as
+// in fwd_kernel_sm90_cp_async.h).
+template <class Tr, bool kSkipsZeroTangents = false>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
-    attention_fwd_kernel_sm90_ws(const AttnParams p, const __grid_constant__ FwdTensorMaps maps) {
+    attention_fwd_kernel_sm90_warp_specialised(const AttnParams p, const __grid_constant__ FwdTensorMaps maps) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ char smem[];
-    const WsSmem<Tr> sm{(smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1)};
+    const FwdWarpSpecialisedSmem<Tr> sm{(smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1)};
     const int tid = threadIdx.x, warp = tid >> 5;
-    const WsBlock blk(p, Tr::kBlockM);
+    const FwdWarpSpecialisedBlock blk(p, Tr::kBlockM);
     if (tid == 0) sm.init_barriers();
     __syncthreads();
 
     const TileWalk walk(p.q_tiles, blk.q_tile);
     // Whether key tile i's tangents are loaded and multiplied (JVP; the hint promises zeros).
-    auto tangents = [&](int i) { return Tr::kTangents && !(kHint && p.k_zero_tangent[walk.tile(i)]); };
+    auto tangents = [&](int i) {
+        return Tr::kTangents && !(kSkipsZeroTangents && p.k_zero_tangent[walk.tile(i)]);
+    };
     if (warp < 4) {
         setmaxnreg_dec<kProducerRegs>();
         if (tid == 0) produce(sm, maps, walk, blk, tangents);
     } else {
         setmaxnreg_inc<kConsumerRegs>();
-        const WsConsumer c(p, blk, warp, tid & 31, Tr::kBlockM);
+        const FwdWarpSpecialisedConsumer c(p, blk, warp, tid & 31, Tr::kBlockM);
         if constexpr (Tr::kTangents) {
             consume_jvp(p, sm, walk, blk, c, tangents);
         } else {
