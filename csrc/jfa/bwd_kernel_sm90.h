@@ -77,6 +77,55 @@ __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.w
 // Wait until they are complete.
 __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
+// The parts of one step of the key-side walk (the dK/dV kernel, the fused backward in both of
+// its forms): a warpgroup owns 64 keys (rows wg_row.. of the key tile), a step is one query tile.
+
+// S^T = K Q^T and dP^T = V dO^T for the warpgroup's keys x the query tile, waited for.
+template <class Elem, int kDQK, int kDV, int kBM, class KTile, class VTile, class QTile, class OTile>
+__device__ __forceinline__ void key_side_scores(float (&pt)[kBM / 8][4], float (&dst)[kBM / 8][4], const KTile& sK,
+                                                const VTile& sV, const QTile& sQ, const OTile& sDO, int wg_row) {
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kDQK / 16; ++ks)
+        Wgmma<Elem, kBM>::ss(pt, sK.desc_k_major(wg_row, ks), sQ.desc_k_major(0, ks), ks > 0);
+#pragma unroll
+    for (int ks = 0; ks < kDV / 16; ++ks)
+        Wgmma<Elem, kBM>::ss(dst, sV.desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), ks > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    hold_across_wgmma(pt);
+    hold_across_wgmma(dst);
+}
+
+// P^T = exp2(S^T scale_log2 - lse2) and dS^T = P^T (dP^T - delta) from the masked scores; the
+// columns are the tile's queries, lse2 and delta their rows' values.
+template <int kNB>
+__device__ __forceinline__ void key_side_probs(float (&pt)[kNB][4], float (&dst)[kNB][4], const float* lse2,
+                                               const float* delta, float scale_log2, int lane) {
+    const int t2 = 2 * (lane & 3);
+#pragma unroll
+    for (int nb = 0; nb < kNB; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            pt[nb][e] = exp2f(pt[nb][e] * scale_log2 - lse2[nb * 8 + t2 + (e & 1)]);
+            dst[nb][e] = pt[nb][e] * (dst[nb][e] - delta[nb * 8 + t2 + (e & 1)]);
+        }
+    }
+}
+
+// dV += P^T dO and dK += dS^T Q, issued and committed; the caller waits.
+template <class Elem, int kDQK, int kDV, int kKS, class QTile, class OTile>
+__device__ __forceinline__ void issue_dv_dk(float (&acc_dv)[kDV / 8][4], float (&acc_dk)[kDQK / 8][4],
+                                            const uint32_t (&pf)[kKS][4], const uint32_t (&dsf)[kKS][4],
+                                            const OTile& sDO, const QTile& sQ) {
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sDO.desc_n_major(ks), 1);
+#pragma unroll
+    for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
+    wgmma_commit();
+}
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(const AttnParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -118,7 +167,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
     zero(acc_dv);
     const float scale_log2 = p.scale * kLog2e;
     const bool edge_k = n0 + kBN > p.seqlen_k;
-    const int t2 = 2 * (lane & 3);
 
     for (int j = 0; j < total; ++j) {
         const int st = j & 1;
@@ -132,28 +180,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         const int i = j % walk.num_total;
         const int m0 = walk.tile(i) * kBM;
 
-        // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x kBM queries.
         float pt[kBM / 8][4], dst[kBM / 8][4];
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < kDQK / 16; ++ks)
-            Wgmma<Elem, kBM>::ss(pt, sK.desc_k_major(wg_row, ks), sQ.desc_k_major(0, ks), ks > 0);
-#pragma unroll
-        for (int ks = 0; ks < kDV / 16; ++ks)
-            Wgmma<Elem, kBM>::ss(dst, sV.desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), ks > 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        hold_across_wgmma(pt);
-        hold_across_wgmma(dst);
+        key_side_scores<Elem, kDQK, kDV, kBM>(pt, dst, sK, sV, sQ, sDO, wg_row);
         mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
-#pragma unroll
-        for (int nb = 0; nb < kBM / 8; ++nb) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                pt[nb][e] = exp2f(pt[nb][e] * scale_log2 - lse2[nb * 8 + t2 + (e & 1)]);
-                dst[nb][e] = pt[nb][e] * (dst[nb][e] - delta[nb * 8 + t2 + (e & 1)]);
-            }
-        }
+        key_side_probs(pt, dst, lse2, delta, scale_log2, lane);
         uint32_t pf[kKS][4], dsf[kKS][4];
         c_to_a<Elem, kKS>(pf, pt);
         c_to_a<Elem, kKS>(dsf, dst);
@@ -163,12 +193,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
             if (tid == 0) bulk_wait_read();   // the previous step's dQ tile has left the staging tile
             __syncthreads();   // and the whole dS^T tile is written before the product reads it
         }
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sDO.desc_n_major(ks), 1);
-#pragma unroll
-        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
-        wgmma_commit();
+        issue_dv_dk<Elem, kDQK, kDV>(acc_dv, acc_dk, pf, dsf, sDO, sQ);
         if constexpr (Tr::kFused) {
             // dQ rows of this query tile, dS (queries x keys) K, dS^T and K both stored with rows = keys;
             // 64 columns at a time (dQ's accumulators then fit beside dK's and dV's) into the staging tile.

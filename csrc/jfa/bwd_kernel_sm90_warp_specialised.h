@@ -169,7 +169,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     const int cw = warp - 4;               // consumer warp 0..7: keys n0 + 16 cw ..
     const int wg = cw >> 2, wg_row = wg * 64;
     const int krow0 = n0 + cw * 16;
-    const int t2 = 2 * (lane & 3);
     const float scale_log2 = p.scale * kLog2e;
     const bool edge_k = n0 + kBN > p.seqlen_k;
     float acc_dk[kDQK / 8][4], acc_dv[kDV / 8][4];
@@ -185,41 +184,16 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         const auto sDO = sm.dO(st);
         sm.q_full(st).wait((j / kS) & 1);
 
-        // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x 64 queries.
         float pt[kBM / 8][4], dst[kBM / 8][4];
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < kDQK / 16; ++ks)
-            Wgmma<Elem, kBM>::ss(pt, sm.k().desc_k_major(wg_row, ks), sQ.desc_k_major(0, ks), ks > 0);
-#pragma unroll
-        for (int ks = 0; ks < kDV / 16; ++ks)
-            Wgmma<Elem, kBM>::ss(dst, sm.v().desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), ks > 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        hold_across_wgmma(pt);
-        hold_across_wgmma(dst);
+        key_side_scores<Elem, kDQK, kDV, kBM>(pt, dst, sm.k(), sm.v(), sQ, sDO, wg_row);
         mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
-        const float* lse2 = sm.lse2(st);
-        const float* delta = sm.delta(st);
-#pragma unroll
-        for (int nb = 0; nb < kBM / 8; ++nb) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                pt[nb][e] = exp2f(pt[nb][e] * scale_log2 - lse2[nb * 8 + t2 + (e & 1)]);
-                dst[nb][e] = pt[nb][e] * (dst[nb][e] - delta[nb * 8 + t2 + (e & 1)]);
-            }
-        }
+        key_side_probs(pt, dst, sm.lse2(st), sm.delta(st), scale_log2, lane);
         uint32_t pf[kKS][4], dsf[kKS][4];
         c_to_a<Elem, kKS>(pf, pt);
         c_to_a<Elem, kKS>(dsf, dst);
 
         // dV += P^T dO and dK += dS^T Q run while dS^T goes to shared memory for dQ.
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sDO.desc_n_major(ks), 1);
-#pragma unroll
-        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
-        wgmma_commit();
+        issue_dv_dk<Elem, kDQK, kDV>(acc_dv, acc_dk, pf, dsf, sDO, sQ);
         store_a_frags(sm.ds(buf), dsf, cw * 16, lane);
         fence_proxy_async();
         named_sync(kDsFull, Tr::kConsumerThreads);
