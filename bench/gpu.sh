@@ -12,6 +12,8 @@
 #   masks      host-side mask + tile build timing, W1-W8 (fails over 5 ms)     -> masks.txt
 #   bench      python -m bench.run (WORKLOADS, PROVIDERS, OPS, BENCH_ARGS)      -> bench/results.{csv,md,png}, notes.csv, bench.log
 #   selftest   the wgmma verbs alone (csrc/tools/wgmma_selftest.cu)            -> selftest.log
+#   ncu        hardware counters of one kernel (NCU_KERNEL: a regex on its name) in one op of
+#              one workload (NCU_OP, NCU_WORKLOAD): throughput, issue stalls  -> ncu.csv, ncu.log
 #
 # FlashAttention-4 (providers flex-flash): `source .peers/fa4.sh install` first in the same command
 # (its header says how the kit travels); without it those providers are skipped with the reason.
@@ -97,12 +99,22 @@ for step in ${*:-env build tests masks bench}; do
       --out "$OUT/bench" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
     rc=$?; grep -E "^\[|^==|skip provider|measurements" "$OUT/bench.log" | grep -v "check," | tail -40
     ;;
+  ncu)
+    timeout "${NCU_TIMEOUT:-300}" ncu --clock-control none --target-processes all \
+      --kernel-name "regex:${NCU_KERNEL:-bwd_kernel_sm90_warp_specialised}" --launch-skip 1 --launch-count 1 \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
+      --section SchedulerStats --section Occupancy --section MemoryWorkloadAnalysis --csv --page details \
+      python3 bench/profile_kernels.py "${NCU_WORKLOAD:-W3}" "${NCU_OP:-bwd}" --backends cuda --calls 2 \
+      > "$OUT/ncu.csv" 2> "$OUT/ncu.log"
+    rc=$?; grep -E "Duration|Compute \(SM\) Throughput|Issue Slots Busy|Stall|No Eligible|Registers Per" "$OUT/ncu.csv" \
+      | cut -d, -f12- | head -30
+    ;;
   selftest)
     nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I csrc csrc/tools/wgmma_selftest.cu -o /tmp/wgmma_selftest \
       > "$OUT/selftest.log" 2>&1 && /tmp/wgmma_selftest >> "$OUT/selftest.log" 2>&1
     rc=$?; tail -4 "$OUT/selftest.log"
     ;;
-  *) echo "unknown step $step (env build tests sanitizer masks bench selftest, or background)"; exit 2 ;;
+  *) echo "unknown step $step (env build tests sanitizer masks bench selftest ncu, or background)"; exit 2 ;;
   esac
   [ "$step" = env ] && rc=0
   echo "== $step rc=$rc in $(( $(date +%s) - start )) s"
