@@ -47,6 +47,9 @@ def _scenarios(s):
         "neg_inf_k_key0": ("k", (0, 0, 0, 0), -INF),  # row 6 sees only key 0: scores all -inf, NaN
         "pos_inf_q_row40": ("q", (0, 40, 0, 0), INF),  # every allowed score +inf: NaN
         "neg_inf_q_late_row": ("q", (0, late + 5, 1, 0), -INF),  # every allowed score -inf: NaN
+        # keys 0 .. s/2 - 1 score -inf (head 0): rows seeing only them give NaN, rows seeing later
+        # keys are finite, although their first tiles held only -inf scores
+        "neg_inf_k_early_keys": ("k", (0, slice(0, s // 2), 0, 0), -INF),
     }
 
 
@@ -118,7 +121,7 @@ TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU, Trit
 # that cannot see the planted value, and a row whose allowed scores are all -inf looks empty.
 KERNEL_GAPS = {"nan_k_key10", "nan_k_late_key", "nan_v_key10", "inf_v_late_key", "nan_tv_key10",
                "nan_q_row20", "nan_do_row20", "nan_q_empty_row", "neg_inf_k_key0", "pos_inf_q_row40",
-               "neg_inf_q_late_row"}
+               "neg_inf_q_late_row", "neg_inf_k_early_keys"}
 _GAP = pytest.mark.xfail(strict=True, reason="kernels multiply masked pairs in partial tiles by zero")
 
 
@@ -173,7 +176,7 @@ def test_nonfinite_semantics_gpu(backend, name, dtype):
 
 
 # ---- the forward alone: a row whose allowed scores are all -inf is NaN, not an empty row -----
-ALL_NEG_INF = ("neg_inf_k_key0", "neg_inf_q_late_row")
+ALL_NEG_INF = ("neg_inf_k_key0", "neg_inf_q_late_row", "neg_inf_k_early_keys")
 # The cuda kernels' softmax still takes such a row for one with no allowed key (o = 0).
 _CUDA_EMPTY = pytest.mark.xfail(strict=True, reason="the cuda softmax reads a row of -inf scores as empty")
 

@@ -14,11 +14,11 @@ import triton.language as tl
 from .launch_setup import (alloc, block_dims, check_int32_offsets, get_config, pow2_at_least_16,
                            serialised_under_interpreter, visit_order)
 from .tile_ops import (KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
-                       _rule_tile_max, _split_ragged, _store_tile, dot_precision)
+                       _max_to_subtract, _seen_in_tile, _split_ragged, _store_tile, dot_precision)
 
 
 @triton.jit
-def _attn_fwd_tile(acc, l_i, m_i, q, kt, K_HEAD, V_HEAD, stride_ks, stride_vs,
+def _attn_fwd_tile(acc, l_i, m_i, seen, q, kt, K_HEAD, V_HEAD, stride_ks, stride_vs,
                    q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg, seqlen_k, qk_scale,
                    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, MODE: tl.constexpr,
@@ -39,18 +39,18 @@ def _attn_fwd_tile(acc, l_i, m_i, q, kt, K_HEAD, V_HEAD, stride_ks, stride_vs,
         ok = _allowed(q_seg[:, None], q_pos[:, None], k_seg[None, :], k_pos[None, :], RULE, n_k_seg)
         ok = ok & col_ok[None, :]
         s = tl.where(ok, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    if MODE == MODE_RULE:
-        m_use = _rule_tile_max(m_new, ok)
+        seen = _seen_in_tile(seen, ok)
     else:
-        m_use = m_new
+        seen = seen | True   # every row in range sees at least one key of a FULL tile
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = _max_to_subtract(m_new)
     p = tl.math.exp2(s - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = _load_tile(V_HEAD + cols[:, None] * stride_vs + d_v[None, :], col_ok[:, None],
                    d_v[None, :] < D_V, MODE != MODE_FULL, BLOCK_DV != D_V)
     acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION)
-    return acc, l_i, m_new
+    return acc, l_i, m_new, seen
 
 
 @triton.jit
@@ -88,6 +88,7 @@ def _attn_fwd_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
+    seen = tl.zeros([BLOCK_M], tl.int1)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 
     start = tl.load(Q_FULL_PTR + tile)
@@ -95,11 +96,11 @@ def _attn_fwd_kernel(
     end_even, has_ragged = _split_ragged(Q_FULL_IDX, start, end, n_k_tiles - 1, EVEN_N)
     for i in range(start, end_even):
         kt = tl.load(Q_FULL_IDX + i)
-        acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, kt, k_head, v_head, stride_ks, stride_vs,
+        acc, l_i, m_i, seen = _attn_fwd_tile(acc, l_i, m_i, seen, q, kt, k_head, v_head, stride_ks, stride_vs,
                                        q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg, seqlen_k, qk_scale,
                                        D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV, MODE_FULL, DOT_PRECISION)
     if has_ragged:
-        acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, n_k_tiles - 1, k_head, v_head, stride_ks,
+        acc, l_i, m_i, seen = _attn_fwd_tile(acc, l_i, m_i, seen, q, n_k_tiles - 1, k_head, v_head, stride_ks,
                                        stride_vs, q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg, seqlen_k,
                                        qk_scale, D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV, MODE_BOUNDS,
                                        DOT_PRECISION)
@@ -107,14 +108,14 @@ def _attn_fwd_kernel(
     end = tl.load(Q_PART_PTR + tile + 1)
     for i in range(start, end):
         kt = tl.load(Q_PART_IDX + i)
-        acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, kt, k_head, v_head, stride_ks, stride_vs,
+        acc, l_i, m_i, seen = _attn_fwd_tile(acc, l_i, m_i, seen, q, kt, k_head, v_head, stride_ks, stride_vs,
                                        q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg, seqlen_k, qk_scale,
                                        D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV, MODE_RULE, DOT_PRECISION)
 
-    empty = l_i == 0.0  # no allowed key: o = 0, lse = -inf
+    empty = l_i == 0.0  # no allowed key: o = 0, lse = -inf; allowed keys whose scores are all -inf: NaN
     l_safe = tl.where(empty, 1.0, l_i)
-    o = acc / l_safe[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * KERNEL_LN2)
+    o = tl.where((empty & seen)[:, None], float("nan"), acc / l_safe[:, None])
+    lse = tl.where(empty, tl.where(seen, float("nan"), float("-inf")), (m_i + tl.math.log2(l_safe)) * KERNEL_LN2)
     o_head = O + b64 * stride_ob + h * stride_oh
     _store_tile(o_head + rows[:, None] * stride_os + d_v[None, :], o.to(O.dtype.element_ty),
                 row_ok[:, None], d_v[None, :] < D_V, BLOCK_DV != D_V)

@@ -15,11 +15,11 @@ import triton.language as tl
 from .launch_setup import (alloc, block_dims, check_int32_offsets, get_config, pow2_at_least_16,
                            serialised_under_interpreter, visit_order)
 from .tile_ops import (KERNEL_LN2, LOG2E, MODE_BOUNDS, MODE_FULL, MODE_RULE, _allowed, _load_tile, _mm, _mma,
-                       _rule_tile_max, _split_ragged, _store_tile, dot_precision)
+                       _max_to_subtract, _seen_in_tile, _split_ragged, _store_tile, dot_precision)
 
 
 @triton.jit
-def _attn_jvp_tile(acc_o, acc_t, mu, l_i, m_i, q, tq, kt,
+def _attn_jvp_tile(acc_o, acc_t, mu, l_i, m_i, seen, q, tq, kt,
                    K_HEAD, V_HEAD, TK_HEAD, TV_HEAD, stride_ks, stride_vs, stride_tks, stride_tvs,
                    q_seg, q_pos, K_SEG, K_POS, RULE, n_k_seg, seqlen_k, scale, qk_scale,
                    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -44,11 +44,11 @@ def _attn_jvp_tile(acc_o, acc_t, mu, l_i, m_i, q, tq, kt,
         ok = _allowed(q_seg[:, None], q_pos[:, None], k_seg[None, :], k_pos[None, :], RULE, n_k_seg)
         ok = ok & col_ok[None, :]
         s = tl.where(ok, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    if MODE == MODE_RULE:
-        m_use = _rule_tile_max(m_new, ok)
+        seen = _seen_in_tile(seen, ok)
     else:
-        m_use = m_new
+        seen = seen | True   # every row in range sees at least one key of a FULL tile
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = _max_to_subtract(m_new)
     p = tl.math.exp2(s - m_use[:, None])
     # Masked keys contribute nothing, even where their tangent is not finite; an allowed key does,
     # even where its score is -inf (p = 0 times an infinite tangent score is NaN, as in softmax).
@@ -69,7 +69,7 @@ def _attn_jvp_tile(acc_o, acc_t, mu, l_i, m_i, q, tq, kt,
     acc_o = _mma(p16, v, acc_o * alpha[:, None], DOT_PRECISION)
     acc_t = _mma(p16, tv, acc_t * alpha[:, None], DOT_PRECISION)
     acc_t = _mma(pts.to(v.dtype), v, acc_t, DOT_PRECISION)
-    return acc_o, acc_t, mu, l_i, m_new
+    return acc_o, acc_t, mu, l_i, m_new, seen
 
 
 @triton.jit
@@ -113,6 +113,7 @@ def _attn_jvp_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
+    seen = tl.zeros([BLOCK_M], tl.int1)
     mu = tl.zeros([BLOCK_M], tl.float32)
     acc_o = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     acc_t = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
@@ -122,14 +123,14 @@ def _attn_jvp_kernel(
     end_even, has_ragged = _split_ragged(Q_FULL_IDX, start, end, n_k_tiles - 1, EVEN_N)
     for i in range(start, end_even):
         kt = tl.load(Q_FULL_IDX + i)
-        acc_o, acc_t, mu, l_i, m_i = _attn_jvp_tile(
-            acc_o, acc_t, mu, l_i, m_i, q, tq, kt, k_head, v_head, tk_head, tv_head,
+        acc_o, acc_t, mu, l_i, m_i, seen = _attn_jvp_tile(
+            acc_o, acc_t, mu, l_i, m_i, seen, q, tq, kt, k_head, v_head, tk_head, tv_head,
             stride_ks, stride_vs, stride_tks, stride_tvs, q_seg, q_pos, K_SEG, K_POS, RULE,
             n_k_seg, seqlen_k, scale, qk_scale, D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV,
             MODE_FULL, DOT_PRECISION)
     if has_ragged:
-        acc_o, acc_t, mu, l_i, m_i = _attn_jvp_tile(
-            acc_o, acc_t, mu, l_i, m_i, q, tq, n_k_tiles - 1, k_head, v_head, tk_head, tv_head,
+        acc_o, acc_t, mu, l_i, m_i, seen = _attn_jvp_tile(
+            acc_o, acc_t, mu, l_i, m_i, seen, q, tq, n_k_tiles - 1, k_head, v_head, tk_head, tv_head,
             stride_ks, stride_vs, stride_tks, stride_tvs, q_seg, q_pos, K_SEG, K_POS, RULE,
             n_k_seg, seqlen_k, scale, qk_scale, D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV,
             MODE_BOUNDS, DOT_PRECISION)
@@ -137,17 +138,17 @@ def _attn_jvp_kernel(
     end = tl.load(Q_PART_PTR + tile + 1)
     for i in range(start, end):
         kt = tl.load(Q_PART_IDX + i)
-        acc_o, acc_t, mu, l_i, m_i = _attn_jvp_tile(
-            acc_o, acc_t, mu, l_i, m_i, q, tq, kt, k_head, v_head, tk_head, tv_head,
+        acc_o, acc_t, mu, l_i, m_i, seen = _attn_jvp_tile(
+            acc_o, acc_t, mu, l_i, m_i, seen, q, tq, kt, k_head, v_head, tk_head, tv_head,
             stride_ks, stride_vs, stride_tks, stride_tvs, q_seg, q_pos, K_SEG, K_POS, RULE,
             n_k_seg, seqlen_k, scale, qk_scale, D_QK, D_V, BLOCK_N, BLOCK_DQK, BLOCK_DV,
             MODE_RULE, DOT_PRECISION)
 
-    empty = l_i == 0.0  # no allowed key: o = 0, to = 0, lse = -inf
+    empty = l_i == 0.0  # no allowed key: o = 0, to = 0, lse = -inf; allowed keys whose scores are all -inf: NaN
     l_safe = tl.where(empty, 1.0, l_i)
-    o = acc_o / l_safe[:, None]
+    o = tl.where((empty & seen)[:, None], float("nan"), acc_o / l_safe[:, None])
     to = acc_t / l_safe[:, None] - (mu / l_safe)[:, None] * o
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * KERNEL_LN2)
+    lse = tl.where(empty, tl.where(seen, float("nan"), float("-inf")), (m_i + tl.math.log2(l_safe)) * KERNEL_LN2)
     out_off = b64 * stride_ob + h * stride_oh + rows[:, None] * stride_os + d_v[None, :]
     _store_tile(O + out_off, o.to(O.dtype.element_ty), row_ok[:, None], d_v[None, :] < D_V,
                 BLOCK_DV != D_V)

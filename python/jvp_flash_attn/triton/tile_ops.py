@@ -100,13 +100,18 @@ def _allowed(q_seg, q_pos, k_seg, k_pos, RULE, n_k_seg):
 
 
 @triton.jit
-def _rule_tile_max(m_new, allowed):
-    """The running max a masked (rule) tile subtracts before exp2. Rows with no allowed key so far
-    use 0, so that their masked scores give exp2(-inf) = 0 rather than NaN; every other row its
-    running max, even -inf: a row whose allowed scores are all -inf then gives NaN, as softmax
-    does, instead of passing for a row with no allowed key."""
-    none_here = tl.max(allowed.to(tl.int32), 1) == 0
-    return tl.where((m_new == float("-inf")) & none_here, 0.0, m_new)
+def _max_to_subtract(m_new):
+    """The running max the online softmax subtracts before exp2: 0 for a row whose scores so far
+    are all -inf (masked, or -inf themselves), so that their exp2 is 0 rather than NaN."""
+    return tl.where(m_new == float("-inf"), 0.0, m_new)
+
+
+@triton.jit
+def _seen_in_tile(seen, allowed):
+    """Per row: whether an allowed key has been met, now or in an earlier tile. A row that met
+    one but whose probabilities sum to 0 had only -inf scores there: softmax gives NaN, not the
+    o = 0 of a row with no allowed key."""
+    return seen | (tl.max(allowed.to(tl.int32), 1) > 0)
 
 
 @triton.jit
