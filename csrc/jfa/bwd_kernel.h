@@ -86,6 +86,17 @@ struct BwdQKeyStages {
     }
 };
 
+// dK = scale dK_acc and dV of a warp's 16 keys from krow0 (every key-side kernel's epilogue).
+template <class Elem, int kNBK, int kNBV>
+__device__ __forceinline__ void store_dk_dv(const AttnParams& p, int b, int hk, int krow0, const float (&acc_dk)[kNBK][4],
+                                            const float (&acc_dv)[kNBV][4], int lane) {
+    const float f_dk[2] = {p.scale, p.scale}, f_dv[2] = {1.f, 1.f};
+    store_rows<Elem, kNBK>(head_ptr<Elem>(p.dk, p.dk_stride, b, hk), p.dk_stride.row, krow0, p.seqlen_k, acc_dk, f_dk,
+                           lane);
+    store_rows<Elem, kNBV>(head_ptr<Elem>(p.dv, p.dv_stride, b, hk), p.dv_stride.row, krow0, p.seqlen_k, acc_dv, f_dv,
+                           lane);
+}
+
 // lse (log2 units) and delta of the two rows a thread holds in a warp's 16-row slice from row0.
 __device__ __forceinline__ void row_lse_delta(const AttnParams& p, int row0, int lane, float (&lse2)[2],
                                               float (&delta)[2]) {
@@ -174,11 +185,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const
         __syncthreads();
     }
 
-    const float f_dk[2] = {p.scale, p.scale}, f_dv[2] = {1.f, 1.f};
-    store_rows<Elem, kDQK / 8>(head_ptr<Elem>(p.dk, p.dk_stride, b, hk), p.dk_stride.row, krow0, p.seqlen_k, acc_dk,
-                               f_dk, lane);
-    store_rows<Elem, kDV / 8>(head_ptr<Elem>(p.dv, p.dv_stride, b, hk), p.dv_stride.row, krow0, p.seqlen_k, acc_dv,
-                              f_dv, lane);
+    store_dk_dv<Elem>(p, b, hk, krow0, acc_dk, acc_dv, lane);
 }
 
 template <class Tr>

@@ -80,21 +80,23 @@ __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wa
 // The parts of one step of the key-side walk (the dK/dV kernel, the fused backward in both of
 // its forms): a warpgroup owns 64 keys (rows wg_row.. of the key tile), a step is one query tile.
 
-// S^T = K Q^T and dP^T = V dO^T for the warpgroup's keys x the query tile, waited for.
-template <class Elem, int kDQK, int kDV, int kBM, class KTile, class VTile, class QTile, class OTile>
-__device__ __forceinline__ void key_side_scores(float (&pt)[kBM / 8][4], float (&dst)[kBM / 8][4], const KTile& sK,
-                                                const VTile& sV, const QTile& sQ, const OTile& sDO, int wg_row) {
+// The two score products of a backward step, waited for: s = A_qk[rows wg_row..] B_qk^T over the
+// q/k head dim and dp = A_v[rows wg_row..] B_v^T over the v head dim, kN columns each. The key
+// side (A = k, v; B = q, dO) gives S^T and dP^T, the dQ kernel (A = q, dO; B = k, v) S and dP.
+template <class Elem, int kDQK, int kDV, int kN, class AQK, class AV, class BQK, class BV>
+__device__ __forceinline__ void score_products(float (&s)[kN / 8][4], float (&dp)[kN / 8][4], const AQK& a_qk,
+                                               const AV& a_v, const BQK& b_qk, const BV& b_v, int wg_row) {
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kDQK / 16; ++ks)
-        Wgmma<Elem, kBM>::ss(pt, sK.desc_k_major(wg_row, ks), sQ.desc_k_major(0, ks), ks > 0);
+        Wgmma<Elem, kN>::ss(s, a_qk.desc_k_major(wg_row, ks), b_qk.desc_k_major(0, ks), ks > 0);
 #pragma unroll
     for (int ks = 0; ks < kDV / 16; ++ks)
-        Wgmma<Elem, kBM>::ss(dst, sV.desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), ks > 0);
+        Wgmma<Elem, kN>::ss(dp, a_v.desc_k_major(wg_row, ks), b_v.desc_k_major(0, ks), ks > 0);
     wgmma_commit();
     wgmma_wait<0>();
-    hold_across_wgmma(pt);
-    hold_across_wgmma(dst);
+    hold_across_wgmma(s);
+    hold_across_wgmma(dp);
 }
 
 // P^T = exp2(S^T scale_log2 - lse2) and dS^T = P^T (dP^T - delta) from the masked scores; the
@@ -181,7 +183,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         const int m0 = walk.tile(i) * kBM;
 
         float pt[kBM / 8][4], dst[kBM / 8][4];
-        key_side_scores<Elem, kDQK, kDV, kBM>(pt, dst, sK, sV, sQ, sDO, wg_row);
+        score_products<Elem, kDQK, kDV, kBM>(pt, dst, sK, sV, sQ, sDO, wg_row);
         mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
         key_side_probs(pt, dst, lse2, delta, scale_log2, lane);
         uint32_t pf[kKS][4], dsf[kKS][4];
@@ -230,11 +232,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
     if constexpr (Tr::kFused) {
         if (tid == 0) bulk_wait_all();
     }
-    const float f_dk[2] = {p.scale, p.scale}, f_dv[2] = {1.f, 1.f};
-    store_rows<Elem, kDQK / 8>(head_ptr<Elem>(p.dk, p.dk_stride, b, hk), p.dk_stride.row, krow0, p.seqlen_k, acc_dk,
-                               f_dk, lane);
-    store_rows<Elem, kDV / 8>(head_ptr<Elem>(p.dv, p.dv_stride, b, hk), p.dv_stride.row, krow0, p.seqlen_k, acc_dv,
-                              f_dv, lane);
+    store_dk_dv<Elem>(p, b, hk, krow0, acc_dk, acc_dv, lane);
 #endif
 }
 
@@ -288,17 +286,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(c
         const int k0 = walk.tile(i) * kBN;
 
         float s[kNBS][4], dp[kNBS][4];
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < kDQK / 16; ++ks)
-            Wgmma<Elem, kBN>::ss(s, sQ.desc_k_major(wg_row, ks), sK.desc_k_major(0, ks), ks > 0);
-#pragma unroll
-        for (int ks = 0; ks < kDV / 16; ++ks)
-            Wgmma<Elem, kBN>::ss(dp, sDO.desc_k_major(wg_row, ks), sV.desc_k_major(0, ks), ks > 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        hold_across_wgmma(s);
-        hold_across_wgmma(dp);
+        score_products<Elem, kDQK, kDV, kBN>(s, dp, sQ, sDO, sK, sV, wg_row);
         mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
 #pragma unroll
         for (int nb = 0; nb < kNBS; ++nb) {

@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         sm.q_full(st).wait((j / kS) & 1);
 
         float pt[kBM / 8][4], dst[kBM / 8][4];
-        key_side_scores<Elem, kDQK, kDV, kBM>(pt, dst, sm.k(), sm.v(), sQ, sDO, wg_row);
+        score_products<Elem, kDQK, kDV, kBM>(pt, dst, sm.k(), sm.v(), sQ, sDO, wg_row);
         mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
         key_side_probs(pt, dst, sm.lse2(st), sm.delta(st), scale_log2, lane);
         uint32_t pf[kKS][4], dsf[kKS][4];
@@ -222,11 +222,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         named_arrive(kDqFull, Tr::kConsumerThreads + 32);
     }
 
-    const float f_dk[2] = {p.scale, p.scale}, f_dv[2] = {1.f, 1.f};
-    store_rows<Elem, kDQK / 8>(head_ptr<Elem>(p.dk, p.dk_stride, b, hk), p.dk_stride.row, krow0, p.seqlen_k, acc_dk,
-                               f_dk, lane);
-    store_rows<Elem, kDV / 8>(head_ptr<Elem>(p.dv, p.dv_stride, b, hk), p.dv_stride.row, krow0, p.seqlen_k, acc_dv,
-                              f_dv, lane);
+    store_dk_dv<Elem>(p, b, hk, krow0, acc_dk, acc_dv, lane);
 #endif
 }
 
