@@ -57,35 +57,40 @@ void launch_fwd_with(Kernel kernel, bool jvp, const AttnParams& p, cudaStream_t 
     check_cuda(cudaGetLastError(), jvp ? "launching the forward+JVP kernel" : "launching the forward kernel");
 }
 
+// The tensor map of one operand, boxes of `box` rows: a query-side one (q, tq, dO: Sq rows of Hq
+// heads) or a key-side one (k, v, tk, tv: Sk rows of Hk heads).
+template <class Elem>
+bool encode_query_operand(CUtensorMap* map, const AttnParams& p, const void* x, const Strides& s, int cols, int box) {
+    return encode_panel_map(map, std::is_same_v<Elem, __nv_bfloat16>, x, s, p.batch, p.seqlen_q, p.heads_q, cols, box);
+}
+template <class Elem>
+bool encode_key_operand(CUtensorMap* map, const AttnParams& p, const void* x, const Strides& s, int cols, int box) {
+    return encode_panel_map(map, std::is_same_v<Elem, __nv_bfloat16>, x, s, p.batch, p.seqlen_k, p.heads_k, cols, box);
+}
+
 // The tensor maps of the warp-specialised kernels (q, k, v, and tq, tk, tv for the JVP); false when
 // the TMA unit cannot describe an operand, and the caller takes the sm_90a kernels whose warps all
 // load (with cp.async) and compute: the same bits, slower.
 template <class Tr, bool kJvp>
 bool encode_fwd_maps(const AttnParams& p, FwdTensorMaps& maps) {
-    constexpr bool kBf16 = std::is_same_v<typename Tr::Elem, __nv_bfloat16>;
+    using E = typename Tr::Elem;
     constexpr int kDQK = Tr::kDQK, kDV = Tr::kDV, bm = Tr::kBlockM, bn = Tr::kBlockN;
-    auto encode = [&](CUtensorMap* map, const void* x, const Strides& s, int rows, int heads, int cols, int box) {
-        return encode_panel_map(map, kBf16, x, s, p.batch, rows, heads, cols, box);
-    };
-    const bool ok = encode(&maps.q, p.q, p.q_stride, p.seqlen_q, p.heads_q, kDQK, bm) &&
-                    encode(&maps.k, p.k, p.k_stride, p.seqlen_k, p.heads_k, kDQK, bn) &&
-                    encode(&maps.v, p.v, p.v_stride, p.seqlen_k, p.heads_k, kDV, bn);
-    return ok && (!kJvp || (encode(&maps.tq, p.tq, p.tq_stride, p.seqlen_q, p.heads_q, kDQK, bm) &&
-                            encode(&maps.tk, p.tk, p.tk_stride, p.seqlen_k, p.heads_k, kDQK, bn) &&
-                            encode(&maps.tv, p.tv, p.tv_stride, p.seqlen_k, p.heads_k, kDV, bn)));
+    const bool ok = encode_query_operand<E>(&maps.q, p, p.q, p.q_stride, kDQK, bm) &&
+                    encode_key_operand<E>(&maps.k, p, p.k, p.k_stride, kDQK, bn) &&
+                    encode_key_operand<E>(&maps.v, p, p.v, p.v_stride, kDV, bn);
+    return ok && (!kJvp || (encode_query_operand<E>(&maps.tq, p, p.tq, p.tq_stride, kDQK, bm) &&
+                            encode_key_operand<E>(&maps.tk, p, p.tk, p.tk_stride, kDQK, bn) &&
+                            encode_key_operand<E>(&maps.tv, p, p.tv, p.tv_stride, kDV, bn)));
 }
 
 // The tensor maps of the warp-specialised backward (q, dO by query tile, k, v by key tile).
 template <class Tr>
 bool encode_bwd_maps(const AttnParams& p, BwdTensorMaps& maps) {
-    constexpr bool kBf16 = std::is_same_v<typename Tr::Elem, __nv_bfloat16>;
-    auto encode = [&](CUtensorMap* map, const void* x, const Strides& s, int rows, int heads, int cols, int box) {
-        return encode_panel_map(map, kBf16, x, s, p.batch, rows, heads, cols, box);
-    };
-    return encode(&maps.q, p.q, p.q_stride, p.seqlen_q, p.heads_q, Tr::kDQK, Tr::kBlockM) &&
-           encode(&maps.do_, p.do_, p.do_stride, p.seqlen_q, p.heads_q, Tr::kDV, Tr::kBlockM) &&
-           encode(&maps.k, p.k, p.k_stride, p.seqlen_k, p.heads_k, Tr::kDQK, Tr::kBlockN) &&
-           encode(&maps.v, p.v, p.v_stride, p.seqlen_k, p.heads_k, Tr::kDV, Tr::kBlockN);
+    using E = typename Tr::Elem;
+    return encode_query_operand<E>(&maps.q, p, p.q, p.q_stride, Tr::kDQK, Tr::kBlockM) &&
+           encode_query_operand<E>(&maps.do_, p, p.do_, p.do_stride, Tr::kDV, Tr::kBlockM) &&
+           encode_key_operand<E>(&maps.k, p, p.k, p.k_stride, Tr::kDQK, Tr::kBlockN) &&
+           encode_key_operand<E>(&maps.v, p, p.v, p.v_stride, Tr::kDV, Tr::kBlockN);
 }
 
 template <class Elem, int kDQK, int kDV, bool kJvp>
