@@ -115,6 +115,25 @@ __device__ __forceinline__ void key_side_probs(float (&pt)[kNB][4], float (&dst)
     }
 }
 
+// The same in two halves, for kernels that exponentiate S^T while dP^T is still computed:
+// P^T = exp2(S^T scale_log2 - lse2), then dS^T = P^T (dP^T - delta).
+template <int kNB>
+__device__ __forceinline__ void key_side_exp(float (&pt)[kNB][4], const float* lse2, float scale_log2, int lane) {
+    const int t2 = 2 * (lane & 3);
+#pragma unroll
+    for (int nb = 0; nb < kNB; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) pt[nb][e] = exp2f(pt[nb][e] * scale_log2 - lse2[nb * 8 + t2 + (e & 1)]);
+}
+template <int kNB>
+__device__ __forceinline__ void key_side_ds(const float (&pt)[kNB][4], float (&dst)[kNB][4], const float* delta, int lane) {
+    const int t2 = 2 * (lane & 3);
+#pragma unroll
+    for (int nb = 0; nb < kNB; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dst[nb][e] = pt[nb][e] * (dst[nb][e] - delta[nb * 8 + t2 + (e & 1)]);
+}
+
 // dV += P^T dO and dK += dS^T Q, issued and committed; the caller waits.
 template <class Elem, int kDQK, int kDV, int kKS, class QTile, class OTile>
 __device__ __forceinline__ void issue_dv_dk(float (&acc_dv)[kDV / 8][4], float (&acc_dk)[kDQK / 8][4],

@@ -10,11 +10,15 @@
 //     "empty" transaction barriers), warp 1 copies the step's lse (log2 units) and delta rows
 //     into the stage (their rows are not 16-byte aligned for every Sq, so not by TMA), warp 2
 //     adds each staged dQ tile into the buffer and waits for the TMA unit to have read it;
-//   - warpgroups 1 and 2 (64 keys each) only compute. They meet once per step, when both halves
-//     of dS^T are in shared memory for dQ = dS K; dS^T has two buffers, so a warpgroup may write
-//     step j's while the other still reads step j - 1's.
-// Named barriers: kDsFull (the two consumer warpgroups), kDqFull / kDqEmpty (consumers and the
-// dQ warp). bench/NOTES_cuda.md, item 12.
+//   - warpgroups 1 and 2 (64 keys each) only compute. Per step: S^T, then dP^T (the mask and
+//     exp2 of S^T run while dP^T is computed); dV while dS^T goes to shared memory; then dQ and
+//     dK, and dQ is staged while dK still runs. At d = 128 warpgroup w computes dQ's column half
+//     w over all 128 keys, so the two meet once per step, when both halves of dS^T are in
+//     shared memory (dS^T has two buffers, so one may write step j's while the other still
+//     reads step j - 1's); at d = 64 each computes all columns over its own 64 keys, and both
+//     tiles are added into the buffer, so they never wait for each other.
+// Named barriers: kDsFull / kDsOwn (dS^T written), kDqHalfFull / kDqHalfEmpty (a warpgroup's
+// staged dQ tile and the dQ warp). bench/NOTES_cuda.md, items 12-14.
 #pragma once
 
 #include "bwd_kernel_sm90.h"
@@ -40,7 +44,13 @@ struct BwdWarpSpecialisedTraitsSm90 {
     static constexpr int kKBytes = kBlockN * kDQK * 2, kVBytes = kBlockN * kDV * 2;
     static constexpr int kQBytes = kBlockM * kDQK * 2, kDOBytes = kBlockM * kDV * 2;
     static constexpr int kDSBytes = kBlockN * kBlockM * 2;   // one dS^T buffer (keys x queries)
-    static constexpr int kDQBytes = kBlockM * kDQK * 4;      // the float32 dQ staging tile
+    // dQ: at d = 128 warpgroup w computes column half w over all 128 keys; at d = 64 (one
+    // half) it computes all columns over its own 64 keys, and both tiles are added into the
+    // same buffer tile. Either way each warpgroup stages one 64 x 64 float32 tile.
+    static constexpr bool kDQSplitKeys = kDQK == kDQHalf;
+    static_assert(kDQK == kDQHalf || kDQK == 2 * kDQHalf, "dQ is one or two 64-column halves");
+    static constexpr int kDQKeySteps = (kDQSplitKeys ? kBlockN / 2 : kBlockN) / 16;
+    static constexpr int kDQBytes = 2 * kDQHalfBytes;        // the two staged tiles
     static constexpr int kVOffset = kKBytes;
     static constexpr int kQOffset = kVOffset + kVBytes;                      // stage st: q, then dO
     static constexpr int kDSOffset = kQOffset + kStages * (kQBytes + kDOBytes);
@@ -51,9 +61,12 @@ struct BwdWarpSpecialisedTraitsSm90 {
     static_assert(kSmemBytes <= kSmemPerSm90 - 1024, "the block must fit an SM");
 };
 
-constexpr int kDsFull = 1;    // both dS^T halves of the step are in shared memory
-constexpr int kDqFull = 2;    // the staged dQ tile is complete (consumers arrive, the dQ warp syncs)
-constexpr int kDqEmpty = 3;   // the TMA unit has read it (the dQ warp arrives, consumers sync)
+constexpr int kDsFull = 1;        // both dS^T halves of the step are in shared memory (d = 128)
+constexpr int kDsOwn = 2;         // 2, 3: warpgroup w's dS^T rows are (d = 64)
+// Each warpgroup stages its own dQ tile and hands it to the dQ warp through its own pair of
+// barriers (160 threads), so neither waits for the other's tile to be staged or read.
+constexpr int kDqHalfFull = 4;    // 4, 5: warpgroup w's staged tile is complete
+constexpr int kDqHalfEmpty = 6;   // 6, 7: the TMA unit has read it
 
 template <class Tr>
 struct BwdWarpSpecialisedSmem {
@@ -107,6 +120,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     using Elem = typename Tr::Elem;
     constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
     constexpr int kKS = kBM / 16;   // k16 steps over queries
+    constexpr bool kDQSplitKeys = Tr::kDQSplitKeys;
+    constexpr int kDQKeySteps = Tr::kDQKeySteps;
     extern __shared__ char smem[];
     const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
     const BwdWarpSpecialisedSmem<Tr> sm{s0, smem + (s0 - smem_addr(smem))};
@@ -149,16 +164,21 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                 }
                 sm.q_full(st).arrive();
             }
-        } else if (warp == 2) {   // dQ: one bulk reduce-add per step
+        } else if (warp == 2) {   // dQ: a bulk reduce-add per warpgroup and step
             for (int j = 0; j < total; ++j) {
                 const BwdWarpSpecialisedStep s(walk, j, hk, groups, kBM);
-                named_sync(kDqFull, Tr::kConsumerThreads + 32);
-                if (lane == 0) {
-                    bulk_reduce_add_f32(dq_tile<kDQK>(p, b * p.heads_q + s.h, s.m0 / kBM), sm.dq_staging(), Tr::kDQBytes);
-                    bulk_wait_read();
+                float* tile = dq_tile<kDQK>(p, b * p.heads_q + s.h, s.m0 / kBM);
+#pragma unroll
+                for (int w = 0; w < 2; ++w) {
+                    named_sync(kDqHalfFull + w, 128 + 32);
+                    if (lane == 0) {
+                        float* dst = kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf;
+                        bulk_reduce_add_f32(dst, sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
+                        bulk_wait_read();
+                    }
+                    __syncwarp();
+                    if (j + 1 < total) named_arrive(kDqHalfEmpty + w, 128 + 32);
                 }
-                __syncwarp();
-                if (j + 1 < total) named_arrive(kDqEmpty, Tr::kConsumerThreads + 32);
             }
             if (lane == 0) bulk_wait_all();
         }
@@ -185,41 +205,64 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         sm.q_full(st).wait((j / kS) & 1);
 
         float pt[kBM / 8][4], dst[kBM / 8][4];
-        score_products<Elem, kDQK, kDV, kBM>(pt, dst, sm.k(), sm.v(), sQ, sDO, wg_row);
+        // S^T and dP^T as two groups: the mask and exp2 of S^T run while dP^T is computed.
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kDQK / 16; ++ks)
+            Wgmma<Elem, kBM>::ss(pt, sm.k().desc_k_major(wg_row, ks), sQ.desc_k_major(0, ks), ks > 0);
+        wgmma_commit();
+#pragma unroll
+        for (int ks = 0; ks < kDV / 16; ++ks)
+            Wgmma<Elem, kBM>::ss(dst, sm.v().desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), ks > 0);
+        wgmma_commit();
+        wgmma_wait<1>();
+        hold_across_wgmma(pt);
         mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
-        key_side_probs(pt, dst, sm.lse2(st), sm.delta(st), scale_log2, lane);
+        key_side_exp(pt, sm.lse2(st), scale_log2, lane);
+        wgmma_wait<0>();
+        hold_across_wgmma(dst);
+        key_side_ds(pt, dst, sm.delta(st), lane);
         uint32_t pf[kKS][4], dsf[kKS][4];
         c_to_a<Elem, kKS>(pf, pt);
         c_to_a<Elem, kKS>(dsf, dst);
 
-        // dV += P^T dO and dK += dS^T Q run while dS^T goes to shared memory for dQ.
-        issue_dv_dk<Elem, kDQK, kDV>(acc_dv, acc_dk, pf, dsf, sDO, sQ);
+        // dV runs while dS^T goes to shared memory; then dQ (this warpgroup's column half) and
+        // dK, and dQ is staged while dK still runs.
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sDO.desc_n_major(ks), 1);
+        wgmma_commit();
         store_a_frags(sm.ds(buf), dsf, cw * 16, lane);
         fence_proxy_async();
-        named_sync(kDsFull, Tr::kConsumerThreads);
-
-        // dQ rows of this query tile = dS K over all 128 keys; warpgroup c takes column half c.
-        if (j > 0) named_sync(kDqEmpty, Tr::kConsumerThreads + 32);   // the previous tile has been read
-#pragma unroll
-        for (int c = wg; c < kDQK / kDQHalf; c += 2) {
-            float acc_dq[kDQHalf / 8][4];
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < kBN / 16; ++ks)
-                Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(ks), sm.k().desc_n_major(ks, c), ks > 0);
-            wgmma_commit();
-            wgmma_wait<0>();
-            hold_across_wgmma(acc_dq);
-            stage_dq_half(sm.dq_staging() + c * kDQHalfBytes, acc_dq, (cw & 3) * 16, lane);
+        if constexpr (kDQSplitKeys) {
+            named_sync(kDsOwn + wg, 128);   // this warpgroup's dS^T rows are all it reads
+        } else {
+            named_sync(kDsFull, Tr::kConsumerThreads);
         }
-        wgmma_wait<0>();
+        float acc_dq[kDQHalf / 8][4];
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kDQKeySteps; ++ks) {
+            const int key_step = kDQSplitKeys ? 4 * wg + ks : ks;
+            Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(key_step),
+                                       sm.k().desc_n_major(key_step, kDQSplitKeys ? 0 : wg), ks > 0);
+        }
+        wgmma_commit();
+#pragma unroll
+        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
+        wgmma_commit();
+        wgmma_wait<1>();   // dV and dQ
         hold_across_wgmma(acc_dv);
-        hold_across_wgmma(acc_dk);
         hold_across_wgmma(pf);
+        hold_across_wgmma(acc_dq);
+        if (j > 0) named_sync(kDqHalfEmpty + wg, 128 + 32);   // this half of the previous tile has been read
+        stage_dq_half(sm.dq_staging() + wg * kDQHalfBytes, acc_dq, (cw & 3) * 16, lane);
+        wgmma_wait<0>();   // dK
+        hold_across_wgmma(acc_dk);
         hold_across_wgmma(dsf);
         sm.q_empty(st).arrive();   // q, dO, lse and delta of the stage are read
         fence_proxy_async();
-        named_arrive(kDqFull, Tr::kConsumerThreads + 32);
+        named_arrive(kDqHalfFull + wg, 128 + 32);
     }
 
     store_dk_dv<Elem>(p, b, hk, krow0, acc_dk, acc_dv, lane);
