@@ -17,12 +17,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(HERE, "instantiations")
 
 DTYPES = {"bf16": ("__nv_bfloat16", "kBF16"), "fp16": ("__half", "kF16")}
-# (head_dim_qk, head_dim_v) per direction: the backward needs equal dims.
-DIMS = {
-    "fwd": [(64, 64), (128, 128), (64, 128), (128, 64)],
-    "jvp": [(64, 64), (128, 128), (64, 128), (128, 64)],
-    "bwd": [(64, 64), (128, 128)],
-}
+# (head_dim_qk, head_dim_v): the same for every direction.
+HEAD_DIMS = [(64, 64), (128, 128), (64, 128), (128, 64)]
+DIMS = {"fwd": HEAD_DIMS, "jvp": HEAD_DIMS, "bwd": HEAD_DIMS}
 PROFILES = {
     "full": lambda d, dt, dqk, dv: True,
     "ci": lambda d, dt, dqk, dv: dt == "bf16" and (dqk, dv) == (128, 128),

@@ -63,10 +63,6 @@ def test_cuda_forward_jvp_backward_within_rule(case, dtype):
     assert_within_rule("lse (fused jvp)", lse_j, lse64, lse_lp)
     print(f"{case} {dtype}: rel o {rel_err(o, o64):.2e} to {rel_err(to, to64):.2e}")
 
-    if x[0].shape[-1] != x[2].shape[-1]:
-        with pytest.raises(NotImplementedError):
-            be.backward(*x, o, lse, do, mask, scale)
-        return
     grads64 = reference.backward(*x64, o64, lse64, do64, mask)
     grads_lp = reference.backward(*x, o_lp, lse_lp.float(), do, mask)
     grads = be.backward(*x, o, lse, do, mask, scale)
@@ -191,7 +187,7 @@ def test_hopper_runs_the_warp_specialised_forward(case):
         assert_within_rule(name, got, ref, lp)
 
 
-@pytest.mark.parametrize("case", [c for c, spec in CASES.items() if spec[4] == spec[5]])
+@pytest.mark.parametrize("case", list(CASES))
 def test_both_backward_forms_within_rule(case):
     """Both backward forms within the rule on every mask family. The fused form runs where built
     (its dQ conversion pass shows in the profile) unless the call is deterministic; the

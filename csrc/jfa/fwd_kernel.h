@@ -81,10 +81,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel(const At
         }
 
         const int k0 = walk.tile(i) * kBN;
-        mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
+        bool row_allowed[2];
+        mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane, row_allowed);
 
         float alpha[2];
-        sm.update(s, scale_log2, alpha);
+        sm.update(s, scale_log2, alpha, row_allowed);
         scale_rows(acc_o, alpha);
         uint32_t pf[kKPV][4];
         c_to_a<Elem, kKPV>(pf, s);

@@ -120,10 +120,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel_sm90_cp_
         if constexpr (kJvp) hold_across_wgmma(ts);
 
         const int k0 = walk.tile(i) * kBN;
-        mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
+        bool row_allowed[2];
+        mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane, row_allowed);
 
         float alpha[2];
-        sm.update(s, scale_log2, alpha);
+        sm.update(s, scale_log2, alpha, row_allowed);
         if constexpr (!kJvp) {
             wgmma_wait<0>();   // p_{i-1} v_{i-1} (unconditional, so ptxas sees every path wait)
             hold_across_wgmma(acc_o);

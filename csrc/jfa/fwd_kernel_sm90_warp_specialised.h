@@ -176,8 +176,9 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const FwdWarpSp
         hold_across_wgmma(s);
         if (c.lane == 0) sm.k_empty(i % kS).arrive();
         const int k0 = walk.tile(i) * kBN;
-        mask_scores<false>(s, p, walk.partial(i), c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane);
-        softmax.update(s, c.scale_log2, alpha);
+        bool row_allowed[2];
+        mask_scores<false>(s, p, walk.partial(i), c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane, row_allowed);
+        softmax.update(s, c.scale_log2, alpha, row_allowed);
     };
 
     sm.q_full().wait(0);
@@ -264,9 +265,10 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const FwdWarpSp
         if (c.lane == 0) sm.k_empty(st).arrive();
 
         const int k0 = walk.tile(i) * kBN;
-        mask_scores<false>(s, p, walk.partial(i), c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane);
+        bool row_allowed[2];
+        mask_scores<false>(s, p, walk.partial(i), c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane, row_allowed);
         float alpha[2];
-        softmax.update(s, c.scale_log2, alpha);
+        softmax.update(s, c.scale_log2, alpha, row_allowed);
         scale_rows(acc_o, alpha);
         scale_rows(acc_t, alpha);
         tangent_probs(ts, s, mu, alpha, p.scale);

@@ -99,7 +99,8 @@ __device__ __forceinline__ void tangent_probs(float (&ts)[kNB][4], const float (
 }
 
 // Normalise and write o (and to = acc_t / l - (mu / l) o) and lse for a warp's 16 rows from
-// row0. A row with no allowed key has l = 0: o = 0, to = 0, lse = -inf.
+// row0. A row with no allowed key has l = 0: o = 0, to = 0, lse = -inf; a row with allowed keys
+// but l = 0 (all their scores -inf) gives NaN, as softmax does.
 template <class Elem, bool kJvp, int kNBO>
 __device__ __forceinline__ void fwd_epilogue(const AttnParams& p, int b, int h, int row0, int lane, const OnlineSoftmax& sm,
                                              float (&mu)[2], const float (&acc_o)[kNBO][4], float (&acc_t)[kJvp ? kNBO : 1][4]) {
@@ -107,8 +108,9 @@ __device__ __forceinline__ void fwd_epilogue(const AttnParams& p, int b, int h, 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const float l = quad_sum(sm.l[r]);
-        inv_l[r] = l == 0.f ? 0.f : 1.f / l;
-        lse[r] = l == 0.f ? -INFINITY : __fmaf_rn(sm.m[r], kLn2, logf(l));
+        const bool seen = quad_any(sm.seen[r]);
+        inv_l[r] = l == 0.f ? (seen ? NAN : 0.f) : 1.f / l;
+        lse[r] = l == 0.f ? (seen ? NAN : -INFINITY) : __fmaf_rn(sm.m[r], kLn2, logf(l));
         mu[r] = quad_sum(mu[r]) * inv_l[r];
     }
     store_rows<Elem, kNBO>(head_ptr<Elem>(p.o, p.o_stride, b, h), p.o_stride.row, row0, p.seqlen_q, acc_o, inv_l, lane);

@@ -148,9 +148,9 @@ void launch_bwd_with(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t s
 
 // The one-kernel backward (sm_90a): zero the float32 dQ buffer (B x Hq x Sq rounded up to whole query
 // tiles, x Dqk), delta, the fused dK/dV/dQ kernel, then dq = scale * buffer.
-template <class Elem, int kDQK>
+template <class Elem, int kDQK, int kDV>
 void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
-    using Tr = BwdKVTraitsSm90<Elem, kDQK, kDQK, true>;
+    using Tr = BwdKVTraitsSm90<Elem, kDQK, kDV, true>;
     check_tiles(p.k_tiles_block_m, p.k_tiles_block_n, Tr::kBlockM, Tr::kBlockN, "key");
     check_grid_y(p.batch * p.heads_q);
     if (p.seqlen_q == 0 || p.seqlen_k == 0) return;
@@ -159,7 +159,7 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
     check_cuda(cudaMemsetAsync(p.dq_accum, 0, padded * kDQK * sizeof(float), stream), "zeroing the dQ buffer");
     launch_bwd_delta<Elem>(p, stream);
     const dim3 grid(p.num_k_tiles, p.batch * p.heads_k);
-    using TrWarpSpecialised = BwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDQK>;
+    using TrWarpSpecialised = BwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDV>;
     BwdTensorMaps maps{};
     // the warp-specialised kernel where the TMA unit can load every operand
     if (encode_bwd_maps<TrWarpSpecialised>(p, maps)) {
@@ -183,8 +183,7 @@ template <class Elem, int kDQK, int kDV>
 void launch_bwd(const AttnParams& p, cudaStream_t stream) {
     if (p.family == KernelFamily::kSm90) {
         if (p.dq_accum != nullptr) {
-            static_assert(kDQK == kDV, "the backward is built for equal head dims");
-            launch_bwd_fused<Elem, kDQK>(p, stream);
+            launch_bwd_fused<Elem, kDQK, kDV>(p, stream);
             return;
         }
         using TrKV = BwdKVTraitsSm90<Elem, kDQK, kDV>;

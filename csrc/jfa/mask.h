@@ -41,9 +41,10 @@ __device__ __forceinline__ bool allowed(const TokenMaps& m, int qi, int kj, int 
 // Set masked entries of a warp's C fragments to -inf. The fragments cover a 16 x (8 kNB)
 // block whose fragment-row index is `row0 + g (+8)` and column `col0 + 8 nb + 2t (+1)`;
 // kTransposed says rows are keys and columns queries (the dK/dV kernel).
+// row_allowed[r]: whether fragment row r (g, g + 8) keeps at least one of this thread's entries.
 template <bool kRule, bool kTransposed, int kNB>
 __device__ __forceinline__ void mask_tile(float (&s)[kNB][4], const TokenMaps& m, int row0, int col0, int lane,
-                                          int sq, int sk) {
+                                          int sq, int sk, bool (&row_allowed)[2]) {
     const int g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int nb = 0; nb < kNB; ++nb) {
@@ -52,21 +53,33 @@ __device__ __forceinline__ void mask_tile(float (&s)[kNB][4], const TokenMaps& m
             const int r = row0 + g + ((e >> 1) << 3);
             const int c = col0 + nb * 8 + 2 * t + (e & 1);
             const bool ok = kTransposed ? allowed<kRule>(m, c, r, sq, sk) : allowed<kRule>(m, r, c, sq, sk);
-            if (!ok) s[nb][e] = -INFINITY;
+            if (ok) {
+                row_allowed[e >> 1] = true;
+            } else {
+                s[nb][e] = -INFINITY;
+            }
         }
     }
 }
 
 // Mask one tile's scores as the walk says: element-wise from the maps on a PARTIAL tile, by
 // bounds alone on a FULL tile that crosses the end of Sq or Sk (edge), not at all otherwise.
+// row_allowed: as in mask_tile (every row of a FULL tile inside the matrix keeps its entries).
+template <bool kTransposed, int kNB>
+__device__ __forceinline__ void mask_scores(float (&s)[kNB][4], const AttnParams& p, bool partial, bool edge, int row0,
+                                            int col0, int lane, bool (&row_allowed)[2]) {
+    row_allowed[0] = row_allowed[1] = !partial && !edge;
+    if (partial) {
+        mask_tile<true, kTransposed>(s, p.maps, row0, col0, lane, p.seqlen_q, p.seqlen_k, row_allowed);
+    } else if (edge) {
+        mask_tile<false, kTransposed>(s, p.maps, row0, col0, lane, p.seqlen_q, p.seqlen_k, row_allowed);
+    }
+}
 template <bool kTransposed, int kNB>
 __device__ __forceinline__ void mask_scores(float (&s)[kNB][4], const AttnParams& p, bool partial, bool edge, int row0,
                                             int col0, int lane) {
-    if (partial) {
-        mask_tile<true, kTransposed>(s, p.maps, row0, col0, lane, p.seqlen_q, p.seqlen_k);
-    } else if (edge) {
-        mask_tile<false, kTransposed>(s, p.maps, row0, col0, lane, p.seqlen_q, p.seqlen_k);
-    }
+    bool unused[2];
+    mask_scores<kTransposed>(s, p, partial, edge, row0, col0, lane, unused);
 }
 
 }  // namespace jfa

@@ -14,13 +14,18 @@ namespace jfa {
 struct OnlineSoftmax {
     float m[2] = {-INFINITY, -INFINITY};  // running row max, log2 domain (quad-uniform)
     float l[2] = {0.f, 0.f};              // per-lane partial of the running row sum
+    // Per-lane partial: whether the row has met an allowed key. A row that has, but whose sum is
+    // 0, had only -inf scores: softmax gives NaN there, not the o = 0 of a row with no allowed key.
+    bool seen[2] = {false, false};
 
     // Turn the raw scores s into unnormalised probabilities exp2(s * scale_log2 - m) for the
     // new running max; returns the factor by which each row's old accumulators must shrink.
     template <int kNB>
-    __device__ __forceinline__ void update(float (&s)[kNB][4], float scale_log2, float (&alpha)[2]) {
+    __device__ __forceinline__ void update(float (&s)[kNB][4], float scale_log2, float (&alpha)[2],
+                                           const bool (&row_allowed)[2]) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
+            seen[r] = seen[r] || row_allowed[r];
             float mx = -INFINITY;
 #pragma unroll
             for (int nb = 0; nb < kNB; ++nb) {

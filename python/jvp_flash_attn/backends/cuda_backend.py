@@ -51,7 +51,7 @@ class CudaBackend(Backend):
                         f"in {dt}; built: {dims}")
         needs_grad = q.requires_grad or k.requires_grad or v.requires_grad
         if needs_grad and ("bwd", dt, dqk, dv) not in have:
-            return f"no backward kernel for head dims (q/k {dqk}, v {dv}) in {dt} (the backward needs equal dims 64 or 128)"
+            return f"no backward kernel for head dims (q/k {dqk}, v {dv}) in {dt} (built: 64 or 128 each)"
         return None
 
     def forward(self, q, k, v, mask, scale):
