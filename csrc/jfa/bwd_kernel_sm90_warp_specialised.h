@@ -12,7 +12,8 @@
 //     adds each staged dQ tile into the buffer and waits for the TMA unit to have read it;
 //   - warpgroups 1 and 2 (64 keys each) only compute. Per step: S^T, then dP^T (the mask and
 //     exp2 of S^T run while dP^T is computed); dV while dS^T goes to shared memory; then dQ and
-//     dK, and dQ is staged while dK still runs. At d = 128 warpgroup w computes dQ's column half
+//     dK, and dQ is staged while dK still runs; dK is waited for only after the next step's S^T
+//     and dP^T are issued. At d = 128 warpgroup w computes dQ's column half
 //     w over all 128 keys, so the two meet once per step, when both halves of dS^T are in
 //     shared memory (dS^T has two buffers, so one may write step j's while the other still
 //     reads step j - 1's); at d = 64 each computes all columns over its own 64 keys, and both
@@ -106,12 +107,41 @@ struct BwdWarpSpecialisedSmem {
     }
 };
 
-// Step j of the block's walk: query tile and query head (the walk repeats per head of the group).
-struct BwdWarpSpecialisedStep {
-    int m0, h;
-    __device__ __forceinline__ BwdWarpSpecialisedStep(const TileWalk& walk, int j, int hk, int groups, int block_m)
-        : m0(walk.tile(j % walk.num_total) * block_m), h(hk * groups + j / walk.num_total) {}
+// Where step j of the block's walk is: tile i of the walk for query head h (the walk repeats
+// once per head of the GQA group). Advanced step by step: no division per step.
+struct BwdWalkCursor {
+    int i, h;
+    __device__ __forceinline__ BwdWalkCursor(int hk, int groups) : i(0), h(hk * groups) {}
+    __device__ __forceinline__ void advance(const TileWalk& walk) {
+        if (++i == walk.num_total) {
+            i = 0;
+            ++h;
+        }
+    }
 };
+
+// S^T and dP^T of the step in stage st (waits for the stage's q and dO first), as two groups,
+// the first k16 step of each writing its accumulator without reading it.
+template <class Tr, class Smem, int kM>
+__device__ __forceinline__ void issue_scores(const Smem& sm, float (&pt)[kM][4], float (&dst)[kM][4], int st, int parity,
+                                             int wg_row) {
+    using Elem = typename Tr::Elem;
+    constexpr int kBM = Tr::kBlockM;
+    const auto sQ = sm.q(st);
+    const auto sDO = sm.dO(st);
+    sm.q_full(st).wait(parity);
+    wgmma_fence();
+    Wgmma<Elem, kBM>::ss_first(pt, sm.k().desc_k_major(wg_row, 0), sQ.desc_k_major(0, 0));
+#pragma unroll
+    for (int ks = 1; ks < Tr::kDQK / 16; ++ks)
+        Wgmma<Elem, kBM>::ss(pt, sm.k().desc_k_major(wg_row, ks), sQ.desc_k_major(0, ks), 1);
+    wgmma_commit();
+    Wgmma<Elem, kBM>::ss_first(dst, sm.v().desc_k_major(wg_row, 0), sDO.desc_k_major(0, 0));
+#pragma unroll
+    for (int ks = 1; ks < Tr::kDV / 16; ++ks)
+        Wgmma<Elem, kBM>::ss(dst, sm.v().desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), 1);
+    wgmma_commit();
+}
 
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
@@ -143,31 +173,31 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             sm.kv_full().arrive_expect_tx(Tr::kKBytes + Tr::kVBytes);
             load_panels(sm.k(), &maps.k, sm.kv_full(), n0, hk, b);
             load_panels(sm.v(), &maps.v, sm.kv_full(), n0, hk, b);
-            for (int j = 0; j < total; ++j) {
-                const int st = j % kS;
-                const BwdWarpSpecialisedStep s(walk, j, hk, groups, kBM);
+            BwdWalkCursor at(hk, groups);
+            for (int j = 0; j < total; ++j, at.advance(walk)) {
+                const int st = j % kS, m0 = walk.tile(at.i) * kBM;
                 sm.q_empty(st).wait(((j / kS) & 1) ^ 1);
                 sm.q_full(st).arrive_expect_tx(Tr::kQBytes + Tr::kDOBytes);
-                load_panels(sm.q(st), &maps.q, sm.q_full(st), s.m0, s.h, b);
-                load_panels(sm.dO(st), &maps.do_, sm.q_full(st), s.m0, s.h, b);
+                load_panels(sm.q(st), &maps.q, sm.q_full(st), m0, at.h, b);
+                load_panels(sm.dO(st), &maps.do_, sm.q_full(st), m0, at.h, b);
             }
         } else if (warp == 1) {   // lse (log2 units; +inf where no key is allowed) and delta rows
-            for (int j = 0; j < total; ++j) {
-                const int st = j % kS;
-                const BwdWarpSpecialisedStep s(walk, j, hk, groups, kBM);
-                const int64_t row_off = (static_cast<int64_t>(b) * p.heads_q + s.h) * p.seqlen_q;
+            BwdWalkCursor at(hk, groups);
+            for (int j = 0; j < total; ++j, at.advance(walk)) {
+                const int st = j % kS, m0 = walk.tile(at.i) * kBM;
+                const int64_t row_off = (static_cast<int64_t>(b) * p.heads_q + at.h) * p.seqlen_q;
                 sm.q_empty(st).wait(((j / kS) & 1) ^ 1);
                 for (int r = lane; r < kBM; r += 32) {
-                    const int row = s.m0 + r;
+                    const int row = m0 + r;
                     sm.lse2(st)[r] = lse_log2(p.lse + row_off, row, p.seqlen_q);
                     sm.delta(st)[r] = row < p.seqlen_q ? p.delta[row_off + row] : 0.f;
                 }
                 sm.q_full(st).arrive();
             }
         } else if (warp == 2) {   // dQ: a bulk reduce-add per warpgroup and step
-            for (int j = 0; j < total; ++j) {
-                const BwdWarpSpecialisedStep s(walk, j, hk, groups, kBM);
-                float* tile = dq_tile<kDQK>(p, b * p.heads_q + s.h, s.m0 / kBM);
+            BwdWalkCursor at(hk, groups);
+            for (int j = 0; j < total; ++j, at.advance(walk)) {
+                float* tile = dq_tile<kDQK>(p, b * p.heads_q + at.h, walk.tile(at.i));
 #pragma unroll
                 for (int w = 0; w < 2; ++w) {
                     named_sync(kDqHalfFull + w, 128 + 32);
@@ -196,73 +226,76 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     zero(acc_dv);
     sm.kv_full().wait(0);
 
-    for (int j = 0; j < total; ++j) {
-        const int st = j % kS, buf = j & 1;
-        const int i = j % walk.num_total;
-        const int m0 = walk.tile(i) * kBM;
-        const auto sQ = sm.q(st);
-        const auto sDO = sm.dO(st);
-        sm.q_full(st).wait((j / kS) & 1);
-
-        float pt[kBM / 8][4], dst[kBM / 8][4];
-        // S^T and dP^T as two groups: the mask and exp2 of S^T run while dP^T is computed.
-        wgmma_fence();
+    // Iteration j runs the tail of step j - 1 (dS^T, dV, dQ, dK) and then the head of step j
+    // (S^T, dP^T, the mask and exp2 of S^T while dP^T is computed), so that step j's S^T and dP^T
+    // are issued while step j - 1's dK still runs: the tensor cores go from one step's last
+    // product straight to the next step's first, and dK's operands (dS^T and q of step j - 1,
+    // both in shared memory) are released by the wait that retires S^T. No product is in flight
+    // where the loop closes: ptxas keeps the products asynchronous only when it can tell within
+    // one iteration which wait retires each of them.
+    float pt[kBM / 8][4], dst[kBM / 8][4];
+    BwdWalkCursor at(hk, groups);
+    for (int j = 0; j <= total; ++j) {
+        if (j > 0) {   // the tail of step j - 1
+            const int st = (j - 1) % kS, buf = (j - 1) & 1;
+            key_side_ds(pt, dst, sm.delta(st), lane);
+            uint32_t pf[kKS][4], dsf[kKS][4];
+            c_to_a<Elem, kKS>(pf, pt);
+            c_to_a<Elem, kKS>(dsf, dst);
+            // dV runs while dS^T goes to shared memory; then dQ (this warpgroup's column half)
+            // and dK, and dQ is staged while dK still runs.
+            wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < kDQK / 16; ++ks)
-            Wgmma<Elem, kBM>::ss(pt, sm.k().desc_k_major(wg_row, ks), sQ.desc_k_major(0, ks), ks > 0);
-        wgmma_commit();
+            for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sm.dO(st).desc_n_major(ks), 1);
+            wgmma_commit();
+            store_a_frags(sm.ds(buf), dsf, cw * 16, lane);
+            fence_proxy_async();
+            if constexpr (kDQSplitKeys) {
+                named_sync(kDsOwn + wg, 128);   // this warpgroup's dS^T rows are all it reads
+            } else {
+                named_sync(kDsFull, Tr::kConsumerThreads);
+            }
+            float acc_dq[kDQHalf / 8][4];
+            wgmma_fence();
+            Wgmma<Elem, kDQHalf>::ss_t_first(acc_dq, sm.ds(buf).desc_n_major(kDQSplitKeys ? 4 * wg : 0),
+                                             sm.k().desc_n_major(kDQSplitKeys ? 4 * wg : 0, kDQSplitKeys ? 0 : wg));
 #pragma unroll
-        for (int ks = 0; ks < kDV / 16; ++ks)
-            Wgmma<Elem, kBM>::ss(dst, sm.v().desc_k_major(wg_row, ks), sDO.desc_k_major(0, ks), ks > 0);
-        wgmma_commit();
-        wgmma_wait<1>();
-        hold_across_wgmma(pt);
-        mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
-        key_side_exp(pt, sm.lse2(st), scale_log2, lane);
-        wgmma_wait<0>();
-        hold_across_wgmma(dst);
-        key_side_ds(pt, dst, sm.delta(st), lane);
-        uint32_t pf[kKS][4], dsf[kKS][4];
-        c_to_a<Elem, kKS>(pf, pt);
-        c_to_a<Elem, kKS>(dsf, dst);
-
-        // dV runs while dS^T goes to shared memory; then dQ (this warpgroup's column half) and
-        // dK, and dQ is staged while dK still runs.
-        wgmma_fence();
+            for (int ks = 1; ks < kDQKeySteps; ++ks) {
+                const int key_step = kDQSplitKeys ? 4 * wg + ks : ks;
+                Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(key_step),
+                                           sm.k().desc_n_major(key_step, kDQSplitKeys ? 0 : wg), 1);
+            }
+            wgmma_commit();
 #pragma unroll
-        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sDO.desc_n_major(ks), 1);
-        wgmma_commit();
-        store_a_frags(sm.ds(buf), dsf, cw * 16, lane);
-        fence_proxy_async();
-        if constexpr (kDQSplitKeys) {
-            named_sync(kDsOwn + wg, 128);   // this warpgroup's dS^T rows are all it reads
-        } else {
-            named_sync(kDsFull, Tr::kConsumerThreads);
+            for (int ks = 0; ks < kKS; ++ks)   // dS^T from shared memory: no registers held while dK runs
+                Wgmma<Elem, kDQK>::ss_n(acc_dk, sm.ds(buf).desc_k_major(wg_row, ks), sm.q(st).desc_n_major(ks), 1);
+            wgmma_commit();
+            wgmma_wait<1>();   // dV and dQ
+            hold_across_wgmma(acc_dv);
+            hold_across_wgmma(pf);
+            hold_across_wgmma(acc_dq);
+            if (j > 1) named_sync(kDqHalfEmpty + wg, 128 + 32);   // this half of the previous tile has been read
+            stage_dq_half(sm.dq_staging() + wg * kDQHalfBytes, acc_dq, (cw & 3) * 16, lane);
+            fence_proxy_async();
+            named_arrive(kDqHalfFull + wg, 128 + 32);
         }
-        float acc_dq[kDQHalf / 8][4];
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < kDQKeySteps; ++ks) {
-            const int key_step = kDQSplitKeys ? 4 * wg + ks : ks;
-            Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(key_step),
-                                       sm.k().desc_n_major(key_step, kDQSplitKeys ? 0 : wg), ks > 0);
+        if (j == total) {
+            wgmma_wait<0>();   // the last dK
+            hold_across_wgmma(acc_dk);
+            break;
         }
-        wgmma_commit();
-#pragma unroll
-        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
-        wgmma_commit();
-        wgmma_wait<1>();   // dV and dQ
-        hold_across_wgmma(acc_dv);
-        hold_across_wgmma(pf);
-        hold_across_wgmma(acc_dq);
-        if (j > 0) named_sync(kDqHalfEmpty + wg, 128 + 32);   // this half of the previous tile has been read
-        stage_dq_half(sm.dq_staging() + wg * kDQHalfBytes, acc_dq, (cw & 3) * 16, lane);
-        wgmma_wait<0>();   // dK
+        // The head of step j.
+        const int st = j % kS, m0 = walk.tile(at.i) * kBM;
+        issue_scores<Tr>(sm, pt, dst, st, (j / kS) & 1, wg_row);
+        wgmma_wait<1>();   // step j - 1's dK, and S^T
         hold_across_wgmma(acc_dk);
-        hold_across_wgmma(dsf);
-        sm.q_empty(st).arrive();   // q, dO, lse and delta of the stage are read
-        fence_proxy_async();
-        named_arrive(kDqHalfFull + wg, 128 + 32);
+        hold_across_wgmma(pt);
+        if (j > 0) sm.q_empty((j - 1) % kS).arrive();   // q, dO, lse and delta of step j - 1 are read
+        mask_scores<true>(pt, p, walk.partial(at.i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
+        key_side_exp(pt, sm.lse2(st), scale_log2, lane);
+        wgmma_wait<0>();   // dP^T
+        hold_across_wgmma(dst);
+        at.advance(walk);
     }
 
     store_dk_dv<Elem>(p, b, hk, krow0, acc_dk, acc_dv, lane);

@@ -78,8 +78,9 @@ __device__ __forceinline__ void store_rows(Elem* out, int64_t row_stride, int ro
 
 // JVP, per key tile: with p~ the unnormalised probabilities (softmax already applied to s) and
 // ts the raw tangent scores tq k^T + q tk^T, turn ts into p~ o (scale ts) and add its row sums to
-// mu (rescaled by alpha like the accumulators). Masked keys contribute nothing, even where the
-// tangent score is not finite.
+// mu (rescaled by alpha like the accumulators). The mask step has set the tangent scores of
+// masked keys to 0, so they contribute nothing; an allowed key's p~ multiplies its tangent score
+// as written, so p~ = 0 (a score of -inf) times an infinite tangent score is NaN, as in softmax's JVP.
 template <int kNB>
 __device__ __forceinline__ void tangent_probs(float (&ts)[kNB][4], const float (&s)[kNB][4], float (&mu)[2],
                                               const float (&alpha)[2], float scale) {
@@ -90,7 +91,7 @@ __device__ __forceinline__ void tangent_probs(float (&ts)[kNB][4], const float (
         for (int nb = 0; nb < kNB; ++nb) {
 #pragma unroll
             for (int e = 2 * r; e < 2 * r + 2; ++e) {
-                ts[nb][e] = s[nb][e] == 0.f ? 0.f : s[nb][e] * ts[nb][e] * scale;
+                ts[nb][e] = s[nb][e] * ts[nb][e] * scale;
                 sum = __fadd_rn(sum, ts[nb][e]);   // rounded as written (softmax.h)
             }
         }

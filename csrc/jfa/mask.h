@@ -38,13 +38,16 @@ __device__ __forceinline__ bool allowed(const TokenMaps& m, int qi, int kj, int 
     return r == kRuleFull || (r == kRuleCausal && m.q_pos[qi] >= m.k_pos[kj]);
 }
 
-// Set masked entries of a warp's C fragments to -inf. The fragments cover a 16 x (8 kNB)
-// block whose fragment-row index is `row0 + g (+8)` and column `col0 + 8 nb + 2t (+1)`;
-// kTransposed says rows are keys and columns queries (the dK/dV kernel).
+// Set masked entries of a warp's C fragments to -inf (and, with kTangent, the same entries of
+// the tangent scores ts to 0, so that a masked pair contributes nothing to the JVP even where
+// its tangent score is not finite, while an allowed pair's p times its tangent score is formed
+// as softmax's JVP forms it). The fragments cover a 16 x (8 kNB) block whose fragment-row index
+// is `row0 + g (+8)` and column `col0 + 8 nb + 2t (+1)`; kTransposed says rows are keys and
+// columns queries (the dK/dV kernel).
 // row_allowed[r]: whether fragment row r (g, g + 8) keeps at least one of this thread's entries.
-template <bool kRule, bool kTransposed, int kNB>
-__device__ __forceinline__ void mask_tile(float (&s)[kNB][4], const TokenMaps& m, int row0, int col0, int lane,
-                                          int sq, int sk, bool (&row_allowed)[2]) {
+template <bool kRule, bool kTransposed, bool kTangent, int kNB>
+__device__ __forceinline__ void mask_tile(float (&s)[kNB][4], float (&ts)[kNB][4], const TokenMaps& m, int row0, int col0,
+                                          int lane, int sq, int sk, bool (&row_allowed)[2]) {
     const int g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int nb = 0; nb < kNB; ++nb) {
@@ -57,23 +60,31 @@ __device__ __forceinline__ void mask_tile(float (&s)[kNB][4], const TokenMaps& m
                 row_allowed[e >> 1] = true;
             } else {
                 s[nb][e] = -INFINITY;
+                if constexpr (kTangent) ts[nb][e] = 0.f;
             }
         }
     }
 }
 
-// Mask one tile's scores as the walk says: element-wise from the maps on a PARTIAL tile, by
-// bounds alone on a FULL tile that crosses the end of Sq or Sk (edge), not at all otherwise.
-// row_allowed: as in mask_tile (every row of a FULL tile inside the matrix keeps its entries).
+// Mask one tile's scores (and tangent scores) as the walk says: element-wise from the maps on a
+// PARTIAL tile, by bounds alone on a FULL tile that crosses the end of Sq or Sk (edge), not at
+// all otherwise. row_allowed: as in mask_tile (every row of a FULL tile inside the matrix keeps
+// its entries).
+template <bool kTransposed, bool kTangent, int kNB>
+__device__ __forceinline__ void mask_scores_and_tangents(float (&s)[kNB][4], float (&ts)[kNB][4], const AttnParams& p,
+                                                         bool partial, bool edge, int row0, int col0, int lane,
+                                                         bool (&row_allowed)[2]) {
+    row_allowed[0] = row_allowed[1] = !partial && !edge;
+    if (partial) {
+        mask_tile<true, kTransposed, kTangent>(s, ts, p.maps, row0, col0, lane, p.seqlen_q, p.seqlen_k, row_allowed);
+    } else if (edge) {
+        mask_tile<false, kTransposed, kTangent>(s, ts, p.maps, row0, col0, lane, p.seqlen_q, p.seqlen_k, row_allowed);
+    }
+}
 template <bool kTransposed, int kNB>
 __device__ __forceinline__ void mask_scores(float (&s)[kNB][4], const AttnParams& p, bool partial, bool edge, int row0,
                                             int col0, int lane, bool (&row_allowed)[2]) {
-    row_allowed[0] = row_allowed[1] = !partial && !edge;
-    if (partial) {
-        mask_tile<true, kTransposed>(s, p.maps, row0, col0, lane, p.seqlen_q, p.seqlen_k, row_allowed);
-    } else if (edge) {
-        mask_tile<false, kTransposed>(s, p.maps, row0, col0, lane, p.seqlen_q, p.seqlen_k, row_allowed);
-    }
+    mask_scores_and_tangents<kTransposed, false>(s, s, p, partial, edge, row0, col0, lane, row_allowed);
 }
 template <bool kTransposed, int kNB>
 __device__ __forceinline__ void mask_scores(float (&s)[kNB][4], const AttnParams& p, bool partial, bool edge, int row0,

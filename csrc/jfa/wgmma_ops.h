@@ -8,6 +8,9 @@
 //                         B (16 x N) N-major in shared memory (descriptor, transposed read)
 //   ss_t: acc (+)= A * B, A (64 x 16) M-major and B (16 x N) N-major in shared memory: both
 //                         stored with rows = k, both read transposed
+//   ss_n: acc (+)= A * B, A (64 x 16) K-major and B (16 x N) N-major in shared memory
+//   ss_first, ss_t_first: the first k16 step of ss / ss_t, acc an output only (its old value is
+//                         no input, so what last wrote those registers does not order the product)
 // scale_d = 0 ignores acc's old value (acc = A B).
 #pragma once
 
@@ -21,6 +24,20 @@ namespace jfa {
 template <class Elem, int N> struct Wgmma;
 
 template <> struct Wgmma<__nv_bfloat16, 64> {
+    static __device__ __forceinline__ void ss_first(float (&acc)[8][4], uint64_t desc_a, uint64_t desc_b) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+            : "=f"(acc[0][0]), "=f"(acc[0][1]), "=f"(acc[0][2]), "=f"(acc[0][3]), "=f"(acc[1][0]), "=f"(acc[1][1]), "=f"(acc[1][2]), "=f"(acc[1][3]), "=f"(acc[2][0]), "=f"(acc[2][1]), "=f"(acc[2][2]), "=f"(acc[2][3]), "=f"(acc[3][0]), "=f"(acc[3][1]), "=f"(acc[3][2]), "=f"(acc[3][3]), "=f"(acc[4][0]), "=f"(acc[4][1]), "=f"(acc[4][2]), "=f"(acc[4][3]), "=f"(acc[5][0]), "=f"(acc[5][1]), "=f"(acc[5][2]), "=f"(acc[5][3]), "=f"(acc[6][0]), "=f"(acc[6][1]), "=f"(acc[6][2]), "=f"(acc[6][3]), "=f"(acc[7][0]), "=f"(acc[7][1]), "=f"(acc[7][2]), "=f"(acc[7][3])
+            : "l"(desc_a), "l"(desc_b));
+    }
+    static __device__ __forceinline__ void ss_t_first(float (&acc)[8][4], uint64_t desc_a, uint64_t desc_b) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 1, 1;\n}\n"
+            : "=f"(acc[0][0]), "=f"(acc[0][1]), "=f"(acc[0][2]), "=f"(acc[0][3]), "=f"(acc[1][0]), "=f"(acc[1][1]), "=f"(acc[1][2]), "=f"(acc[1][3]), "=f"(acc[2][0]), "=f"(acc[2][1]), "=f"(acc[2][2]), "=f"(acc[2][3]), "=f"(acc[3][0]), "=f"(acc[3][1]), "=f"(acc[3][2]), "=f"(acc[3][3]), "=f"(acc[4][0]), "=f"(acc[4][1]), "=f"(acc[4][2]), "=f"(acc[4][3]), "=f"(acc[5][0]), "=f"(acc[5][1]), "=f"(acc[5][2]), "=f"(acc[5][3]), "=f"(acc[6][0]), "=f"(acc[6][1]), "=f"(acc[6][2]), "=f"(acc[6][3]), "=f"(acc[7][0]), "=f"(acc[7][1]), "=f"(acc[7][2]), "=f"(acc[7][3])
+            : "l"(desc_a), "l"(desc_b));
+    }
     static __device__ __forceinline__ void ss(float (&acc)[8][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
@@ -35,6 +52,13 @@ template <> struct Wgmma<__nv_bfloat16, 64> {
             : "+f"(acc[0][0]), "+f"(acc[0][1]), "+f"(acc[0][2]), "+f"(acc[0][3]), "+f"(acc[1][0]), "+f"(acc[1][1]), "+f"(acc[1][2]), "+f"(acc[1][3]), "+f"(acc[2][0]), "+f"(acc[2][1]), "+f"(acc[2][2]), "+f"(acc[2][3]), "+f"(acc[3][0]), "+f"(acc[3][1]), "+f"(acc[3][2]), "+f"(acc[3][3]), "+f"(acc[4][0]), "+f"(acc[4][1]), "+f"(acc[4][2]), "+f"(acc[4][3]), "+f"(acc[5][0]), "+f"(acc[5][1]), "+f"(acc[5][2]), "+f"(acc[5][3]), "+f"(acc[6][0]), "+f"(acc[6][1]), "+f"(acc[6][2]), "+f"(acc[6][3]), "+f"(acc[7][0]), "+f"(acc[7][1]), "+f"(acc[7][2]), "+f"(acc[7][3])
             : "l"(desc_a), "l"(desc_b), "r"(scale_d));
     }
+    static __device__ __forceinline__ void ss_n(float (&acc)[8][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 1;\n}\n"
+            : "+f"(acc[0][0]), "+f"(acc[0][1]), "+f"(acc[0][2]), "+f"(acc[0][3]), "+f"(acc[1][0]), "+f"(acc[1][1]), "+f"(acc[1][2]), "+f"(acc[1][3]), "+f"(acc[2][0]), "+f"(acc[2][1]), "+f"(acc[2][2]), "+f"(acc[2][3]), "+f"(acc[3][0]), "+f"(acc[3][1]), "+f"(acc[3][2]), "+f"(acc[3][3]), "+f"(acc[4][0]), "+f"(acc[4][1]), "+f"(acc[4][2]), "+f"(acc[4][3]), "+f"(acc[5][0]), "+f"(acc[5][1]), "+f"(acc[5][2]), "+f"(acc[5][3]), "+f"(acc[6][0]), "+f"(acc[6][1]), "+f"(acc[6][2]), "+f"(acc[6][3]), "+f"(acc[7][0]), "+f"(acc[7][1]), "+f"(acc[7][2]), "+f"(acc[7][3])
+            : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    }
     static __device__ __forceinline__ void rs(float (&acc)[8][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
@@ -45,6 +69,20 @@ template <> struct Wgmma<__nv_bfloat16, 64> {
 };
 
 template <> struct Wgmma<__nv_bfloat16, 128> {
+    static __device__ __forceinline__ void ss_first(float (&acc)[16][4], uint64_t desc_a, uint64_t desc_b) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+            : "=f"(acc[0][0]), "=f"(acc[0][1]), "=f"(acc[0][2]), "=f"(acc[0][3]), "=f"(acc[1][0]), "=f"(acc[1][1]), "=f"(acc[1][2]), "=f"(acc[1][3]), "=f"(acc[2][0]), "=f"(acc[2][1]), "=f"(acc[2][2]), "=f"(acc[2][3]), "=f"(acc[3][0]), "=f"(acc[3][1]), "=f"(acc[3][2]), "=f"(acc[3][3]), "=f"(acc[4][0]), "=f"(acc[4][1]), "=f"(acc[4][2]), "=f"(acc[4][3]), "=f"(acc[5][0]), "=f"(acc[5][1]), "=f"(acc[5][2]), "=f"(acc[5][3]), "=f"(acc[6][0]), "=f"(acc[6][1]), "=f"(acc[6][2]), "=f"(acc[6][3]), "=f"(acc[7][0]), "=f"(acc[7][1]), "=f"(acc[7][2]), "=f"(acc[7][3]), "=f"(acc[8][0]), "=f"(acc[8][1]), "=f"(acc[8][2]), "=f"(acc[8][3]), "=f"(acc[9][0]), "=f"(acc[9][1]), "=f"(acc[9][2]), "=f"(acc[9][3]), "=f"(acc[10][0]), "=f"(acc[10][1]), "=f"(acc[10][2]), "=f"(acc[10][3]), "=f"(acc[11][0]), "=f"(acc[11][1]), "=f"(acc[11][2]), "=f"(acc[11][3]), "=f"(acc[12][0]), "=f"(acc[12][1]), "=f"(acc[12][2]), "=f"(acc[12][3]), "=f"(acc[13][0]), "=f"(acc[13][1]), "=f"(acc[13][2]), "=f"(acc[13][3]), "=f"(acc[14][0]), "=f"(acc[14][1]), "=f"(acc[14][2]), "=f"(acc[14][3]), "=f"(acc[15][0]), "=f"(acc[15][1]), "=f"(acc[15][2]), "=f"(acc[15][3])
+            : "l"(desc_a), "l"(desc_b));
+    }
+    static __device__ __forceinline__ void ss_t_first(float (&acc)[16][4], uint64_t desc_a, uint64_t desc_b) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 1, 1;\n}\n"
+            : "=f"(acc[0][0]), "=f"(acc[0][1]), "=f"(acc[0][2]), "=f"(acc[0][3]), "=f"(acc[1][0]), "=f"(acc[1][1]), "=f"(acc[1][2]), "=f"(acc[1][3]), "=f"(acc[2][0]), "=f"(acc[2][1]), "=f"(acc[2][2]), "=f"(acc[2][3]), "=f"(acc[3][0]), "=f"(acc[3][1]), "=f"(acc[3][2]), "=f"(acc[3][3]), "=f"(acc[4][0]), "=f"(acc[4][1]), "=f"(acc[4][2]), "=f"(acc[4][3]), "=f"(acc[5][0]), "=f"(acc[5][1]), "=f"(acc[5][2]), "=f"(acc[5][3]), "=f"(acc[6][0]), "=f"(acc[6][1]), "=f"(acc[6][2]), "=f"(acc[6][3]), "=f"(acc[7][0]), "=f"(acc[7][1]), "=f"(acc[7][2]), "=f"(acc[7][3]), "=f"(acc[8][0]), "=f"(acc[8][1]), "=f"(acc[8][2]), "=f"(acc[8][3]), "=f"(acc[9][0]), "=f"(acc[9][1]), "=f"(acc[9][2]), "=f"(acc[9][3]), "=f"(acc[10][0]), "=f"(acc[10][1]), "=f"(acc[10][2]), "=f"(acc[10][3]), "=f"(acc[11][0]), "=f"(acc[11][1]), "=f"(acc[11][2]), "=f"(acc[11][3]), "=f"(acc[12][0]), "=f"(acc[12][1]), "=f"(acc[12][2]), "=f"(acc[12][3]), "=f"(acc[13][0]), "=f"(acc[13][1]), "=f"(acc[13][2]), "=f"(acc[13][3]), "=f"(acc[14][0]), "=f"(acc[14][1]), "=f"(acc[14][2]), "=f"(acc[14][3]), "=f"(acc[15][0]), "=f"(acc[15][1]), "=f"(acc[15][2]), "=f"(acc[15][3])
+            : "l"(desc_a), "l"(desc_b));
+    }
     static __device__ __forceinline__ void ss(float (&acc)[16][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
@@ -59,6 +97,13 @@ template <> struct Wgmma<__nv_bfloat16, 128> {
             : "+f"(acc[0][0]), "+f"(acc[0][1]), "+f"(acc[0][2]), "+f"(acc[0][3]), "+f"(acc[1][0]), "+f"(acc[1][1]), "+f"(acc[1][2]), "+f"(acc[1][3]), "+f"(acc[2][0]), "+f"(acc[2][1]), "+f"(acc[2][2]), "+f"(acc[2][3]), "+f"(acc[3][0]), "+f"(acc[3][1]), "+f"(acc[3][2]), "+f"(acc[3][3]), "+f"(acc[4][0]), "+f"(acc[4][1]), "+f"(acc[4][2]), "+f"(acc[4][3]), "+f"(acc[5][0]), "+f"(acc[5][1]), "+f"(acc[5][2]), "+f"(acc[5][3]), "+f"(acc[6][0]), "+f"(acc[6][1]), "+f"(acc[6][2]), "+f"(acc[6][3]), "+f"(acc[7][0]), "+f"(acc[7][1]), "+f"(acc[7][2]), "+f"(acc[7][3]), "+f"(acc[8][0]), "+f"(acc[8][1]), "+f"(acc[8][2]), "+f"(acc[8][3]), "+f"(acc[9][0]), "+f"(acc[9][1]), "+f"(acc[9][2]), "+f"(acc[9][3]), "+f"(acc[10][0]), "+f"(acc[10][1]), "+f"(acc[10][2]), "+f"(acc[10][3]), "+f"(acc[11][0]), "+f"(acc[11][1]), "+f"(acc[11][2]), "+f"(acc[11][3]), "+f"(acc[12][0]), "+f"(acc[12][1]), "+f"(acc[12][2]), "+f"(acc[12][3]), "+f"(acc[13][0]), "+f"(acc[13][1]), "+f"(acc[13][2]), "+f"(acc[13][3]), "+f"(acc[14][0]), "+f"(acc[14][1]), "+f"(acc[14][2]), "+f"(acc[14][3]), "+f"(acc[15][0]), "+f"(acc[15][1]), "+f"(acc[15][2]), "+f"(acc[15][3])
             : "l"(desc_a), "l"(desc_b), "r"(scale_d));
     }
+    static __device__ __forceinline__ void ss_n(float (&acc)[16][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 1;\n}\n"
+            : "+f"(acc[0][0]), "+f"(acc[0][1]), "+f"(acc[0][2]), "+f"(acc[0][3]), "+f"(acc[1][0]), "+f"(acc[1][1]), "+f"(acc[1][2]), "+f"(acc[1][3]), "+f"(acc[2][0]), "+f"(acc[2][1]), "+f"(acc[2][2]), "+f"(acc[2][3]), "+f"(acc[3][0]), "+f"(acc[3][1]), "+f"(acc[3][2]), "+f"(acc[3][3]), "+f"(acc[4][0]), "+f"(acc[4][1]), "+f"(acc[4][2]), "+f"(acc[4][3]), "+f"(acc[5][0]), "+f"(acc[5][1]), "+f"(acc[5][2]), "+f"(acc[5][3]), "+f"(acc[6][0]), "+f"(acc[6][1]), "+f"(acc[6][2]), "+f"(acc[6][3]), "+f"(acc[7][0]), "+f"(acc[7][1]), "+f"(acc[7][2]), "+f"(acc[7][3]), "+f"(acc[8][0]), "+f"(acc[8][1]), "+f"(acc[8][2]), "+f"(acc[8][3]), "+f"(acc[9][0]), "+f"(acc[9][1]), "+f"(acc[9][2]), "+f"(acc[9][3]), "+f"(acc[10][0]), "+f"(acc[10][1]), "+f"(acc[10][2]), "+f"(acc[10][3]), "+f"(acc[11][0]), "+f"(acc[11][1]), "+f"(acc[11][2]), "+f"(acc[11][3]), "+f"(acc[12][0]), "+f"(acc[12][1]), "+f"(acc[12][2]), "+f"(acc[12][3]), "+f"(acc[13][0]), "+f"(acc[13][1]), "+f"(acc[13][2]), "+f"(acc[13][3]), "+f"(acc[14][0]), "+f"(acc[14][1]), "+f"(acc[14][2]), "+f"(acc[14][3]), "+f"(acc[15][0]), "+f"(acc[15][1]), "+f"(acc[15][2]), "+f"(acc[15][3])
+            : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    }
     static __device__ __forceinline__ void rs(float (&acc)[16][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
@@ -69,6 +114,20 @@ template <> struct Wgmma<__nv_bfloat16, 128> {
 };
 
 template <> struct Wgmma<__half, 64> {
+    static __device__ __forceinline__ void ss_first(float (&acc)[8][4], uint64_t desc_a, uint64_t desc_b) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+            : "=f"(acc[0][0]), "=f"(acc[0][1]), "=f"(acc[0][2]), "=f"(acc[0][3]), "=f"(acc[1][0]), "=f"(acc[1][1]), "=f"(acc[1][2]), "=f"(acc[1][3]), "=f"(acc[2][0]), "=f"(acc[2][1]), "=f"(acc[2][2]), "=f"(acc[2][3]), "=f"(acc[3][0]), "=f"(acc[3][1]), "=f"(acc[3][2]), "=f"(acc[3][3]), "=f"(acc[4][0]), "=f"(acc[4][1]), "=f"(acc[4][2]), "=f"(acc[4][3]), "=f"(acc[5][0]), "=f"(acc[5][1]), "=f"(acc[5][2]), "=f"(acc[5][3]), "=f"(acc[6][0]), "=f"(acc[6][1]), "=f"(acc[6][2]), "=f"(acc[6][3]), "=f"(acc[7][0]), "=f"(acc[7][1]), "=f"(acc[7][2]), "=f"(acc[7][3])
+            : "l"(desc_a), "l"(desc_b));
+    }
+    static __device__ __forceinline__ void ss_t_first(float (&acc)[8][4], uint64_t desc_a, uint64_t desc_b) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 1, 1;\n}\n"
+            : "=f"(acc[0][0]), "=f"(acc[0][1]), "=f"(acc[0][2]), "=f"(acc[0][3]), "=f"(acc[1][0]), "=f"(acc[1][1]), "=f"(acc[1][2]), "=f"(acc[1][3]), "=f"(acc[2][0]), "=f"(acc[2][1]), "=f"(acc[2][2]), "=f"(acc[2][3]), "=f"(acc[3][0]), "=f"(acc[3][1]), "=f"(acc[3][2]), "=f"(acc[3][3]), "=f"(acc[4][0]), "=f"(acc[4][1]), "=f"(acc[4][2]), "=f"(acc[4][3]), "=f"(acc[5][0]), "=f"(acc[5][1]), "=f"(acc[5][2]), "=f"(acc[5][3]), "=f"(acc[6][0]), "=f"(acc[6][1]), "=f"(acc[6][2]), "=f"(acc[6][3]), "=f"(acc[7][0]), "=f"(acc[7][1]), "=f"(acc[7][2]), "=f"(acc[7][3])
+            : "l"(desc_a), "l"(desc_b));
+    }
     static __device__ __forceinline__ void ss(float (&acc)[8][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
@@ -83,6 +142,13 @@ template <> struct Wgmma<__half, 64> {
             : "+f"(acc[0][0]), "+f"(acc[0][1]), "+f"(acc[0][2]), "+f"(acc[0][3]), "+f"(acc[1][0]), "+f"(acc[1][1]), "+f"(acc[1][2]), "+f"(acc[1][3]), "+f"(acc[2][0]), "+f"(acc[2][1]), "+f"(acc[2][2]), "+f"(acc[2][3]), "+f"(acc[3][0]), "+f"(acc[3][1]), "+f"(acc[3][2]), "+f"(acc[3][3]), "+f"(acc[4][0]), "+f"(acc[4][1]), "+f"(acc[4][2]), "+f"(acc[4][3]), "+f"(acc[5][0]), "+f"(acc[5][1]), "+f"(acc[5][2]), "+f"(acc[5][3]), "+f"(acc[6][0]), "+f"(acc[6][1]), "+f"(acc[6][2]), "+f"(acc[6][3]), "+f"(acc[7][0]), "+f"(acc[7][1]), "+f"(acc[7][2]), "+f"(acc[7][3])
             : "l"(desc_a), "l"(desc_b), "r"(scale_d));
     }
+    static __device__ __forceinline__ void ss_n(float (&acc)[8][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 1;\n}\n"
+            : "+f"(acc[0][0]), "+f"(acc[0][1]), "+f"(acc[0][2]), "+f"(acc[0][3]), "+f"(acc[1][0]), "+f"(acc[1][1]), "+f"(acc[1][2]), "+f"(acc[1][3]), "+f"(acc[2][0]), "+f"(acc[2][1]), "+f"(acc[2][2]), "+f"(acc[2][3]), "+f"(acc[3][0]), "+f"(acc[3][1]), "+f"(acc[3][2]), "+f"(acc[3][3]), "+f"(acc[4][0]), "+f"(acc[4][1]), "+f"(acc[4][2]), "+f"(acc[4][3]), "+f"(acc[5][0]), "+f"(acc[5][1]), "+f"(acc[5][2]), "+f"(acc[5][3]), "+f"(acc[6][0]), "+f"(acc[6][1]), "+f"(acc[6][2]), "+f"(acc[6][3]), "+f"(acc[7][0]), "+f"(acc[7][1]), "+f"(acc[7][2]), "+f"(acc[7][3])
+            : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    }
     static __device__ __forceinline__ void rs(float (&acc)[8][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
@@ -93,6 +159,20 @@ template <> struct Wgmma<__half, 64> {
 };
 
 template <> struct Wgmma<__half, 128> {
+    static __device__ __forceinline__ void ss_first(float (&acc)[16][4], uint64_t desc_a, uint64_t desc_b) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+            : "=f"(acc[0][0]), "=f"(acc[0][1]), "=f"(acc[0][2]), "=f"(acc[0][3]), "=f"(acc[1][0]), "=f"(acc[1][1]), "=f"(acc[1][2]), "=f"(acc[1][3]), "=f"(acc[2][0]), "=f"(acc[2][1]), "=f"(acc[2][2]), "=f"(acc[2][3]), "=f"(acc[3][0]), "=f"(acc[3][1]), "=f"(acc[3][2]), "=f"(acc[3][3]), "=f"(acc[4][0]), "=f"(acc[4][1]), "=f"(acc[4][2]), "=f"(acc[4][3]), "=f"(acc[5][0]), "=f"(acc[5][1]), "=f"(acc[5][2]), "=f"(acc[5][3]), "=f"(acc[6][0]), "=f"(acc[6][1]), "=f"(acc[6][2]), "=f"(acc[6][3]), "=f"(acc[7][0]), "=f"(acc[7][1]), "=f"(acc[7][2]), "=f"(acc[7][3]), "=f"(acc[8][0]), "=f"(acc[8][1]), "=f"(acc[8][2]), "=f"(acc[8][3]), "=f"(acc[9][0]), "=f"(acc[9][1]), "=f"(acc[9][2]), "=f"(acc[9][3]), "=f"(acc[10][0]), "=f"(acc[10][1]), "=f"(acc[10][2]), "=f"(acc[10][3]), "=f"(acc[11][0]), "=f"(acc[11][1]), "=f"(acc[11][2]), "=f"(acc[11][3]), "=f"(acc[12][0]), "=f"(acc[12][1]), "=f"(acc[12][2]), "=f"(acc[12][3]), "=f"(acc[13][0]), "=f"(acc[13][1]), "=f"(acc[13][2]), "=f"(acc[13][3]), "=f"(acc[14][0]), "=f"(acc[14][1]), "=f"(acc[14][2]), "=f"(acc[14][3]), "=f"(acc[15][0]), "=f"(acc[15][1]), "=f"(acc[15][2]), "=f"(acc[15][3])
+            : "l"(desc_a), "l"(desc_b));
+    }
+    static __device__ __forceinline__ void ss_t_first(float (&acc)[16][4], uint64_t desc_a, uint64_t desc_b) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 1, 1;\n}\n"
+            : "=f"(acc[0][0]), "=f"(acc[0][1]), "=f"(acc[0][2]), "=f"(acc[0][3]), "=f"(acc[1][0]), "=f"(acc[1][1]), "=f"(acc[1][2]), "=f"(acc[1][3]), "=f"(acc[2][0]), "=f"(acc[2][1]), "=f"(acc[2][2]), "=f"(acc[2][3]), "=f"(acc[3][0]), "=f"(acc[3][1]), "=f"(acc[3][2]), "=f"(acc[3][3]), "=f"(acc[4][0]), "=f"(acc[4][1]), "=f"(acc[4][2]), "=f"(acc[4][3]), "=f"(acc[5][0]), "=f"(acc[5][1]), "=f"(acc[5][2]), "=f"(acc[5][3]), "=f"(acc[6][0]), "=f"(acc[6][1]), "=f"(acc[6][2]), "=f"(acc[6][3]), "=f"(acc[7][0]), "=f"(acc[7][1]), "=f"(acc[7][2]), "=f"(acc[7][3]), "=f"(acc[8][0]), "=f"(acc[8][1]), "=f"(acc[8][2]), "=f"(acc[8][3]), "=f"(acc[9][0]), "=f"(acc[9][1]), "=f"(acc[9][2]), "=f"(acc[9][3]), "=f"(acc[10][0]), "=f"(acc[10][1]), "=f"(acc[10][2]), "=f"(acc[10][3]), "=f"(acc[11][0]), "=f"(acc[11][1]), "=f"(acc[11][2]), "=f"(acc[11][3]), "=f"(acc[12][0]), "=f"(acc[12][1]), "=f"(acc[12][2]), "=f"(acc[12][3]), "=f"(acc[13][0]), "=f"(acc[13][1]), "=f"(acc[13][2]), "=f"(acc[13][3]), "=f"(acc[14][0]), "=f"(acc[14][1]), "=f"(acc[14][2]), "=f"(acc[14][3]), "=f"(acc[15][0]), "=f"(acc[15][1]), "=f"(acc[15][2]), "=f"(acc[15][3])
+            : "l"(desc_a), "l"(desc_b));
+    }
     static __device__ __forceinline__ void ss(float (&acc)[16][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
@@ -104,6 +184,13 @@ template <> struct Wgmma<__half, 128> {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
             "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 1, 1;\n}\n"
+            : "+f"(acc[0][0]), "+f"(acc[0][1]), "+f"(acc[0][2]), "+f"(acc[0][3]), "+f"(acc[1][0]), "+f"(acc[1][1]), "+f"(acc[1][2]), "+f"(acc[1][3]), "+f"(acc[2][0]), "+f"(acc[2][1]), "+f"(acc[2][2]), "+f"(acc[2][3]), "+f"(acc[3][0]), "+f"(acc[3][1]), "+f"(acc[3][2]), "+f"(acc[3][3]), "+f"(acc[4][0]), "+f"(acc[4][1]), "+f"(acc[4][2]), "+f"(acc[4][3]), "+f"(acc[5][0]), "+f"(acc[5][1]), "+f"(acc[5][2]), "+f"(acc[5][3]), "+f"(acc[6][0]), "+f"(acc[6][1]), "+f"(acc[6][2]), "+f"(acc[6][3]), "+f"(acc[7][0]), "+f"(acc[7][1]), "+f"(acc[7][2]), "+f"(acc[7][3]), "+f"(acc[8][0]), "+f"(acc[8][1]), "+f"(acc[8][2]), "+f"(acc[8][3]), "+f"(acc[9][0]), "+f"(acc[9][1]), "+f"(acc[9][2]), "+f"(acc[9][3]), "+f"(acc[10][0]), "+f"(acc[10][1]), "+f"(acc[10][2]), "+f"(acc[10][3]), "+f"(acc[11][0]), "+f"(acc[11][1]), "+f"(acc[11][2]), "+f"(acc[11][3]), "+f"(acc[12][0]), "+f"(acc[12][1]), "+f"(acc[12][2]), "+f"(acc[12][3]), "+f"(acc[13][0]), "+f"(acc[13][1]), "+f"(acc[13][2]), "+f"(acc[13][3]), "+f"(acc[14][0]), "+f"(acc[14][1]), "+f"(acc[14][2]), "+f"(acc[14][3]), "+f"(acc[15][0]), "+f"(acc[15][1]), "+f"(acc[15][2]), "+f"(acc[15][3])
+            : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    }
+    static __device__ __forceinline__ void ss_n(float (&acc)[16][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 1;\n}\n"
             : "+f"(acc[0][0]), "+f"(acc[0][1]), "+f"(acc[0][2]), "+f"(acc[0][3]), "+f"(acc[1][0]), "+f"(acc[1][1]), "+f"(acc[1][2]), "+f"(acc[1][3]), "+f"(acc[2][0]), "+f"(acc[2][1]), "+f"(acc[2][2]), "+f"(acc[2][3]), "+f"(acc[3][0]), "+f"(acc[3][1]), "+f"(acc[3][2]), "+f"(acc[3][3]), "+f"(acc[4][0]), "+f"(acc[4][1]), "+f"(acc[4][2]), "+f"(acc[4][3]), "+f"(acc[5][0]), "+f"(acc[5][1]), "+f"(acc[5][2]), "+f"(acc[5][3]), "+f"(acc[6][0]), "+f"(acc[6][1]), "+f"(acc[6][2]), "+f"(acc[6][3]), "+f"(acc[7][0]), "+f"(acc[7][1]), "+f"(acc[7][2]), "+f"(acc[7][3]), "+f"(acc[8][0]), "+f"(acc[8][1]), "+f"(acc[8][2]), "+f"(acc[8][3]), "+f"(acc[9][0]), "+f"(acc[9][1]), "+f"(acc[9][2]), "+f"(acc[9][3]), "+f"(acc[10][0]), "+f"(acc[10][1]), "+f"(acc[10][2]), "+f"(acc[10][3]), "+f"(acc[11][0]), "+f"(acc[11][1]), "+f"(acc[11][2]), "+f"(acc[11][3]), "+f"(acc[12][0]), "+f"(acc[12][1]), "+f"(acc[12][2]), "+f"(acc[12][3]), "+f"(acc[13][0]), "+f"(acc[13][1]), "+f"(acc[13][2]), "+f"(acc[13][3]), "+f"(acc[14][0]), "+f"(acc[14][1]), "+f"(acc[14][2]), "+f"(acc[14][3]), "+f"(acc[15][0]), "+f"(acc[15][1]), "+f"(acc[15][2]), "+f"(acc[15][3])
             : "l"(desc_a), "l"(desc_b), "r"(scale_d));
     }
