@@ -115,23 +115,29 @@ __device__ __forceinline__ void key_side_probs(float (&pt)[kNB][4], float (&dst)
     }
 }
 
-// The same in two halves, for kernels that exponentiate S^T while dP^T is still computed:
+// The same in two halves, for kernels that exponentiate S^T while dP^T is still computed, with
+// the step's lse2 and delta values of this thread's columns already in registers (read from
+// shared memory while the products run, so the exp2 does not wait for them):
 // P^T = exp2(S^T scale_log2 - lse2), then dS^T = P^T (dP^T - delta).
 template <int kNB>
-__device__ __forceinline__ void key_side_exp(float (&pt)[kNB][4], const float* lse2, float scale_log2, int lane) {
+__device__ __forceinline__ void query_row_pairs(float2 (&v)[kNB], const float* rows, int lane) {
     const int t2 = 2 * (lane & 3);
 #pragma unroll
-    for (int nb = 0; nb < kNB; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) pt[nb][e] = exp2f(pt[nb][e] * scale_log2 - lse2[nb * 8 + t2 + (e & 1)]);
+    for (int nb = 0; nb < kNB; ++nb) v[nb] = *reinterpret_cast<const float2*>(rows + nb * 8 + t2);
 }
 template <int kNB>
-__device__ __forceinline__ void key_side_ds(const float (&pt)[kNB][4], float (&dst)[kNB][4], const float* delta, int lane) {
-    const int t2 = 2 * (lane & 3);
+__device__ __forceinline__ void key_side_exp(float (&pt)[kNB][4], const float2 (&lse2)[kNB], float scale_log2) {
 #pragma unroll
     for (int nb = 0; nb < kNB; ++nb)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dst[nb][e] = pt[nb][e] * (dst[nb][e] - delta[nb * 8 + t2 + (e & 1)]);
+        for (int e = 0; e < 4; ++e) pt[nb][e] = exp2f(pt[nb][e] * scale_log2 - ((e & 1) ? lse2[nb].y : lse2[nb].x));
+}
+template <int kNB>
+__device__ __forceinline__ void key_side_ds(const float (&pt)[kNB][4], float (&dst)[kNB][4], const float2 (&delta)[kNB]) {
+#pragma unroll
+    for (int nb = 0; nb < kNB; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dst[nb][e] = pt[nb][e] * (dst[nb][e] - ((e & 1) ? delta[nb].y : delta[nb].x));
 }
 
 // dV += P^T dO and dK += dS^T Q, issued and committed; the caller waits.

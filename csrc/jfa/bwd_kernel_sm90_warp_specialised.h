@@ -226,76 +226,70 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     zero(acc_dv);
     sm.kv_full().wait(0);
 
-    // Iteration j runs the tail of step j - 1 (dS^T, dV, dQ, dK) and then the head of step j
-    // (S^T, dP^T, the mask and exp2 of S^T while dP^T is computed), so that step j's S^T and dP^T
-    // are issued while step j - 1's dK still runs: the tensor cores go from one step's last
-    // product straight to the next step's first, and dK's operands (dS^T and q of step j - 1,
-    // both in shared memory) are released by the wait that retires S^T. No product is in flight
-    // where the loop closes: ptxas keeps the products asynchronous only when it can tell within
-    // one iteration which wait retires each of them.
-    float pt[kBM / 8][4], dst[kBM / 8][4];
+    // One step: S^T and dP^T as two groups; the mask and exp2 of S^T while dP^T runs; dV as soon
+    // as P^T is in registers, so dS^T is formed and stored while dV runs; then dQ (this
+    // warpgroup's column half) and dK, and dQ is staged while dK still runs. The step closes
+    // with no product in flight: ptxas keeps the products asynchronous only when it can tell
+    // within one iteration which wait retires each of them.
     BwdWalkCursor at(hk, groups);
-    for (int j = 0; j <= total; ++j) {
-        if (j > 0) {   // the tail of step j - 1
-            const int st = (j - 1) % kS, buf = (j - 1) & 1;
-            key_side_ds(pt, dst, sm.delta(st), lane);
-            uint32_t pf[kKS][4], dsf[kKS][4];
-            c_to_a<Elem, kKS>(pf, pt);
-            c_to_a<Elem, kKS>(dsf, dst);
-            // dV runs while dS^T goes to shared memory; then dQ (this warpgroup's column half)
-            // and dK, and dQ is staged while dK still runs.
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sm.dO(st).desc_n_major(ks), 1);
-            wgmma_commit();
-            store_a_frags(sm.ds(buf), dsf, cw * 16, lane);
-            fence_proxy_async();
-            if constexpr (kDQSplitKeys) {
-                named_sync(kDsOwn + wg, 128);   // this warpgroup's dS^T rows are all it reads
-            } else {
-                named_sync(kDsFull, Tr::kConsumerThreads);
-            }
-            float acc_dq[kDQHalf / 8][4];
-            wgmma_fence();
-            Wgmma<Elem, kDQHalf>::ss_t_first(acc_dq, sm.ds(buf).desc_n_major(kDQSplitKeys ? 4 * wg : 0),
-                                             sm.k().desc_n_major(kDQSplitKeys ? 4 * wg : 0, kDQSplitKeys ? 0 : wg));
-#pragma unroll
-            for (int ks = 1; ks < kDQKeySteps; ++ks) {
-                const int key_step = kDQSplitKeys ? 4 * wg + ks : ks;
-                Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(key_step),
-                                           sm.k().desc_n_major(key_step, kDQSplitKeys ? 0 : wg), 1);
-            }
-            wgmma_commit();
-#pragma unroll
-            for (int ks = 0; ks < kKS; ++ks)   // dS^T from shared memory: no registers held while dK runs
-                Wgmma<Elem, kDQK>::ss_n(acc_dk, sm.ds(buf).desc_k_major(wg_row, ks), sm.q(st).desc_n_major(ks), 1);
-            wgmma_commit();
-            wgmma_wait<1>();   // dV and dQ
-            hold_across_wgmma(acc_dv);
-            hold_across_wgmma(pf);
-            hold_across_wgmma(acc_dq);
-            if (j > 1) named_sync(kDqHalfEmpty + wg, 128 + 32);   // this half of the previous tile has been read
-            stage_dq_half(sm.dq_staging() + wg * kDQHalfBytes, acc_dq, (cw & 3) * 16, lane);
-            fence_proxy_async();
-            named_arrive(kDqHalfFull + wg, 128 + 32);
-        }
-        if (j == total) {
-            wgmma_wait<0>();   // the last dK
-            hold_across_wgmma(acc_dk);
-            break;
-        }
-        // The head of step j.
-        const int st = j % kS, m0 = walk.tile(at.i) * kBM;
+    for (int j = 0; j < total; ++j, at.advance(walk)) {
+        const int st = j % kS, buf = j & 1;
+        const int m0 = walk.tile(at.i) * kBM;
+        const auto sQ = sm.q(st);
+        const auto sDO = sm.dO(st);
+        float pt[kBM / 8][4], dst[kBM / 8][4];
         issue_scores<Tr>(sm, pt, dst, st, (j / kS) & 1, wg_row);
-        wgmma_wait<1>();   // step j - 1's dK, and S^T
-        hold_across_wgmma(acc_dk);
+        float2 lse2[kBM / 8];
+        query_row_pairs(lse2, sm.lse2(st), lane);   // read while the products run
+        wgmma_wait<1>();   // S^T
         hold_across_wgmma(pt);
-        if (j > 0) sm.q_empty((j - 1) % kS).arrive();   // q, dO, lse and delta of step j - 1 are read
         mask_scores<true>(pt, p, walk.partial(at.i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
-        key_side_exp(pt, sm.lse2(st), scale_log2, lane);
-        wgmma_wait<0>();   // dP^T
+        key_side_exp(pt, lse2, scale_log2);
+        uint32_t pf[kKS][4], dsf[kKS][4];
+        c_to_a<Elem, kKS>(pf, pt);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sDO.desc_n_major(ks), 1);
+        wgmma_commit();
+        wgmma_wait<1>();   // dP^T (dV runs on)
         hold_across_wgmma(dst);
-        at.advance(walk);
+        float2 delta[kBM / 8];
+        query_row_pairs(delta, sm.delta(st), lane);
+        key_side_ds(pt, dst, delta);
+        c_to_a<Elem, kKS>(dsf, dst);
+        store_a_frags(sm.ds(buf), dsf, cw * 16, lane);
+        fence_proxy_async();
+        if constexpr (kDQSplitKeys) {
+            named_sync(kDsOwn + wg, 128);   // this warpgroup's dS^T rows are all it reads
+        } else {
+            named_sync(kDsFull, Tr::kConsumerThreads);
+        }
+        float acc_dq[kDQHalf / 8][4];
+        wgmma_fence();
+        Wgmma<Elem, kDQHalf>::ss_t_first(acc_dq, sm.ds(buf).desc_n_major(kDQSplitKeys ? 4 * wg : 0),
+                                         sm.k().desc_n_major(kDQSplitKeys ? 4 * wg : 0, kDQSplitKeys ? 0 : wg));
+#pragma unroll
+        for (int ks = 1; ks < kDQKeySteps; ++ks) {
+            const int key_step = kDQSplitKeys ? 4 * wg + ks : ks;
+            Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(key_step),
+                                       sm.k().desc_n_major(key_step, kDQSplitKeys ? 0 : wg), 1);
+        }
+        wgmma_commit();
+#pragma unroll
+        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
+        wgmma_commit();
+        wgmma_wait<1>();   // dV and dQ
+        hold_across_wgmma(acc_dv);
+        hold_across_wgmma(pf);
+        hold_across_wgmma(acc_dq);
+        if (j > 0) named_sync(kDqHalfEmpty + wg, 128 + 32);   // this half of the previous tile has been read
+        stage_dq_half(sm.dq_staging() + wg * kDQHalfBytes, acc_dq, (cw & 3) * 16, lane);
+        wgmma_wait<0>();   // dK
+        hold_across_wgmma(acc_dk);
+        hold_across_wgmma(dsf);
+        sm.q_empty(st).arrive();   // q, dO, lse and delta of the stage are read
+        fence_proxy_async();
+        named_arrive(kDqHalfFull + wg, 128 + 32);
     }
 
     store_dk_dv<Elem>(p, b, hk, krow0, acc_dk, acc_dv, lane);
