@@ -2,6 +2,7 @@
 
     python bench/profile_kernels.py W3 bwd                 # cuda and triton, 5 profiled calls
     python bench/profile_kernels.py W1 fwd --backends cuda
+    python bench/profile_kernels.py W3 bwd --backends cuda,flex-flash   # against FlashAttention-4
 
 The suite (bench.run) times whole ops; this splits an op into its kernels (the backward's
 preprocess, dK/dV and dQ kernels), which is where an optimisation's prediction can be checked.
@@ -39,9 +40,11 @@ def main(argv=None):
     do = rnd(mask.sq, w.d_v)
     for backend in args.backends.split(","):
         q_, k_, v_ = (t.clone().requires_grad_(args.op == "bwd") for t in (q, k, v))
+        attend = peer(backend, mask, w.recipe()) if backend in ("flex", "flex-flash") else (
+            lambda q, k, v, backend=backend: jfa.attention(q, k, v, mask=mask, backend=backend))
 
         def call():
-            o = jfa.attention(q_, k_, v_, mask=mask, backend=backend)
+            o = attend(q_, k_, v_)
             if args.op == "bwd":
                 torch.autograd.grad(o, (q_, k_, v_), do)
 
@@ -60,6 +63,20 @@ def main(argv=None):
         for name, ms in rows[:8]:
             print(f"{ms:9.3f}  {name[:110]}")
     return 0
+
+
+def peer(name, mask, recipe):
+    """FlexAttention on the mask's BlockMask with the user-written mask_mod, on its Triton
+    kernels (flex) or on FlashAttention-4's (flex-flash), as the benchmark's providers run it."""
+    from bench import flex
+    block_mask = flex.block_mask_for(mask, "cuda", mask_mod=flex.mask_mod_for(mask, "cuda", recipe))
+    options = flex.FLASH_OPTIONS if name == "flex-flash" else None
+
+    def attend(q, k, v):
+        o = flex.flex_bhsd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask,
+                           kernel_options=options)
+        return o.transpose(1, 2)
+    return attend
 
 
 if __name__ == "__main__":
