@@ -13,8 +13,9 @@
 // the bulk reduce-add doubled the kernel's time (bench/NOTES_cuda.md, item 8).
 //
 // The buffer holds, per (batch, head, 64-row query tile), the tile's 64-column halves one after
-// the other, each 64 x 64 row-major with the 16-byte chunks of row r XOR-swizzled by r % 8 (so
-// the staging writes are free of bank conflicts); dq_tile and dq_half_offset say where.
+// the other, each 64 x 64 in the threads' fragment order (each 16-byte chunk holds what one
+// thread holds of a row's two 8-column blocks, so staging is one 16-byte store per chunk, free
+// of bank conflicts); dq_tile and dq_chunk_offset say where.
 #pragma once
 
 #include "bwd_kernel.h"
@@ -22,18 +23,19 @@
 
 namespace jfa {
 
-// Rows row0 + g (+8) of a warp's dS^T slice (A fragments, k16 steps over queries) into the
-// dS^T panel tile, as the 16-bit pairs the fragments already hold.
+// Rows row0 .. row0 + 15 of a warp's dS^T slice (A fragments, k16 steps over queries) into the
+// dS^T panel tile, one stmatrix (four 8 x 8 matrices) per k16 step: matrix j of a step holds
+// rows 8 (j & 1) .. and columns 8 (j >> 1) .. of the 16 x 16 block, exactly the A fragment
+// registers a0..a3, and lane l gives the address of row l % 8 of matrix l / 8, a 16-byte chunk
+// of the swizzled panel.
 template <int kKS, class Tile>
 __device__ __forceinline__ void store_a_frags(const Tile& t, const uint32_t (&af)[kKS][4], int row0, int lane) {
-    const int g = lane >> 2, c2 = 2 * (lane & 3);
+    const int j = lane >> 3, row = row0 + (lane & 7) + 8 * (j & 1);
 #pragma unroll
     for (int ks = 0; ks < kKS; ++ks) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int row = row0 + g + 8 * (r & 1), col = 16 * ks + 8 * (r >> 1) + c2;
-            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(t.chunk(row, col >> 3) + (col & 7) * 2), "r"(af[ks][r]));
-        }
+        asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n"
+                     ::"r"(t.chunk(row, 2 * ks + (j >> 1))), "r"(af[ks][0]), "r"(af[ks][1]), "r"(af[ks][2]), "r"(af[ks][3])
+                     : "memory");
     }
 }
 
@@ -48,21 +50,24 @@ __device__ __forceinline__ float* dq_tile(const AttnParams& p, int bh, int qt) {
     return p.dq_accum + (static_cast<int64_t>(bh) * q_tiles + qt) * kDQTileRows * kDQK;
 }
 
-// Float offset of element (row r, column c) inside a staged 64 x 64 half tile.
-__host__ __device__ __forceinline__ int dq_half_offset(int r, int c) {
-    return r * kDQHalf + ((((c >> 2) ^ (r & 7))) << 2) + (c & 3);
-}
+// A staged 64 x 64 half tile (and the buffer's tiles, which are its sums) keeps each thread's
+// C fragments together: in row r, the 16-byte chunk q = 4 m + t holds columns 16 m + 2 t, + 1,
+// 16 m + 8 + 2 t, + 1 (what lane quad position t holds of column blocks 2 m and 2 m + 1), so a
+// thread stages a row's 16 columns with one 16-byte store per block pair. Chunks are placed at
+// q ^ 4 (r & 3): the eight lanes of one store phase (two rows) then hit all 32 banks once.
+__host__ __device__ __forceinline__ int dq_chunk_offset(int r, int q) { return r * kDQHalf + ((q ^ ((r & 3) << 2)) << 2); }
 
 // acc (C fragments of a 64-column wgmma, warp rows row0 + g (+8)) into a staged half tile.
 __device__ __forceinline__ void stage_dq_half(uint32_t tile, const float (&acc)[kDQHalf / 8][4], int row0, int lane) {
-    const int g = lane >> 2, c2 = 2 * (lane & 3);
+    const int g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int row = row0 + g + 8 * r;
 #pragma unroll
-        for (int nb = 0; nb < kDQHalf / 8; ++nb) {
-            const uint32_t a = tile + 4 * dq_half_offset(row, nb * 8 + c2);
-            asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(a), "f"(acc[nb][2 * r]), "f"(acc[nb][2 * r + 1]));
+        for (int m = 0; m < kDQHalf / 16; ++m) {
+            const uint32_t a = tile + 4 * dq_chunk_offset(row, 4 * m + t);
+            asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(a), "f"(acc[2 * m][2 * r]),
+                         "f"(acc[2 * m][2 * r + 1]), "f"(acc[2 * m + 1][2 * r]), "f"(acc[2 * m + 1][2 * r + 1]));
         }
     }
 }
@@ -338,11 +343,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(c
 #endif
 }
 
-// dq = scale dq_accum in the element type: 8 columns of one row per thread, read from the
-// buffer's (query tile, half, swizzled 64 x 64) layout.
+// dq = scale dq_accum in the element type: 16 columns of one row per thread, read as the four
+// chunks that hold them in the buffer's (query tile, half, 64 x 64 in fragment order) layout.
+constexpr int kDQConvertCols = 16;   // columns of dq per thread of the conversion
 template <class Elem, int kDQK>
 __global__ void attention_bwd_dq_convert_kernel(const AttnParams p) {
-    constexpr int kVec = 8, kPerRow = kDQK / kVec;
+    constexpr int kVec = kDQConvertCols, kPerRow = kDQK / kVec;
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const int64_t row = i / kPerRow;   // (b, h, s) row of dq
     if (row >= static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q) return;
@@ -350,17 +356,18 @@ __global__ void attention_bwd_dq_convert_kernel(const AttnParams p) {
     const int s = static_cast<int>(row % p.seqlen_q);
     const int bh = static_cast<int>(row / p.seqlen_q);
     const float* half = dq_tile<kDQK>(p, bh, s / kDQTileRows) + c / kDQHalf * (kDQTileRows * kDQHalf);
-    const int r = s % kDQTileRows, cc = c % kDQHalf;
-    const float4 lo = *reinterpret_cast<const float4*>(half + dq_half_offset(r, cc));
-    const float4 hi = *reinterpret_cast<const float4*>(half + dq_half_offset(r, cc + 4));
+    const int r = s % kDQTileRows, m = (c % kDQHalf) / 16;
     const float f = p.scale;
-    uint4 out;
-    out.x = ElemOps<Elem>::pack(f * lo.x, f * lo.y);
-    out.y = ElemOps<Elem>::pack(f * lo.z, f * lo.w);
-    out.z = ElemOps<Elem>::pack(f * hi.x, f * hi.y);
-    out.w = ElemOps<Elem>::pack(f * hi.z, f * hi.w);
+    uint32_t out[8];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {   // chunk 4 m + t: columns 2 t, 2 t + 1 and 8 + 2 t, 8 + 2 t + 1
+        const float4 v = *reinterpret_cast<const float4*>(half + dq_chunk_offset(r, 4 * m + t));
+        out[t] = ElemOps<Elem>::pack(f * v.x, f * v.y);
+        out[4 + t] = ElemOps<Elem>::pack(f * v.z, f * v.w);
+    }
     Elem* dst = head_ptr<Elem>(p.dq, p.dq_stride, bh / p.heads_q, bh % p.heads_q) + s * p.dq_stride.row + c;
-    *reinterpret_cast<uint4*>(dst) = out;
+    *reinterpret_cast<uint4*>(dst) = make_uint4(out[0], out[1], out[2], out[3]);
+    *reinterpret_cast<uint4*>(dst + 8) = make_uint4(out[4], out[5], out[6], out[7]);
 }
 
 }  // namespace jfa
