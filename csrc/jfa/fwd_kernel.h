@@ -82,12 +82,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel(const At
 
         const int k0 = walk.tile(i) * kBN;
         bool row_allowed[2];
-        const bool edge = edge_q || k0 + kBN > p.seqlen_k;
-        if constexpr (kJvp) {
-            mask_scores_and_tangents<false, true>(s, ts, p, walk.partial(i), edge, row0, k0, lane, row_allowed);
-        } else {
-            mask_scores<false>(s, p, walk.partial(i), edge, row0, k0, lane, row_allowed);
-        }
+        mask_scores_and_tangents<false, kJvp>(s, ts, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane,
+                                              row_allowed);
 
         float alpha[2];
         sm.update(s, scale_log2, alpha, row_allowed);

@@ -45,9 +45,10 @@ __device__ __forceinline__ bool allowed(const TokenMaps& m, int qi, int kj, int 
 // is `row0 + g (+8)` and column `col0 + 8 nb + 2t (+1)`; kTransposed says rows are keys and
 // columns queries (the dK/dV kernel).
 // row_allowed[r]: whether fragment row r (g, g + 8) keeps at least one of this thread's entries.
-template <bool kRule, bool kTransposed, bool kTangent, int kNB>
-__device__ __forceinline__ void mask_tile(float (&s)[kNB][4], float (&ts)[kNB][4], const TokenMaps& m, int row0, int col0,
+template <bool kRule, bool kTransposed, bool kTangent, int kNB, int kNT>
+__device__ __forceinline__ void mask_tile(float (&s)[kNB][4], float (&ts)[kNT][4], const TokenMaps& m, int row0, int col0,
                                           int lane, int sq, int sk, bool (&row_allowed)[2]) {
+    static_assert(!kTangent || kNT == kNB, "tangent scores cover the same block as the scores");
     const int g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int nb = 0; nb < kNB; ++nb) {
@@ -69,9 +70,9 @@ __device__ __forceinline__ void mask_tile(float (&s)[kNB][4], float (&ts)[kNB][4
 // Mask one tile's scores (and tangent scores) as the walk says: element-wise from the maps on a
 // PARTIAL tile, by bounds alone on a FULL tile that crosses the end of Sq or Sk (edge), not at
 // all otherwise. row_allowed: as in mask_tile (every row of a FULL tile inside the matrix keeps
-// its entries).
-template <bool kTransposed, bool kTangent, int kNB>
-__device__ __forceinline__ void mask_scores_and_tangents(float (&s)[kNB][4], float (&ts)[kNB][4], const AttnParams& p,
+// its entries). Without kTangent, ts is not touched (kernels without a JVP pass a placeholder).
+template <bool kTransposed, bool kTangent, int kNB, int kNT>
+__device__ __forceinline__ void mask_scores_and_tangents(float (&s)[kNB][4], float (&ts)[kNT][4], const AttnParams& p,
                                                          bool partial, bool edge, int row0, int col0, int lane,
                                                          bool (&row_allowed)[2]) {
     row_allowed[0] = row_allowed[1] = !partial && !edge;
