@@ -114,7 +114,8 @@ def check_scenario(name, backend, s, hq, hk, d, dtype, device, partial_tile_gap=
         assert not bad, f"{name}, {out}: finite where the oracle is not, or not where it is, at {bad[:8]}"
         zero = lambda a: torch.where(finite, a.double(), torch.zeros((), dtype=torch.float64, device=device))
         if dtype == torch.float64:
-            torch.testing.assert_close(zero(got_), zero(exp), rtol=1e-9, atol=1e-10, msg=f"{name}, {out}")
+            torch.testing.assert_close(zero(got_), zero(exp), rtol=1e-9, atol=1e-10,
+                                       msg=lambda m, where=f"{name}, {out}": f"{where}: {m}")
         else:
             assert_within_rule(f"{name}, {out}", zero(got_).to(dtype), zero(exp), zero(lp))
     o = got[0][:, :EMPTY_ROWS]
