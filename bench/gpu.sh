@@ -12,8 +12,9 @@
 #   masks      host-side mask + tile build timing, W1-W8 (fails over 5 ms)     -> masks.txt
 #   bench      python -m bench.run (WORKLOADS, PROVIDERS, OPS, BENCH_ARGS)      -> bench/results.{csv,md,png}, notes.csv, bench.log
 #   selftest   the wgmma verbs alone (csrc/tools/wgmma_selftest.cu)            -> selftest.log
-#   ncu        hardware counters of one kernel (NCU_KERNEL: a regex on its name) in one op of
-#              one workload (NCU_OP, NCU_WORKLOAD): throughput, issue stalls  -> ncu.csv, ncu.log
+#   ncu        hardware counters of one kernel (NCU_KERNEL: a regex on its name; NCU_BACKEND: cuda
+#              or flex-flash) in one op of one workload (NCU_OP, NCU_WORKLOAD): every section, and
+#              the stall samples per instruction                  -> ncu.csv, ncu_stalls.txt, ncu.log
 #
 # FlashAttention-4 (providers flex-flash): `source .peers/fa4.sh install` first in the same command
 # (its header says how the kit travels); without it those providers are skipped with the reason.
@@ -99,14 +100,20 @@ for step in ${*:-env build tests masks bench}; do
     rc=$?; grep -E "^\[|^==|skip provider|measurements" "$OUT/bench.log" | grep -v "check," | tail -40
     ;;
   ncu)
+    # one kernel of one op (NCU_BACKEND: cuda, or flex-flash for FlashAttention-4's): every section,
+    # and where its warps wait, instruction by instruction (bench/ncu_stalls.py)
     timeout "${NCU_TIMEOUT:-300}" ncu --clock-control none --target-processes all \
-      --kernel-name "regex:${NCU_KERNEL:-bwd_kernel_sm90_warp_specialised}" --launch-skip 1 --launch-count 1 \
-      --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
-      --section SchedulerStats --section Occupancy --section MemoryWorkloadAnalysis --csv --page details \
-      python3 bench/profile_kernels.py "${NCU_WORKLOAD:-W3}" "${NCU_OP:-bwd}" --backends cuda --calls 2 \
-      > "$OUT/ncu.csv" 2> "$OUT/ncu.log"
-    rc=$?; grep -E "Duration|Compute \(SM\) Throughput|Issue Slots Busy|Stall|No Eligible|Registers Per" "$OUT/ncu.csv" \
+      --kernel-name "regex:${NCU_KERNEL:-bwd_kernel_sm90_warp_specialised}" --launch-skip "${NCU_SKIP:-1}" \
+      --launch-count "${NCU_COUNT:-1}" --set full --import-source yes -o /tmp/jfa_ncu -f \
+      python3 bench/profile_kernels.py "${NCU_WORKLOAD:-W3}" "${NCU_OP:-bwd}" --backends "${NCU_BACKEND:-cuda}" --calls 2 \
+      > "$OUT/ncu.log" 2>&1
+    rc=$?
+    ncu --import /tmp/jfa_ncu.ncu-rep --page details --csv > "$OUT/ncu.csv" 2>> "$OUT/ncu.log"
+    ncu --import /tmp/jfa_ncu.ncu-rep --page source --csv --print-source sass > /tmp/jfa_ncu_sass.csv 2>> "$OUT/ncu.log"
+    python3 bench/ncu_stalls.py /tmp/jfa_ncu_sass.csv --top 40 > "$OUT/ncu_stalls.txt" 2>> "$OUT/ncu.log"
+    grep -E "Duration|Compute \(SM\) Throughput|Issue Slots Busy|No Eligible|Executed Instructions\"|Registers Per" "$OUT/ncu.csv" \
       | cut -d, -f12- | head -30
+    head -20 "$OUT/ncu_stalls.txt"
     ;;
   selftest)
     nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I csrc csrc/tools/wgmma_selftest.cu -o /tmp/wgmma_selftest \
