@@ -264,16 +264,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         } else {
             named_sync(kDsFull, Tr::kConsumerThreads);
         }
+        // dQ over this warpgroup's keys (d = 64) or all keys for its column panel (d = 128)
+        const int key0 = kDQSplitKeys ? 4 * wg : 0, k_panel = kDQSplitKeys ? 0 : wg;
         float acc_dq[kDQHalf / 8][4];
         wgmma_fence();
-        Wgmma<Elem, kDQHalf>::ss_t_first(acc_dq, sm.ds(buf).desc_n_major(kDQSplitKeys ? 4 * wg : 0),
-                                         sm.k().desc_n_major(kDQSplitKeys ? 4 * wg : 0, kDQSplitKeys ? 0 : wg));
+        Wgmma<Elem, kDQHalf>::ss_t_first(acc_dq, sm.ds(buf).desc_n_major(key0), sm.k().desc_n_major(key0, k_panel));
 #pragma unroll
-        for (int ks = 1; ks < kDQKeySteps; ++ks) {
-            const int key_step = kDQSplitKeys ? 4 * wg + ks : ks;
-            Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(key_step),
-                                       sm.k().desc_n_major(key_step, kDQSplitKeys ? 0 : wg), 1);
-        }
+        for (int ks = 1; ks < kDQKeySteps; ++ks)
+            Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(key0 + ks), sm.k().desc_n_major(key0 + ks, k_panel), 1);
         wgmma_commit();
 #pragma unroll
         for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
