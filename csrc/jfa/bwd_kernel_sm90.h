@@ -104,32 +104,16 @@ __device__ __forceinline__ void score_products(float (&s)[kN / 8][4], float (&dp
     hold_across_wgmma(dp);
 }
 
-// P^T = exp2(S^T scale_log2 - lse2) and dS^T = P^T (dP^T - delta) from the masked scores; the
-// columns are the tile's queries, lse2 and delta their rows' values.
-template <int kNB>
-__device__ __forceinline__ void key_side_probs(float (&pt)[kNB][4], float (&dst)[kNB][4], const float* lse2,
-                                               const float* delta, float scale_log2, int lane) {
-    const int t2 = 2 * (lane & 3);
-#pragma unroll
-    for (int nb = 0; nb < kNB; ++nb) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            pt[nb][e] = exp2f(pt[nb][e] * scale_log2 - lse2[nb * 8 + t2 + (e & 1)]);
-            dst[nb][e] = pt[nb][e] * (dst[nb][e] - delta[nb * 8 + t2 + (e & 1)]);
-        }
-    }
-}
-
-// The same in two halves, for kernels that exponentiate S^T while dP^T is still computed, with
-// the step's lse2 and delta values of this thread's columns already in registers (read from
-// shared memory while the products run, so the exp2 does not wait for them):
-// P^T = exp2(S^T scale_log2 - lse2), then dS^T = P^T (dP^T - delta).
+// The step's lse2 and delta values of this thread's columns (the tile's queries), read into
+// registers: kernels that exponentiate S^T while dP^T is still computed read them while the
+// products run, so the exp2 does not wait for them.
 template <int kNB>
 __device__ __forceinline__ void query_row_pairs(float2 (&v)[kNB], const float* rows, int lane) {
     const int t2 = 2 * (lane & 3);
 #pragma unroll
     for (int nb = 0; nb < kNB; ++nb) v[nb] = *reinterpret_cast<const float2*>(rows + nb * 8 + t2);
 }
+// P^T = exp2(S^T scale_log2 - lse2) from the masked scores, then dS^T = P^T (dP^T - delta).
 template <int kNB>
 __device__ __forceinline__ void key_side_exp(float (&pt)[kNB][4], const float2 (&lse2)[kNB], float scale_log2) {
 #pragma unroll
@@ -143,6 +127,16 @@ __device__ __forceinline__ void key_side_ds(const float (&pt)[kNB][4], float (&d
     for (int nb = 0; nb < kNB; ++nb)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dst[nb][e] = pt[nb][e] * (dst[nb][e] - ((e & 1) ? delta[nb].y : delta[nb].x));
+}
+// Both at once, for kernels whose S^T and dP^T are waited for together.
+template <int kNB>
+__device__ __forceinline__ void key_side_probs(float (&pt)[kNB][4], float (&dst)[kNB][4], const float* lse2,
+                                               const float* delta, float scale_log2, int lane) {
+    float2 l[kNB], d[kNB];
+    query_row_pairs(l, lse2, lane);
+    query_row_pairs(d, delta, lane);
+    key_side_exp(pt, l, scale_log2);
+    key_side_ds(pt, dst, d);
 }
 
 // dV += P^T dO and dK += dS^T Q, issued and committed; the caller waits.
