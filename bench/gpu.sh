@@ -53,7 +53,8 @@ for mask, hq, hk, d, dv in ((masks.teacher_forcing(masks.FramePattern(37, 4, 2))
     q, k, v = mk(mask.sq, hq, d), mk(mask.sk, hk, d), mk(mask.sk, hk, dv)
     be.forward_jvp(q, k, v, torch.randn_like(q), torch.randn_like(k), torch.randn_like(v), mask, 0.1)
     o, lse = be.forward(q, k, v, mask, 0.1)
-    be.backward(q, k, v, o, lse, torch.randn_like(o), mask, 0.1)
+    for deterministic in (False, True):   # the fused backward, adding dQ as blocks arrive and in key-tile order
+        be.backward(q, k, v, o, lse, torch.randn_like(o), mask, 0.1, deterministic=deterministic)
 torch.cuda.synchronize(); print("small cases ran")
 PY
 }

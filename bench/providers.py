@@ -125,8 +125,8 @@ class Provider:
 # Backward forms of the cuda backend a provider can pin: name -> (the ``deterministic`` argument
 # that selects it, the ops it concerns). The provider is then cuda-<name> and times those ops alone.
 CUDA_FORMS = {
-    "fused": (False, ("bwd",)),       # the one-kernel backward (the Hopper default)
-    "two-kernel": (True, ("bwd",)),   # the deterministic backward
+    "fused": (False, ("bwd",)),          # the one-kernel backward (the Hopper default)
+    "deterministic": (True, ("bwd",)),   # the bitwise-repeatable backward (on Hopper: fused, dQ in key-tile order)
 }
 
 

@@ -81,7 +81,7 @@ def _order(rows):
 
 
 # the rest are peers; cuda-plain is the sm_90a cp.async forward as older runs under bench/results/ name it
-OURS = ("cuda", "cuda-fused", "cuda-two-kernel", "cuda-plain", "triton", "reference")
+OURS = ("cuda", "cuda-fused", "cuda-deterministic", "cuda-two-kernel", "cuda-plain", "triton", "reference")
 
 # performance goals: (op, workloads, what, target); "vs peer" is the fastest peer's p50 / ours.
 ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
@@ -194,7 +194,7 @@ def markdown(rows, notes, env: dict, scale, interrupted: bool = False) -> str:
 
 def _color(provider: str) -> str:
     """One color per provider across every panel and run."""
-    known = ("cuda", "triton", "reference", "flex", "sdpa", "math-jvp", "cuda-fused", "cuda-two-kernel",
+    known = ("cuda", "triton", "reference", "flex", "sdpa", "math-jvp", "cuda-fused", "cuda-deterministic", "cuda-two-kernel",
              "cuda-plain", "flex-flash", "cudnn")
     palette = ("tab:blue", "tab:orange", "tab:gray", "tab:green", "tab:red", "tab:purple", "tab:cyan", "tab:olive",
                "tab:pink", "black", "tab:brown")

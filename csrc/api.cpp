@@ -134,6 +134,10 @@ void forward_jvp(const AttnParams& p, const std::string& dtype, int device, uint
 }
 
 void backward(const AttnParams& p, const std::string& dtype, int device, uint64_t stream) {
+    if (p.dq_order == DqOrder::kKeyTile) {
+        require({{p.dq_accum, "dq_accum"}, {p.dq_semaphore, "dq_semaphore"}, {p.dq_turns.full_idx, "dq_turns.full_idx"},
+                 {p.dq_turns.part_idx, "dq_turns.part_idx"}});
+    }
     run(Direction::kBwd, p, dtype, device, stream,
         {{p.do_, "do_"}, {p.dq, "dq"}, {p.dk, "dk"}, {p.dv, "dv"}, {p.delta, "delta"}, {p.k_tiles.full_ptr, "k_tiles"}});
 }
@@ -248,6 +252,7 @@ void bind_params(py::module_& m) {
     using jfa::TileLists;
     using jfa::TokenMaps;
     py::enum_<KernelFamily>(m, "KernelFamily").value("portable", KernelFamily::kPortable).value("sm90a", KernelFamily::kSm90);
+    py::enum_<jfa::DqOrder>(m, "DqOrder").value("arrival", jfa::DqOrder::kArrival).value("key_tile", jfa::DqOrder::kKeyTile);
     py::class_<TileLists>(m, "TileLists", "CSR lists of a tile description (jfa/params.h)")
         .def(py::init<>())
         .JFA_POINTER(TileLists, full_ptr).JFA_POINTER(TileLists, full_idx)
@@ -271,6 +276,8 @@ void bind_params(py::module_& m) {
         .JFA_STRIDES(tk_stride).JFA_STRIDES(tv_stride).JFA_STRIDES(o_stride).JFA_STRIDES(to_stride)
         .JFA_POINTER(AttnParams, do_).JFA_POINTER(AttnParams, dq).JFA_POINTER(AttnParams, dk)
         .JFA_POINTER(AttnParams, dv).JFA_POINTER(AttnParams, delta).JFA_POINTER(AttnParams, dq_accum)
+        .def_readwrite("dq_order", &AttnParams::dq_order).def_readwrite("dq_turns", &AttnParams::dq_turns)
+        .JFA_POINTER(AttnParams, dq_semaphore)
         .JFA_STRIDES(do_stride).JFA_STRIDES(dq_stride).JFA_STRIDES(dk_stride).JFA_STRIDES(dv_stride)
         .def_readwrite("q_tiles", &AttnParams::q_tiles).def_readwrite("k_tiles", &AttnParams::k_tiles)
         .def_readwrite("maps", &AttnParams::maps)

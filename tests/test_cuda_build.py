@@ -127,9 +127,16 @@ def test_launch_arguments_fill_the_struct(family):
     assert p.q == q.data_ptr() and p.q_stride == q.stride()[:3] and p.num_q_tiles == -(-mask.sq // kernels.fwd[0])
     p = la.jvp_params(m, kc.KernelChoice(family, kernels.jvp), mask, q, k, v, q, k, v, 0.1, o, o, lse)
     assert p.tq == q.data_ptr() and p.to == o.data_ptr() and p.q_zero_tangent != 0
-    for fused in {False, kernels.bwd_fused is not None}:
-        choice = kc.KernelChoice(family, kernels.bwd_q, kernels.bwd_fused if fused else kernels.bwd_kv,
-                                 "fused" if fused else "two-kernel")
-        p = la.backward_params(m, choice, mask, q, k, v, o, lse, o, 0.1, q, k, v, lse, lse if fused else None)
+    forms = ["two-kernel"] + (["fused", "fused-ordered"] if kernels.bwd_fused is not None else [])
+    for form in forms:
+        fused, ordered = form != "two-kernel", form == "fused-ordered"
+        choice = kc.KernelChoice(family, kernels.bwd_q, kernels.bwd_fused if fused else kernels.bwd_kv, form)
+        semaphore = torch.zeros(2, 2, 3, dtype=torch.int32) if ordered else None
+        p = la.backward_params(m, choice, mask, q, k, v, o, lse, o, 0.1, q, k, v, lse, lse if fused else None, semaphore)
         assert p.do_ == o.data_ptr() and p.do_stride == o.stride()[:3] and p.delta == lse.data_ptr()
         assert (p.k_tiles_block_m, p.k_tiles_block_n) == choice.k_tiles and (p.dq_accum != 0) == fused
+        assert p.dq_order == (m.DqOrder.key_tile if ordered else m.DqOrder.arrival)
+        if ordered:   # the turns walk the key-side lists: same pointers, their own entries
+            desc = mask.tiles(*choice.k_tiles)
+            assert p.dq_semaphore == semaphore.data_ptr() and p.dq_turns.full_ptr == p.k_tiles.full_ptr
+            assert p.dq_turns.full_idx == desc.dq_turns[0].data_ptr() and p.dq_turns.part_idx == desc.dq_turns[1].data_ptr()

@@ -43,11 +43,35 @@ constexpr int kDQTileRows = 64;                       // query rows per tile of 
 constexpr int kDQHalf = 64;                           // columns per staged dQ half tile
 constexpr int kDQHalfBytes = kDQTileRows * kDQHalf * 4;
 
+// Index of query tile qt of row (batch x head) bh among the dQ buffer's tiles (and semaphores).
+__device__ __forceinline__ int64_t dq_tile_index(const AttnParams& p, int bh, int qt) {
+    const int q_tiles = (p.seqlen_q + kDQTileRows - 1) / kDQTileRows;
+    return static_cast<int64_t>(bh) * q_tiles + qt;
+}
+
 // The dQ buffer's tile of query tile qt of row (batch x head) bh.
 template <int kDQK>
 __device__ __forceinline__ float* dq_tile(const AttnParams& p, int bh, int qt) {
-    const int q_tiles = (p.seqlen_q + kDQTileRows - 1) / kDQTileRows;
-    return p.dq_accum + (static_cast<int64_t>(bh) * q_tiles + qt) * kDQTileRows * kDQK;
+    return p.dq_accum + dq_tile_index(p, bh, qt) * kDQTileRows * kDQK;
+}
+
+// The ordered form (DqOrder::kKeyTile): a dQ tile takes its adds in increasing key-tile order.
+// wait_dq_turn: until the tile's semaphore equals this block's turn (acquire, GPU scope); blocks
+// of lower key tiles are launched first, so the wait ends. pass_dq_turn: once this block's adds
+// into the tile are complete, count the semaphore up (release). The adds run in the async proxy;
+// the proxy fences order them with the semaphore's accesses.
+__device__ __forceinline__ void wait_dq_turn(const int32_t* sem, int turn) {
+    int v;
+    while (true) {
+        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(sem) : "memory");
+        if (v == turn) break;
+        __nanosleep(64);
+    }
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+__device__ __forceinline__ void pass_dq_turn(int32_t* sem) {
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
+    asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(sem) : "memory");
 }
 
 // A staged 64 x 64 half tile (and the buffer's tiles, which are its sums) keeps each thread's
@@ -182,6 +206,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
 
     const TileWalk walk(p.k_tiles, k_tile);
     const int total = groups * walk.num_total;
+    const bool in_order = Tr::kFused && p.dq_order == DqOrder::kKeyTile;
+    int32_t* sem_pending = nullptr;   // ordered form: the semaphore of the tile whose add is in flight (thread 0)
     sK.template load_async<Tr::kThreads>(head_ptr<Elem>(p.k, p.k_stride, b, hk), p.k_stride.row, n0, p.seqlen_k, tid);
     sV.template load_async<Tr::kThreads>(head_ptr<Elem>(p.v, p.v_stride, b, hk), p.v_stride.row, n0, p.seqlen_k, tid);
     auto load_q = [&](int j, int st) { stages.load(p, walk, j, st, tid); };
@@ -216,7 +242,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         if constexpr (Tr::kFused) {
             store_a_frags(sDS, dsf, warp * 16, lane);
             fence_proxy_async();
-            if (tid == 0) bulk_wait_read();   // the previous step's dQ tile has left the staging tile
+            if (tid == 0) {   // the previous step's dQ tile has left the staging tile (ordered: is added)
+                if (in_order && sem_pending != nullptr) {
+                    bulk_wait_all();
+                    pass_dq_turn(sem_pending);
+                    sem_pending = nullptr;
+                } else {
+                    bulk_wait_read();
+                }
+            }
             __syncthreads();   // and the whole dS^T tile is written before the product reads it
         }
         issue_dv_dk<Elem, kDQK, kDV>(acc_dv, acc_dk, pf, dsf, sDO, sQ);
@@ -241,8 +275,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
             __syncthreads();   // the staged tile is complete
             if (tid == 0) {
                 static_assert(kBM == kDQTileRows, "a query tile is a tile of the dQ buffer");
-                const int h = hk * groups + j / walk.num_total;
-                bulk_reduce_add_f32(dq_tile<kDQK>(p, b * p.heads_q + h, m0 / kBM), staging, Tr::kDQBytes);
+                const int bh = b * p.heads_q + hk * groups + j / walk.num_total;
+                if (in_order) {
+                    sem_pending = p.dq_semaphore + dq_tile_index(p, bh, m0 / kBM);
+                    wait_dq_turn(sem_pending, TileWalk(p.dq_turns, k_tile).tile(i));   // turns laid out as the walk
+                }
+                bulk_reduce_add_f32(dq_tile<kDQK>(p, bh, m0 / kBM), staging, Tr::kDQBytes);
             }
         }
         wgmma_wait<0>();
@@ -254,7 +292,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
     }
 
     if constexpr (Tr::kFused) {
-        if (tid == 0) bulk_wait_all();
+        if (tid == 0) {
+            bulk_wait_all();
+            if (sem_pending != nullptr) pass_dq_turn(sem_pending);
+        }
     }
     store_dk_dv<Elem>(p, b, hk, krow0, acc_dk, acc_dv, lane);
 #endif

@@ -157,6 +157,10 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
     const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
     const int64_t padded = static_cast<int64_t>(p.batch) * p.heads_q * ((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM) * Tr::kBlockM;
     check_cuda(cudaMemsetAsync(p.dq_accum, 0, padded * kDQK * sizeof(float), stream), "zeroing the dQ buffer");
+    if (p.dq_order == DqOrder::kKeyTile) {
+        check_cuda(cudaMemsetAsync(p.dq_semaphore, 0, padded / Tr::kBlockM * sizeof(int32_t), stream),
+                   "zeroing the dQ semaphores");
+    }
     launch_bwd_delta<Elem>(p, stream);
     const dim3 grid(p.num_k_tiles, p.batch * p.heads_k);
     using TrWarpSpecialised = BwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDV>;

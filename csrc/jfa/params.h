@@ -18,6 +18,9 @@ struct TileLists {
     const int32_t* part_idx = nullptr;
 };
 
+// In which order the fused backward adds each block's dQ tile into the float32 buffer.
+enum class DqOrder : int { kArrival = 0, kKeyTile = 1 };
+
 // Per-token maps for PARTIAL tiles: allowed(i, j) = rule[q_seg[i], k_seg[j]] == 1, or == 2 and
 // q_pos[i] >= k_pos[j]. rule is (num_q_segments, num_k_segments) row-major.
 struct TokenMaps {
@@ -73,6 +76,16 @@ struct AttnParams {
     // (B, Hq, Sq, Dqk) buffer with atomics (not bitwise deterministic) and then converts it into dq.
     // nullptr: the deterministic two-kernel backward.
     float* dq_accum = nullptr;
+    // The order of those adds. kArrival: as the blocks get there (the fast form). kKeyTile: every
+    // dQ tile receives its adds in increasing key-tile order, so dq is bitwise repeatable: a block
+    // waits until dq_semaphore of the tile (one int32 per batch x query head x query tile, zeroed
+    // by the launcher) equals its turn, the key tile's rank among those that visit the query tile
+    // (dq_turns, one per entry of the k_tiles lists), adds, waits for the add to complete and
+    // counts the semaphore up. Where the TMA unit cannot load an operand, the launcher runs the
+    // two-kernel backward instead.
+    DqOrder dq_order = DqOrder::kArrival;
+    TileLists dq_turns;        // full_idx / part_idx: turns, laid out as the k_tiles lists' entries
+    int32_t* dq_semaphore = nullptr;
     Strides do_stride, dq_stride, dk_stride, dv_stride;
 
     // Tile description: q_tiles walks key tiles per query tile (forward, JVP, dQ);

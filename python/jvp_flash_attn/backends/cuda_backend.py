@@ -90,10 +90,12 @@ class CudaBackend(Backend):
             b, sq, hq, _ = q.shape
             dq, dk, dv = empty(q.shape, q), empty(k.shape, k), empty(v.shape, v)
             delta = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
-            dq_accum = None
-            if choice.backward_form == "fused":   # its float32 dQ sum, in whole query tiles (zeroed by the module)
-                rows = -(-sq // choice.k_tiles[0]) * choice.k_tiles[0]
-                dq_accum = torch.empty((b, hq, rows, dqk), dtype=torch.float32, device=q.device)
+            dq_accum = dq_semaphore = None
+            if choice.backward_form != "two-kernel":   # its float32 dQ sum, in whole query tiles (zeroed by the module)
+                q_tiles = -(-sq // choice.k_tiles[0])
+                dq_accum = torch.empty((b, hq, q_tiles * choice.k_tiles[0], dqk), dtype=torch.float32, device=q.device)
+                if choice.backward_form == "fused-ordered":   # one turn counter per dQ tile (zeroed by the module)
+                    dq_semaphore = torch.empty((b, hq, q_tiles), dtype=torch.int32, device=q.device)
             launch(m.backward, backward_params(m, choice, mask, q, k, v, o, lse, do, scale, dq, dk, dv, delta,
-                                               dq_accum), q)
+                                               dq_accum, dq_semaphore), q)
         return dq, dk, dv

@@ -3,10 +3,12 @@
 A device is served by one kernel family: the Hopper one (sm_90a: wgmma products, TMA loads) on a
 compute capability 9.0 GPU when the build holds it, the portable one (mma.sync) elsewhere. Each
 family has its own tile shapes, and a mask's tile description must be built for the shape of the
-kernel that walks it. The backward has two forms: "two-kernel" (dK/dV, then dQ; bitwise
-repeatable) and, on Hopper only, "fused" (one kernel that also adds dQ into a float32 buffer with
-atomic reduce-adds, so its dQ is not bitwise repeatable; 14-17 % faster on the benchmark
-workloads). "fused" runs unless the call asks for deterministic gradients.
+kernel that walks it. The backward has three forms: "two-kernel" (dK/dV, then dQ; bitwise
+repeatable; the portable family's only form) and, on Hopper, "fused" (one kernel that also adds
+dQ into a float32 buffer with reduce-adds in the order the blocks arrive, so dQ is not bitwise
+repeatable) and "fused-ordered" (the same kernel adding each dQ tile in increasing key-tile order,
+each block waiting for its turn: bitwise repeatable). "fused" runs unless the call asks for
+deterministic gradients; then "fused-ordered" where the family has it.
 
 One developer switch, read once at import: ``JFA_CUDA_SM90=0`` runs the portable family on Hopper
 too (to compare the two families in one build).
@@ -21,7 +23,7 @@ from .cuda_module import load_module
 FAMILIES = ("sm90a", "portable")
 PORTABLE_ONLY = os.environ.get("JFA_CUDA_SM90") == "0"
 
-BWD_FORMS = ("two-kernel", "fused")
+BWD_FORMS = ("two-kernel", "fused", "fused-ordered")
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,9 @@ def choose_forward(device: int, jvp: bool) -> KernelChoice:
 
 
 def choose_backward(device: int, deterministic: bool) -> KernelChoice:
-    """The fused form where the family has it, unless the gradients must be bitwise repeatable."""
+    """The fused form where the family has it (adding dQ in key-tile order when the gradients must
+    be bitwise repeatable), else the two-kernel form."""
     kernels = device_kernels(device)
-    if kernels.bwd_fused is not None and not deterministic:
-        return KernelChoice(kernels.family, kernels.bwd_q, kernels.bwd_fused, "fused")
+    if kernels.bwd_fused is not None:
+        return KernelChoice(kernels.family, kernels.bwd_q, kernels.bwd_fused, "fused-ordered" if deterministic else "fused")
     return KernelChoice(kernels.family, kernels.bwd_q, kernels.bwd_kv, "two-kernel")

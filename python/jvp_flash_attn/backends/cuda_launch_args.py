@@ -83,13 +83,24 @@ def jvp_params(module, choice, mask, q, k, v, tq, tk, tv, scale, o, to, lse):
     return p
 
 
-def backward_params(module, choice, mask, q, k, v, o, lse, do, scale, dq, dk, dv, delta, dq_accum=None):
-    """``dq_accum``: the fused form's float32 dQ sum (its presence selects that form in the module)."""
-    p, _ = _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse, k_desc=mask.tiles(*choice.k_tiles, q.device))
+def backward_params(module, choice, mask, q, k, v, o, lse, do, scale, dq, dk, dv, delta, dq_accum=None,
+                    dq_semaphore=None):
+    """``dq_accum``: the fused forms' float32 dQ sum (its presence selects them in the module);
+    ``dq_semaphore``: the ordered form's turn counters, one int32 per dQ tile."""
+    k_desc = mask.tiles(*choice.k_tiles, q.device)
+    p, _ = _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse, k_desc=k_desc)
     set_tensors(p, do_=do, dq=dq, dk=dk, dv=dv)
     p.delta = delta.data_ptr()
     if dq_accum is not None:
         p.dq_accum = dq_accum.data_ptr()
+    if choice.backward_form == "fused-ordered":
+        full_turns, part_turns = k_desc.dq_turns   # laid out as the key-side lists' entries
+        turns = p.dq_turns
+        turns.full_ptr, turns.part_ptr = k_desc.k_full_ptr.data_ptr(), k_desc.k_part_ptr.data_ptr()
+        turns.full_idx, turns.part_idx = full_turns.data_ptr(), part_turns.data_ptr()
+        p.dq_turns = turns
+        p.dq_order = module.DqOrder.key_tile
+        p.dq_semaphore = dq_semaphore.data_ptr()
     return p
 
 

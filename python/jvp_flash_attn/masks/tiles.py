@@ -8,6 +8,7 @@ a key tile's query tiles (CSR over key tiles).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +125,21 @@ class TileDescription:
     @property
     def num_partial(self) -> int:
         return int(self.q_part_idx.numel())
+
+    @functools.cached_property
+    def dq_turns(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per entry of the key-side lists (k_full_idx, k_part_idx): the key tile's rank among the
+        key tiles that visit that entry's query tile (0 for the lowest). The ordered backward adds
+        each dQ tile in this order, so its sums are bitwise repeatable."""
+        visited = self.state != EMPTY
+        rank = np.cumsum(visited, axis=1, dtype=np.int32) - 1          # (q tiles, k tiles)
+        dev = self.k_full_idx.device
+        out = []
+        for ptr, idx in ((self.k_full_ptr, self.k_full_idx), (self.k_part_ptr, self.k_part_idx)):
+            ptr_h, idx_h = ptr.cpu().numpy().astype(np.int64), idx.cpu().numpy().astype(np.int64)
+            key_tile = np.repeat(np.arange(self.num_k_tiles), np.diff(ptr_h))
+            out.append(torch.from_numpy(np.ascontiguousarray(rank[idx_h, key_tile], dtype=np.int32)).to(dev))
+        return out[0], out[1]
 
     def max_tiles_per_q_tile(self) -> int:
         counts = (self.state != EMPTY).sum(axis=1)
