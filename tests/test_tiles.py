@@ -23,10 +23,9 @@ def test_zero_tangent_tiles_match_tokens(n, block, ranges):
 
 def _allowed_from_runs(run, qi, kj):
     """The kernels' test of a pair in a simple PARTIAL tile, from its runs row (partial_tile_runs)."""
-    q_cut, k_cut, q0, q1, k0, k1, codes = (int(x) for x in run[:7])
-    rr, cc = qi >= q_cut, kj >= k_cut
-    code = (codes >> (2 * (2 * rr + cc))) & 3
-    return code == 1 or (code == 2 and kj - (k1 if cc else k0) <= qi - (q1 if rr else q0))
+    q_cut, k_cut, b00, b01, b10, b11 = (int(x) for x in run[:6])
+    bound = (b11 if kj >= k_cut else b10) if qi >= q_cut else (b01 if kj >= k_cut else b00)
+    return kj - qi <= bound
 
 
 @given(q_sizes=st.lists(st.integers(1, 70), min_size=1, max_size=5),
@@ -49,7 +48,7 @@ def test_partial_tile_runs_match_the_mask(q_sizes, k_sizes, data, bm, bn):
             cols = range(n * bn, min((n + 1) * bn, mask.sk))
             q_segs = {int(np.searchsorted(mask.segment_starts()[0], r, "right")) for r in rows}
             k_segs = {int(np.searchsorted(mask.segment_starts()[1], c, "right")) for c in cols}
-            simple = bool(int(runs[e, 6]) >> 8 & 1)
+            simple = bool(int(runs[e, 6]))
             assert simple == (max(q_segs) - min(q_segs) <= 1 and max(k_segs) - min(k_segs) <= 1)
             if simple:
                 got = [[_allowed_from_runs(runs[e].tolist(), qi, kj) for kj in cols] for qi in rows]
@@ -65,4 +64,4 @@ def test_partial_tile_runs_of_the_video_masks():
         for bm, bn in ((64, 128), (128, 128), (128, 64)):
             t = mask.tiles(bm, bn)
             for runs in (t.q_part_runs, t.k_part_runs):
-                assert ((runs[:, 6] >> 8) & 1).all()
+                assert (runs[:, 6] == 1).all()

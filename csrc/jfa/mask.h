@@ -38,22 +38,21 @@ struct TileWalk {
 };
 
 // A PARTIAL tile's runs (masks/tiles.py, partial_tile_runs): each side cut once, at the first
-// token of its second segment; the rule of each (query run, key run) and the runs' segment
-// starts. Loaded once per tile; then a pair's test is arithmetic.
+// token of its second segment, and per (query run, key run) the bound that kj - qi must not
+// exceed (int32 max: FULL; int32 min: NONE; the runs' segment starts k_start - q_start: CAUSAL).
+// Loaded once per tile; then a pair's test is two compares, two selects and one more compare.
 struct TileRuns {
-    int q_cut = 0, k_cut = 0, q_start0 = 0, q_start1 = 0, k_start0 = 0, k_start1 = 0, codes = 0;   // codes 0: not simple
+    int q_cut = 0, k_cut = 0, b00 = 0, b01 = 0, b10 = 0, b11 = 0, simple = 0;   // simple 0: look the pairs up
     TileRuns() = default;
     __device__ __forceinline__ explicit TileRuns(const int32_t* r) {
         const int4 a = __ldg(reinterpret_cast<const int4*>(r));
         const int4 b = __ldg(reinterpret_cast<const int4*>(r) + 1);
-        q_cut = a.x, k_cut = a.y, q_start0 = a.z, q_start1 = a.w, k_start0 = b.x, k_start1 = b.y, codes = b.z;
+        q_cut = a.x, k_cut = a.y, b00 = a.z, b01 = a.w, b10 = b.x, b11 = b.y, simple = b.z;
     }
-    __device__ __forceinline__ bool simple() const { return (codes >> 8) & 1; }
     __device__ __forceinline__ bool allowed(int qi, int kj) const {
-        const bool rr = qi >= q_cut, cc = kj >= k_cut;
-        const int code = (codes >> (2 * (2 * rr + cc))) & 3;
-        return code == kRuleFull ||
-               (code == kRuleCausal && kj - (cc ? k_start1 : k_start0) <= qi - (rr ? q_start1 : q_start0));
+        const bool cc = kj >= k_cut;
+        const int bound = qi >= q_cut ? (cc ? b11 : b10) : (cc ? b01 : b00);
+        return kj - qi <= bound;
     }
 };
 
@@ -99,7 +98,7 @@ __device__ __forceinline__ void mask_tile(float (&s)[kNB][4], float (&ts)[kNT][4
         each_element([](int, int) { return true; });
     } else {
         const TileRuns tr = runs != nullptr ? TileRuns(runs) : TileRuns();
-        if (tr.simple()) {
+        if (tr.simple) {
             each_element([&](int qi, int kj) { return tr.allowed(qi, kj); });
         } else {
             each_element([&](int qi, int kj) { return allowed<true>(m, qi, kj, sq, sk); });

@@ -37,6 +37,8 @@ def zero_tangent_tiles(ranges, n: int, block: int) -> np.ndarray:
 
 RUN_FIELDS = 8   # int32 per PARTIAL tile in the runs arrays (see partial_tile_runs)
 _NO_CUT = np.iinfo(np.int32).max
+_NEVER = np.iinfo(np.int32).min
+_RULE_FULL, _RULE_CAUSAL = 1, 2   # segments.FULL, segments.CAUSAL (rule values, not tile states)
 
 
 def partial_tile_runs(q_starts, k_starts, rule, q_tile, k_tile, block_m: int, block_n: int, sq: int,
@@ -48,13 +50,13 @@ def partial_tile_runs(q_starts, k_starts, rule, q_tile, k_tile, block_m: int, bl
     once, at the first token of its second segment. Then allowed(qi, kj) is arithmetic on values the
     kernel loads once per tile, instead of a rule lookup per element:
 
-        rr, cc = qi >= q_cut, kj >= k_cut
-        code = (codes >> 2 (2 rr + cc)) & 3            # rule of (run rr, run cc)
-        allowed = code == FULL or (code == CAUSAL and kj - k_start[cc] <= qi - q_start[rr])
+        allowed = kj - qi <= bound[qi >= q_cut][kj >= k_cut]
 
-    Fields: q_cut, k_cut (int32 max where a side has one run), q_start[0..1], k_start[0..1] (the
-    runs' segment starts), codes (bits 0-7, plus bit 8 when the tile is simple), 0. A tile that
-    is not simple keeps the per-element lookup."""
+    where the bound of a (query run, key run) pair is int32 max if its rule is FULL, int32 min if
+    NONE, and k_start - q_start (the runs' segment starts) if CAUSAL: q_pos >= k_pos is
+    kj - k_start <= qi - q_start. Fields: q_cut, k_cut (int32 max where a side has one run),
+    bound[0][0], bound[0][1], bound[1][0], bound[1][1], 1 if the tile is simple (else 0: the kernel
+    keeps the per-element lookup), 0."""
     q_starts, k_starts = np.asarray(q_starts, np.int64), np.asarray(k_starts, np.int64)
     rule = np.asarray(rule, np.int64)
     q_tile, k_tile = np.asarray(q_tile, np.int64), np.asarray(k_tile, np.int64)
@@ -68,12 +70,13 @@ def partial_tile_runs(q_starts, k_starts, rule, q_tile, k_tile, block_m: int, bl
         a = np.searchsorted(starts, first, "right") - 1   # segment of the first token
         b = np.searchsorted(starts, last, "right") - 1    # and of the last
         cut = np.where(b > a, starts[np.minimum(a + 1, len(starts) - 1)], _NO_CUT)
-        sides.append((a, b, cut, starts[a], starts[b]))
-    (qa, qb, q_cut, q0, q1), (ka, kb, k_cut, k0, k1) = sides
-    simple = ((qb - qa) <= 1) & ((kb - ka) <= 1)
-    codes = rule[qa, ka] | (rule[qa, kb] << 2) | (rule[qb, ka] << 4) | (rule[qb, kb] << 6) | (simple.astype(np.int64) << 8)
-    for col, values in enumerate((q_cut, k_cut, q0, q1, k0, k1, codes)):
-        out[:, col] = values
+        sides.append((a, b, cut))
+    (qa, qb, q_cut), (ka, kb, k_cut) = sides
+    out[:, 0], out[:, 1] = q_cut, k_cut
+    for col, (qs, ks) in enumerate(((qa, ka), (qa, kb), (qb, ka), (qb, kb)), start=2):
+        r = rule[qs, ks]
+        out[:, col] = np.where(r == _RULE_FULL, _NO_CUT, np.where(r == _RULE_CAUSAL, k_starts[ks] - q_starts[qs], _NEVER))
+    out[:, 6] = ((qb - qa) <= 1) & ((kb - ka) <= 1)
     return out
 
 
