@@ -1,5 +1,5 @@
 """Tile flags of the zero-tangent hint against their per-token definition; the ordered
-backward's dQ turns against theirs."""
+backward's dQ turns against theirs; the runs of partial tiles against the mask."""
 import numpy as np
 import torch
 from hypothesis import given
@@ -40,3 +40,49 @@ def test_dq_turns_rank_key_tiles_per_query_tile(frames, tokens, chunk, teacher, 
         got = sorted(int(tt[e]) for (ptr, idx), tt in zip(((t.k_full_ptr, t.k_full_idx), (t.k_part_ptr, t.k_part_idx)),
                                                           t.dq_turns) for e in range(len(idx)) if int(idx[e]) == m)
         assert got == list(range(int(visited[m].sum())))
+
+
+def _allowed_from_runs(run, qi, kj):
+    """The kernels' test of a pair in a simple PARTIAL tile, from its runs row (partial_tile_runs)."""
+    q_cut, k_cut, b00, b01, b10, b11 = (int(x) for x in run[:6])
+    bound = (b11 if kj >= k_cut else b10) if qi >= q_cut else (b01 if kj >= k_cut else b00)
+    return kj - qi <= bound
+
+
+@given(q_sizes=st.lists(st.integers(1, 70), min_size=1, max_size=5),
+       k_sizes=st.lists(st.integers(1, 70), min_size=1, max_size=5),
+       data=st.data(), bm=st.sampled_from([8, 16, 64]), bn=st.sampled_from([8, 32, 128]))
+def test_partial_tile_runs_match_the_mask(q_sizes, k_sizes, data, bm, bn):
+    """Every pair of every simple PARTIAL tile, tested from the tile's runs as the kernels test it,
+    agrees with the mask; tiles that are not simple are flagged so (the kernels look them up)."""
+    rule = [[data.draw(st.integers(0, 2)) for _ in k_sizes] for _ in q_sizes]
+    mask = masks.from_segments(q_sizes, k_sizes, rule)
+    t = mask.tiles(bm, bn)
+    dense = mask.dense().numpy()
+    for ptr, idx, runs, by_key in ((t.q_part_ptr, t.q_part_idx, t.q_part_runs, False),
+                                   (t.k_part_ptr, t.k_part_idx, t.k_part_runs, True)):
+        assert runs.dtype == torch.int32 and tuple(runs.shape) == (len(idx), 8)
+        outer = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr.numpy()))
+        for e, (o, inner) in enumerate(zip(outer, idx.tolist())):
+            m, n = (inner, o) if by_key else (o, inner)
+            rows = range(m * bm, min((m + 1) * bm, mask.sq))
+            cols = range(n * bn, min((n + 1) * bn, mask.sk))
+            q_segs = {int(np.searchsorted(mask.segment_starts()[0], r, "right")) for r in rows}
+            k_segs = {int(np.searchsorted(mask.segment_starts()[1], c, "right")) for c in cols}
+            simple = bool(int(runs[e, 6]))
+            assert simple == (max(q_segs) - min(q_segs) <= 1 and max(k_segs) - min(k_segs) <= 1)
+            if simple:
+                got = [[_allowed_from_runs(runs[e].tolist(), qi, kj) for kj in cols] for qi in rows]
+                assert np.array_equal(np.array(got, bool), dense[rows.start:rows.stop, cols.start:cols.stop])
+
+
+def test_partial_tile_runs_of_the_video_masks():
+    """With frames longer than a tile (the benchmark's 1,560 tokens), every partial tile of the
+    frame- and chunk-wise masks is simple."""
+    for mask in (masks.teacher_forcing(masks.FramePattern(1560, 4, 2)),
+                 masks.block_causal(masks.FramePattern(1560, 5, 1)),
+                 masks.block_causal(masks.FramePattern(1560, 6, 3))):
+        for bm, bn in ((64, 128), (128, 128), (128, 64)):
+            t = mask.tiles(bm, bn)
+            for runs in (t.q_part_runs, t.k_part_runs):
+                assert (runs[:, 6] == 1).all()

@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const
         float pt[kNBS][4];
         zero(pt);
         mma_abt<Elem, kNBS, kDQK / 16>(pt, sK, warp * 16, sQ, lane);
-        mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
+        mask_scores<true>(pt, p, walk, i, edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
 #pragma unroll
         for (int nb = 0; nb < kNBS; ++nb) {
 #pragma unroll
@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel(const 
         float s[kNBS][4];
         zero(s);
         mma_abt<Elem, kNBS, kDQK / 16>(s, sQ, warp * 16, sK, lane);
-        mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
+        mask_scores<false>(s, p, walk, i, edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
         float dp[kNBS][4];
         zero(dp);
         mma_abt<Elem, kNBS, kDV / 16>(dp, sDO, warp * 16, stages.value(st), lane);

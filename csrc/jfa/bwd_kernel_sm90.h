@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
 
         float pt[kBM / 8][4], dst[kBM / 8][4];
         score_products<Elem, kDQK, kDV, kBM>(pt, dst, sK, sV, sQ, sDO, wg_row);
-        mask_scores<true>(pt, p, walk.partial(i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
+        mask_scores<true>(pt, p, walk, i, edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
         key_side_probs(pt, dst, lse2, delta, scale_log2, lane);
         uint32_t pf[kKS][4], dsf[kKS][4];
         c_to_a<Elem, kKS>(pf, pt);
@@ -352,7 +352,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(c
 
         float s[kNBS][4], dp[kNBS][4];
         score_products<Elem, kDQK, kDV, kBN>(s, dp, sQ, sDO, sK, sV, wg_row);
-        mask_scores<false>(s, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
+        mask_scores<false>(s, p, walk, i, edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
 #pragma unroll
         for (int nb = 0; nb < kNBS; ++nb) {
 #pragma unroll

@@ -259,7 +259,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         query_row_pairs(lse2, sm.lse2(st), lane);   // read while the products run
         wgmma_wait<1>();   // S^T
         hold_across_wgmma(pt);
-        mask_scores<true>(pt, p, walk.partial(at.i), edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
+        mask_scores<true>(pt, p, walk, at.i, edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
         key_side_exp(pt, lse2, scale_log2);
         uint32_t pf[kKS][4], dsf[kKS][4];
         c_to_a<Elem, kKS>(pf, pt);

@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel(const At
 
         const int k0 = walk.tile(i) * kBN;
         bool row_allowed[2];
-        mask_scores_and_tangents<false, kJvp>(s, ts, p, walk.partial(i), edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane,
+        mask_scores_and_tangents<false, kJvp>(s, ts, p, walk, i, edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane,
                                               row_allowed);
 
         float alpha[2];

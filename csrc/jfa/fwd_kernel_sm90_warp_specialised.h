@@ -177,7 +177,7 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const FwdWarpSp
         if (c.lane == 0) sm.k_empty(i % kS).arrive();
         const int k0 = walk.tile(i) * kBN;
         bool row_allowed[2];
-        mask_scores<false>(s, p, walk.partial(i), c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane, row_allowed);
+        mask_scores<false>(s, p, walk, i, c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane, row_allowed);
         softmax.update(s, c.scale_log2, alpha, row_allowed);
     };
 
@@ -266,7 +266,7 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const FwdWarpSp
 
         const int k0 = walk.tile(i) * kBN;
         bool row_allowed[2];
-        mask_scores_and_tangents<false, true>(s, ts, p, walk.partial(i), c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane,
+        mask_scores_and_tangents<false, true>(s, ts, p, walk, i, c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane,
                                               row_allowed);
         float alpha[2];
         softmax.update(s, c.scale_log2, alpha, row_allowed);

@@ -11,11 +11,15 @@ namespace jfa {
 // CSR lists over tiles (see python/jvp_flash_attn/masks/tiles.py): for tile t of the outer
 // axis, the inner tiles idx[ptr[t] .. ptr[t+1]) are FULL (no masking arithmetic) or PARTIAL
 // (masked element-wise from the per-token maps).
+// part_runs: per PARTIAL entry, kTileRunFields int32 (masks/tiles.py, partial_tile_runs) that let
+// a kernel test the tile's pairs by arithmetic when its tokens fall in two segments or fewer per side.
+constexpr int kTileRunFields = 8;
 struct TileLists {
     const int32_t* full_ptr = nullptr;
     const int32_t* full_idx = nullptr;
     const int32_t* part_ptr = nullptr;
     const int32_t* part_idx = nullptr;
+    const int32_t* part_runs = nullptr;
 };
 
 // In which order the fused backward adds each block's dQ tile into the float32 buffer.

@@ -42,9 +42,10 @@ def set_tensors(params, **tensors):
 
 
 def _set_tile_lists(lists, desc, by_key: bool):
-    """The CSR lists the kernels walk: key tiles per query tile, or (by_key) query tiles per key tile."""
+    """The CSR lists the kernels walk: key tiles per query tile, or (by_key) query tiles per key
+    tile, with the runs of their PARTIAL tiles."""
     side = "k" if by_key else "q"
-    for part in ("full_ptr", "full_idx", "part_ptr", "part_idx"):
+    for part in ("full_ptr", "full_idx", "part_ptr", "part_idx", "part_runs"):
         setattr(lists, part, getattr(desc, f"{side}_{part}").data_ptr())
 
 

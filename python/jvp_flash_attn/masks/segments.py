@@ -240,6 +240,11 @@ class SegmentMask:
             self._token_maps[device] = (q_seg, q_pos, k_seg, k_pos, rule)
         return self._token_maps[device]
 
+    def segment_starts(self):
+        """(q_starts, k_starts, rule): each side's segment start tokens (with the total at the
+        end) as int64 arrays, and the (query segments, key segments) rule table."""
+        return self._q_starts, self._k_starts, self._rule
+
     def dense_rows(self, start: int, end: int, device="cpu") -> torch.Tensor:
         """Boolean (end - start, Sk) block of the mask: rows [start, end)."""
         q_seg, q_pos, k_seg, k_pos, rule = self.token_maps(device)

@@ -36,6 +36,51 @@ def zero_tangent_tiles(ranges, n: int, block: int) -> np.ndarray:
     return flags
 
 
+RUN_FIELDS = 8   # int32 per PARTIAL tile in the runs arrays (see partial_tile_runs)
+_NO_CUT = np.iinfo(np.int32).max
+_NEVER = np.iinfo(np.int32).min
+_RULE_FULL, _RULE_CAUSAL = 1, 2   # segments.FULL, segments.CAUSAL (rule values, not tile states)
+
+
+def partial_tile_runs(q_starts, k_starts, rule, q_tile, k_tile, block_m: int, block_n: int, sq: int,
+                      sk: int) -> np.ndarray:
+    """(n, RUN_FIELDS) int32, one row per PARTIAL tile (query tile q_tile[i], key tile k_tile[i]).
+
+    A partial tile's queries fall in at most two query segments and its keys in at most two key
+    segments for every mask with segments as long as a tile (then it is "simple"): each side is cut
+    once, at the first token of its second segment. Then allowed(qi, kj) is arithmetic on values the
+    kernel loads once per tile, instead of a rule lookup per element:
+
+        allowed = kj - qi <= bound[qi >= q_cut][kj >= k_cut]
+
+    where the bound of a (query run, key run) pair is int32 max if its rule is FULL, int32 min if
+    NONE, and k_start - q_start (the runs' segment starts) if CAUSAL: q_pos >= k_pos is
+    kj - k_start <= qi - q_start. Fields: q_cut, k_cut (int32 max where a side has one run),
+    bound[0][0], bound[0][1], bound[1][0], bound[1][1], 1 if the tile is simple (else 0: the kernel
+    keeps the per-element lookup), 0."""
+    q_starts, k_starts = np.asarray(q_starts, np.int64), np.asarray(k_starts, np.int64)
+    rule = np.asarray(rule, np.int64)
+    q_tile, k_tile = np.asarray(q_tile, np.int64), np.asarray(k_tile, np.int64)
+    out = np.zeros((len(q_tile), RUN_FIELDS), np.int32)
+    if len(q_tile) == 0:
+        return out
+    sides = []
+    for tiles, block, n, starts in ((q_tile, block_m, sq, q_starts), (k_tile, block_n, sk, k_starts)):
+        first = tiles * block
+        last = np.minimum(first + block, n) - 1
+        a = np.searchsorted(starts, first, "right") - 1   # segment of the first token
+        b = np.searchsorted(starts, last, "right") - 1    # and of the last
+        cut = np.where(b > a, starts[np.minimum(a + 1, len(starts) - 1)], _NO_CUT)
+        sides.append((a, b, cut))
+    (qa, qb, q_cut), (ka, kb, k_cut) = sides
+    out[:, 0], out[:, 1] = q_cut, k_cut
+    for col, (qs, ks) in enumerate(((qa, ka), (qa, kb), (qb, ka), (qb, kb)), start=2):
+        r = rule[qs, ks]
+        out[:, col] = np.where(r == _RULE_FULL, _NO_CUT, np.where(r == _RULE_CAUSAL, k_starts[ks] - q_starts[qs], _NEVER))
+    out[:, 6] = ((qb - qa) <= 1) & ((kb - ka) <= 1)
+    return out
+
+
 def _csr_by_state(state: np.ndarray):
     """CSR (row pointers, column indices, int32) of the FULL and of the PARTIAL entries.
 
@@ -82,6 +127,9 @@ class TileDescription:
     k_full_idx: torch.Tensor
     k_part_ptr: torch.Tensor
     k_part_idx: torch.Tensor
+    # Per entry of q_part_idx / k_part_idx: the tile's runs (partial_tile_runs), RUN_FIELDS int32 each.
+    q_part_runs: torch.Tensor
+    k_part_runs: torch.Tensor
     # Per-token maps for PARTIAL tiles (see SegmentMask.token_maps).
     q_seg: torch.Tensor
     q_pos: torch.Tensor
@@ -111,10 +159,17 @@ class TileDescription:
         (qf, qfi), (qp, qpi) = _csr_by_state(state)
         (kf, kfi), (kp, kpi) = _csr_by_state(state_t)
         q_seg, q_pos, k_seg, k_pos, rule = mask.token_maps(dev)
+        q_starts, k_starts, rule_table = mask.segment_starts()
+        # one set of runs serves both lists: the key-side list holds the same PARTIAL tiles, ordered
+        # by key tile, then query tile
+        q_tile = np.repeat(np.arange(state.shape[0]), np.diff(qp))
+        runs_q = partial_tile_runs(q_starts, k_starts, rule_table, q_tile, qpi, block_m, block_n, sq, sk)
+        by_key = np.argsort(qpi.astype(np.int64) * state.shape[0] + q_tile, kind="stable")
+        q_part_runs, k_part_runs = as_t(runs_q), as_t(np.ascontiguousarray(runs_q[by_key]))
         return TileDescription(
             block_m, block_n, sq, sk, state.shape[0], state.shape[1], state,
             as_t(qf), as_t(qfi), as_t(qp), as_t(qpi), as_t(kf), as_t(kfi), as_t(kp), as_t(kpi),
-            q_seg, q_pos, k_seg, k_pos, rule,
+            q_part_runs, k_part_runs, q_seg, q_pos, k_seg, k_pos, rule,
             as_t(zero_tangent_tiles(getattr(mask, "zero_tangent_q", ()), sq, block_m)),
             as_t(zero_tangent_tiles(getattr(mask, "zero_tangent_k", ()), sk, block_n)), mask.uid)
 
