@@ -135,8 +135,7 @@ void forward_jvp(const AttnParams& p, const std::string& dtype, int device, uint
 
 void backward(const AttnParams& p, const std::string& dtype, int device, uint64_t stream) {
     if (p.dq_order == DqOrder::kKeyTile) {
-        require({{p.dq_accum, "dq_accum"}, {p.dq_semaphore, "dq_semaphore"}, {p.dq_turns.full_idx, "dq_turns.full_idx"},
-                 {p.dq_turns.part_idx, "dq_turns.part_idx"}});
+        require({{p.dq_accum, "dq_accum"}, {p.dq_semaphore, "dq_semaphore"}, {p.dq_turns.full_ptr, "dq_turns"}});
     }
     run(Direction::kBwd, p, dtype, device, stream,
         {{p.do_, "do_"}, {p.dq, "dq"}, {p.dk, "dk"}, {p.dv, "dv"}, {p.delta, "delta"}, {p.k_tiles.full_ptr, "k_tiles"}});

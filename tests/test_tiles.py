@@ -24,8 +24,8 @@ def test_zero_tangent_tiles_match_tokens(n, block, ranges):
 @given(frames=st.integers(1, 6), tokens=st.integers(1, 90), chunk=st.integers(1, 3),
        teacher=st.booleans(), bm=st.sampled_from([16, 64]), bn=st.sampled_from([32, 128]))
 def test_dq_turns_rank_key_tiles_per_query_tile(frames, tokens, chunk, teacher, bm, bn):
-    """Each key-side entry's turn is its key tile's rank among the key tiles that visit the
-    entry's query tile: the ordered backward adds every dQ tile in increasing key-tile order."""
+    """Each key-side entry's turn is its key tile's rank, highest first, among the key tiles that
+    visit the entry's query tile: the ordered backward adds every dQ tile in decreasing key-tile order."""
     pattern = masks.FramePattern(tokens, frames, min(chunk, frames))
     mask = masks.teacher_forcing(pattern) if teacher else masks.block_causal(pattern)
     t = mask.tiles(bm, bn)
@@ -33,7 +33,7 @@ def test_dq_turns_rank_key_tiles_per_query_tile(frames, tokens, chunk, teacher, 
     for (ptr, idx), turns in zip(((t.k_full_ptr, t.k_full_idx), (t.k_part_ptr, t.k_part_idx)), t.dq_turns):
         assert turns.dtype == torch.int32 and turns.shape == idx.shape
         key_tile = np.repeat(np.arange(t.num_k_tiles), np.diff(ptr.numpy()))
-        expect = [int(visited[m, :n].sum()) for m, n in zip(idx.tolist(), key_tile)]
+        expect = [int(visited[m, n + 1:].sum()) for m, n in zip(idx.tolist(), key_tile)]
         assert turns.tolist() == expect
     # per query tile, the turns of its visitors are 0, 1, 2, ... once each
     for m in range(t.num_q_tiles):

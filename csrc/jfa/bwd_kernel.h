@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const
     const VTile sV{s0 + KTile::kBytes};
     const BwdKVQueryStages<Tr, QTile, OTile> stages{s0, smem, b, hk, groups};
 
-    const TileWalk walk(p.k_tiles, k_tile);
+    const TileWalk walk(p.k_tiles, k_tile, WalkOrder::kPartialFirst);
     const int total = groups * walk.num_total;
     sK.template load_async<Tr::kThreads>(head_ptr<Elem>(p.k, p.k_stride, b, hk), p.k_stride.row, n0, p.seqlen_k, tid);
     sV.template load_async<Tr::kThreads>(head_ptr<Elem>(p.v, p.v_stride, b, hk), p.v_stride.row, n0, p.seqlen_k, tid);

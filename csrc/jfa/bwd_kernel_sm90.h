@@ -55,11 +55,17 @@ __device__ __forceinline__ float* dq_tile(const AttnParams& p, int bh, int qt) {
     return p.dq_accum + dq_tile_index(p, bh, qt) * kDQTileRows * kDQK;
 }
 
-// The ordered form (DqOrder::kKeyTile): a dQ tile takes its adds in increasing key-tile order.
-// wait_dq_turn: until the tile's semaphore equals this block's turn (acquire, GPU scope); blocks
-// of lower key tiles are launched first, so the wait ends. pass_dq_turn: once this block's adds
-// into the tile are complete, count the semaphore up (release). The adds run in the async proxy;
-// the proxy fences order them with the semaphore's accesses.
+// The ordered form (DqOrder::kKeyTile): a dQ tile takes its adds in decreasing key-tile order.
+// Its blocks take the key tiles highest first, and walk each key tile's PARTIAL query tiles
+// first: in a causal mask a higher key tile then also reaches a query tile sooner, so the turns
+// rarely wait, and a block only waits for blocks launched before it, so every wait ends.
+// wait_dq_turn: until the tile's semaphore equals this block's turn (acquire, GPU scope).
+// pass_dq_turn: once this block's adds into the tile are complete, count the semaphore up
+// (release). The adds run in the async proxy; the proxy fences order them with the semaphore's
+// accesses.
+__device__ __forceinline__ int bwd_key_tile(const AttnParams& p) {
+    return p.dq_order == DqOrder::kKeyTile ? p.num_k_tiles - 1 - static_cast<int>(blockIdx.x) : blockIdx.x;
+}
 __device__ __forceinline__ void wait_dq_turn(const int32_t* sem, int turn) {
     int v;
     while (true) {
@@ -194,7 +200,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
     char* const sbase = smem + (s0 - smem_addr(smem));
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wg_row = (warp >> 2) * 64;
-    const int k_tile = blockIdx.x;
+    const int k_tile = bwd_key_tile(p);
     const int b = blockIdx.y / p.heads_k, hk = blockIdx.y % p.heads_k;
     const int groups = p.heads_q / p.heads_k;
     const int n0 = k_tile * kBN, krow0 = n0 + warp * 16;
@@ -204,7 +210,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
     const BwdKVQueryStages<Tr, QTile, OTile> stages{s0, sbase, b, hk, groups};
     const DSTile sDS{s0 + Tr::kDSOffset};
 
-    const TileWalk walk(p.k_tiles, k_tile);
+    const TileWalk walk(p.k_tiles, k_tile, WalkOrder::kPartialFirst);
     const int total = groups * walk.num_total;
     const bool in_order = Tr::kFused && p.dq_order == DqOrder::kKeyTile;
     int32_t* sem_pending = nullptr;   // ordered form: the semaphore of the tile whose add is in flight (thread 0)
@@ -278,7 +284,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
                 const int bh = b * p.heads_q + hk * groups + j / walk.num_total;
                 if (in_order) {
                     sem_pending = p.dq_semaphore + dq_tile_index(p, bh, m0 / kBM);
-                    wait_dq_turn(sem_pending, TileWalk(p.dq_turns, k_tile).tile(i));   // turns laid out as the walk
+                    wait_dq_turn(sem_pending, TileWalk(p.dq_turns, k_tile, WalkOrder::kPartialFirst).tile(i));   // turns laid out as the walk
                 }
                 bulk_reduce_add_f32(dq_tile<kDQK>(p, bh, m0 / kBM), staging, Tr::kDQBytes);
             }

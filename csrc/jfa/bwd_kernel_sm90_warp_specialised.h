@@ -156,13 +156,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
     const BwdWarpSpecialisedSmem<Tr> sm{s0, smem + (s0 - smem_addr(smem))};
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int k_tile = blockIdx.x;
+    const int k_tile = bwd_key_tile(p);
     const int b = blockIdx.y / p.heads_k, hk = blockIdx.y % p.heads_k;
     const int groups = p.heads_q / p.heads_k;
     const int n0 = k_tile * kBN;
     if (tid == 0) sm.init_barriers();
     __syncthreads();
-    const TileWalk walk(p.k_tiles, k_tile);
+    const TileWalk walk(p.k_tiles, k_tile, WalkOrder::kPartialFirst);
     const int total = groups * walk.num_total;
 
     if (warp < 4) {
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                 const int bh = b * p.heads_q + at.h, qt = walk.tile(at.i);
                 float* tile = dq_tile<kDQK>(p, bh, qt);
                 int32_t* sem = in_order ? p.dq_semaphore + dq_tile_index(p, bh, qt) : nullptr;
-                if (in_order && lane == 0) wait_dq_turn(sem, TileWalk(p.dq_turns, k_tile).tile(at.i));
+                if (in_order && lane == 0) wait_dq_turn(sem, TileWalk(p.dq_turns, k_tile, WalkOrder::kPartialFirst).tile(at.i));
                 __syncwarp();
 #pragma unroll
                 for (int w = 0; w < 2; ++w) {

@@ -81,7 +81,7 @@ struct AttnParams {
     // nullptr: the deterministic two-kernel backward.
     float* dq_accum = nullptr;
     // The order of those adds. kArrival: as the blocks get there (the fast form). kKeyTile: every
-    // dQ tile receives its adds in increasing key-tile order, so dq is bitwise repeatable: a block
+    // dQ tile receives its adds in decreasing key-tile order, so dq is bitwise repeatable: a block
     // waits until dq_semaphore of the tile (one int32 per batch x query head x query tile, zeroed
     // by the launcher) equals its turn, the key tile's rank among those that visit the query tile
     // (dq_turns, one per entry of the k_tiles lists), adds, waits for the add to complete and

@@ -6,7 +6,7 @@ family has its own tile shapes, and a mask's tile description must be built for 
 kernel that walks it. The backward has three forms: "two-kernel" (dK/dV, then dQ; bitwise
 repeatable; the portable family's only form) and, on Hopper, "fused" (one kernel that also adds
 dQ into a float32 buffer with reduce-adds in the order the blocks arrive, so dQ is not bitwise
-repeatable) and "fused-ordered" (the same kernel adding each dQ tile in increasing key-tile order,
+repeatable) and "fused-ordered" (the same kernel adding each dQ tile in decreasing key-tile order,
 each block waiting for its turn: bitwise repeatable). "fused" runs unless the call asks for
 deterministic gradients; then "fused-ordered" where the family has it.
 

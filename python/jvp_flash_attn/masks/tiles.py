@@ -184,10 +184,11 @@ class TileDescription:
     @functools.cached_property
     def dq_turns(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per entry of the key-side lists (k_full_idx, k_part_idx): the key tile's rank among the
-        key tiles that visit that entry's query tile (0 for the lowest). The ordered backward adds
-        each dQ tile in this order, so its sums are bitwise repeatable."""
+        key tiles that visit that entry's query tile (0 for the highest). The ordered backward adds
+        each dQ tile in this order, so its sums are bitwise repeatable; its blocks take the key
+        tiles highest first, so a block only waits for blocks launched before it."""
         visited = self.state != EMPTY
-        rank = np.cumsum(visited, axis=1, dtype=np.int32) - 1          # (q tiles, k tiles)
+        rank = np.cumsum(visited[:, ::-1], axis=1, dtype=np.int32)[:, ::-1] - 1   # (q tiles, k tiles)
         dev = self.k_full_idx.device
         out = []
         for ptr, idx in ((self.k_full_ptr, self.k_full_idx), (self.k_part_ptr, self.k_part_idx)):
