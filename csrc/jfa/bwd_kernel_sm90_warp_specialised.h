@@ -195,35 +195,49 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                 sm.q_full(st).arrive();
             }
         } else if (warp == 2) {   // dQ: a bulk reduce-add per warpgroup and step
-            // Ordered form: wait for the tile's turn (the turns are laid out as the walk's entries),
-            // add, and count the semaphore up once the adds are complete; at d = 64 both
-            // warpgroups' tiles go to the same place, one after the other.
             const bool in_order = p.dq_order == DqOrder::kKeyTile;
             BwdWalkCursor at(hk, groups);
             for (int j = 0; j < total; ++j, at.advance(walk)) {
                 const int bh = b * p.heads_q + at.h, qt = walk.tile(at.i);
                 float* tile = dq_tile<kDQK>(p, bh, qt);
-                int32_t* sem = in_order ? p.dq_semaphore + dq_tile_index(p, bh, qt) : nullptr;
-                if (in_order && lane == 0) wait_dq_turn(sem, TileWalk(p.dq_turns, k_tile, WalkOrder::kPartialFirst).tile(at.i));
-                __syncwarp();
+                if (in_order) {
+                    // Ordered form: both halves staged first, so the tile's turn is held only while
+                    // the adds run; at d = 64 both warpgroups' tiles go to the same place, one after
+                    // the other (two adds in flight to one address could land in either order).
+                    named_sync(kDqHalfFull, 128 + 32);
+                    named_sync(kDqHalfFull + 1, 128 + 32);
+                    int32_t* sem = p.dq_semaphore + dq_tile_index(p, bh, qt);
+                    if (lane == 0) {
+                        wait_dq_turn(sem, TileWalk(p.dq_turns, k_tile, WalkOrder::kPartialFirst).tile(at.i));
+#pragma unroll
+                        for (int w = 0; w < 2; ++w) {
+                            if (kDQSplitKeys && w == 1) bulk_wait_all();
+                            bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
+                                                sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
+                        }
+                        bulk_wait_read();
+                    }
+                    __syncwarp();
+                    if (j + 1 < total) {
+                        named_arrive(kDqHalfEmpty, 128 + 32);
+                        named_arrive(kDqHalfEmpty + 1, 128 + 32);
+                    }
+                    if (lane == 0) {
+                        bulk_wait_all();
+                        pass_dq_turn(sem);
+                    }
+                    continue;
+                }
 #pragma unroll
                 for (int w = 0; w < 2; ++w) {
                     named_sync(kDqHalfFull + w, 128 + 32);
                     if (lane == 0) {
-                        float* dst = kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf;
-                        bulk_reduce_add_f32(dst, sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
-                        if (in_order && kDQSplitKeys) {
-                            bulk_wait_all();
-                        } else {
-                            bulk_wait_read();
-                        }
+                        bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
+                                            sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
+                        bulk_wait_read();
                     }
                     __syncwarp();
                     if (j + 1 < total) named_arrive(kDqHalfEmpty + w, 128 + 32);
-                }
-                if (in_order && lane == 0) {
-                    bulk_wait_all();
-                    pass_dq_turn(sem);
                 }
             }
             if (lane == 0) bulk_wait_all();
