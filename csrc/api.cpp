@@ -255,7 +255,8 @@ void bind_params(py::module_& m) {
     py::class_<TileLists>(m, "TileLists", "CSR lists of a tile description (jfa/params.h)")
         .def(py::init<>())
         .JFA_POINTER(TileLists, full_ptr).JFA_POINTER(TileLists, full_idx)
-        .JFA_POINTER(TileLists, part_ptr).JFA_POINTER(TileLists, part_idx).JFA_POINTER(TileLists, part_runs);
+        .JFA_POINTER(TileLists, part_ptr).JFA_POINTER(TileLists, part_idx).JFA_POINTER(TileLists, part_runs)
+        .JFA_POINTER(TileLists, order);
     py::class_<TokenMaps>(m, "TokenMaps", "per-token maps of PARTIAL tiles (jfa/params.h)")
         .def(py::init<>())
         .JFA_POINTER(TokenMaps, q_seg).JFA_POINTER(TokenMaps, q_pos).JFA_POINTER(TokenMaps, k_seg)

@@ -86,3 +86,21 @@ def test_partial_tile_runs_of_the_video_masks():
             t = mask.tiles(bm, bn)
             for runs in (t.q_part_runs, t.k_part_runs):
                 assert (runs[:, 6] == 1).all()
+
+
+@given(q_sizes=st.lists(st.integers(1, 70), min_size=1, max_size=5),
+       k_sizes=st.lists(st.integers(1, 70), min_size=1, max_size=5),
+       data=st.data(), bm=st.sampled_from([16, 64]), bn=st.sampled_from([32, 128]))
+def test_key_walk_order_takes_every_entry_by_increasing_query_tile(q_sizes, k_sizes, data, bm, bn):
+    """Per key tile, the backward's walk order names each of its entries once (FULL entries 0..,
+    then PARTIAL ones) and takes their query tiles in increasing order."""
+    rule = [[data.draw(st.integers(0, 2)) for _ in k_sizes] for _ in q_sizes]
+    t = masks.from_segments(q_sizes, k_sizes, rule).tiles(bm, bn)
+    order = t.k_walk_order
+    assert order.dtype == torch.int32 and order.numel() == t.k_full_idx.numel() + t.k_part_idx.numel()
+    fp, pp = t.k_full_ptr.tolist(), t.k_part_ptr.tolist()
+    for u in range(t.num_k_tiles):
+        tiles = t.k_full_idx[fp[u]:fp[u + 1]].tolist() + t.k_part_idx[pp[u]:pp[u + 1]].tolist()
+        walk = order[fp[u] + pp[u]:fp[u + 1] + pp[u + 1]].tolist()
+        assert sorted(walk) == list(range(len(tiles)))
+        assert [tiles[e] for e in walk] == sorted(tiles)

@@ -56,7 +56,7 @@ struct BwdKVQueryStages {
     __device__ void load(const AttnParams& p, const TileWalk& walk, int j, int st, int tid) const {
         using Elem = typename Tr::Elem;
         const int h = hk * groups + j / walk.num_total;
-        const int m0 = walk.tile(j % walk.num_total) * Tr::kBlockM;
+        const int m0 = walk.tile(walk.entry(j % walk.num_total)) * Tr::kBlockM;
         q(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.q, p.q_stride, b, h), p.q_stride.row, m0,
                                                 p.seqlen_q, tid);
         dO(st).template load_async<Tr::kThreads>(head_ptr<Elem>(p.do_, p.do_stride, b, h), p.do_stride.row, m0,
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const
     const VTile sV{s0 + KTile::kBytes};
     const BwdKVQueryStages<Tr, QTile, OTile> stages{s0, smem, b, hk, groups};
 
-    const TileWalk walk(p.k_tiles, k_tile, WalkOrder::kPartialFirst);
+    const TileWalk walk(p.k_tiles, k_tile);
     const int total = groups * walk.num_total;
     sK.template load_async<Tr::kThreads>(head_ptr<Elem>(p.k, p.k_stride, b, hk), p.k_stride.row, n0, p.seqlen_k, tid);
     sV.template load_async<Tr::kThreads>(head_ptr<Elem>(p.v, p.v_stride, b, hk), p.v_stride.row, n0, p.seqlen_k, tid);
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel(const
         const OTile sDO = stages.dO(st);
         const float* lse2 = stages.lse2(st);
         const float* delta = stages.delta(st);
-        const int i = j % walk.num_total;
+        const int i = walk.entry(j % walk.num_total);
         const int m0 = walk.tile(i) * kBM;
 
         // S^T = K Q^T for this warp's 16 keys x kBM queries, masked, then P^T.

@@ -56,8 +56,8 @@ __device__ __forceinline__ float* dq_tile(const AttnParams& p, int bh, int qt) {
 }
 
 // The ordered form (DqOrder::kKeyTile): a dQ tile takes its adds in decreasing key-tile order.
-// Its blocks take the key tiles highest first, and walk each key tile's PARTIAL query tiles
-// first: in a causal mask a higher key tile then also reaches a query tile sooner, so the turns
+// Its blocks take the key tiles highest first, and walk each key tile's query tiles in increasing
+// order: in a causal mask a higher key tile then also reaches a query tile sooner, so the turns
 // rarely wait, and a block only waits for blocks launched before it, so every wait ends.
 // wait_dq_turn: until the tile's semaphore equals this block's turn (acquire, GPU scope).
 // pass_dq_turn: once this block's adds into the tile are complete, count the semaphore up
@@ -210,7 +210,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
     const BwdKVQueryStages<Tr, QTile, OTile> stages{s0, sbase, b, hk, groups};
     const DSTile sDS{s0 + Tr::kDSOffset};
 
-    const TileWalk walk(p.k_tiles, k_tile, WalkOrder::kPartialFirst);
+    const TileWalk walk(p.k_tiles, k_tile);
     const int total = groups * walk.num_total;
     const bool in_order = Tr::kFused && p.dq_order == DqOrder::kKeyTile;
     int32_t* sem_pending = nullptr;   // ordered form: the semaphore of the tile whose add is in flight (thread 0)
@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         const OTile sDO = stages.dO(st);
         const float* lse2 = stages.lse2(st);
         const float* delta = stages.delta(st);
-        const int i = j % walk.num_total;
+        const int i = walk.entry(j % walk.num_total);
         const int m0 = walk.tile(i) * kBM;
 
         float pt[kBM / 8][4], dst[kBM / 8][4];
@@ -284,7 +284,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
                 const int bh = b * p.heads_q + hk * groups + j / walk.num_total;
                 if (in_order) {
                     sem_pending = p.dq_semaphore + dq_tile_index(p, bh, m0 / kBM);
-                    wait_dq_turn(sem_pending, TileWalk(p.dq_turns, k_tile, WalkOrder::kPartialFirst).tile(i));   // turns laid out as the walk
+                    wait_dq_turn(sem_pending, TileWalk(p.dq_turns, k_tile).tile(i));   // turns laid out as the walk
                 }
                 bulk_reduce_add_f32(dq_tile<kDQK>(p, bh, m0 / kBM), staging, Tr::kDQBytes);
             }

@@ -107,16 +107,19 @@ struct BwdWarpSpecialisedSmem {
     }
 };
 
-// Where step j of the block's walk is: tile i of the walk for query head h (the walk repeats
-// once per head of the GQA group). Advanced step by step: no division per step.
+// Where step j of the block's walk is: step s of the walk for query head h (the walk repeats
+// once per head of the GQA group), which takes the lists' entry i. Advanced step by step: no
+// division per step.
 struct BwdWalkCursor {
-    int i, h;
-    __device__ __forceinline__ BwdWalkCursor(int hk, int groups) : i(0), h(hk * groups) {}
+    int s, i, h;
+    __device__ __forceinline__ BwdWalkCursor(const TileWalk& walk, int hk, int groups)
+        : s(0), i(walk.num_total > 0 ? walk.entry(0) : 0), h(hk * groups) {}
     __device__ __forceinline__ void advance(const TileWalk& walk) {
-        if (++i == walk.num_total) {
-            i = 0;
+        if (++s == walk.num_total) {
+            s = 0;
             ++h;
         }
+        i = walk.entry(s);
     }
 };
 
@@ -162,7 +165,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     const int n0 = k_tile * kBN;
     if (tid == 0) sm.init_barriers();
     __syncthreads();
-    const TileWalk walk(p.k_tiles, k_tile, WalkOrder::kPartialFirst);
+    const TileWalk walk(p.k_tiles, k_tile);
     const int total = groups * walk.num_total;
 
     if (warp < 4) {
@@ -173,7 +176,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             sm.kv_full().arrive_expect_tx(Tr::kKBytes + Tr::kVBytes);
             load_panels(sm.k(), &maps.k, sm.kv_full(), n0, hk, b);
             load_panels(sm.v(), &maps.v, sm.kv_full(), n0, hk, b);
-            BwdWalkCursor at(hk, groups);
+            BwdWalkCursor at(walk, hk, groups);
             for (int j = 0; j < total; ++j, at.advance(walk)) {
                 const int st = j % kS, m0 = walk.tile(at.i) * kBM;
                 sm.q_empty(st).wait(((j / kS) & 1) ^ 1);
@@ -182,7 +185,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                 load_panels(sm.dO(st), &maps.do_, sm.q_full(st), m0, at.h, b);
             }
         } else if (warp == 1) {   // lse (log2 units; +inf where no key is allowed) and delta rows
-            BwdWalkCursor at(hk, groups);
+            BwdWalkCursor at(walk, hk, groups);
             for (int j = 0; j < total; ++j, at.advance(walk)) {
                 const int st = j % kS, m0 = walk.tile(at.i) * kBM;
                 const int64_t row_off = (static_cast<int64_t>(b) * p.heads_q + at.h) * p.seqlen_q;
@@ -196,7 +199,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             }
         } else if (warp == 2) {   // dQ: a bulk reduce-add per warpgroup and step
             const bool in_order = p.dq_order == DqOrder::kKeyTile;
-            BwdWalkCursor at(hk, groups);
+            BwdWalkCursor at(walk, hk, groups);
             for (int j = 0; j < total; ++j, at.advance(walk)) {
                 const int bh = b * p.heads_q + at.h, qt = walk.tile(at.i);
                 float* tile = dq_tile<kDQK>(p, bh, qt);
@@ -208,7 +211,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                     named_sync(kDqHalfFull + 1, 128 + 32);
                     int32_t* sem = p.dq_semaphore + dq_tile_index(p, bh, qt);
                     if (lane == 0) {
-                        wait_dq_turn(sem, TileWalk(p.dq_turns, k_tile, WalkOrder::kPartialFirst).tile(at.i));
+                        wait_dq_turn(sem, TileWalk(p.dq_turns, k_tile).tile(at.i));
 #pragma unroll
                         for (int w = 0; w < 2; ++w) {
                             if (kDQSplitKeys && w == 1) bulk_wait_all();
@@ -261,7 +264,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     // warpgroup's column half) and dK, and dQ is staged while dK still runs. The step closes
     // with no product in flight: ptxas keeps the products asynchronous only when it can tell
     // within one iteration which wait retires each of them.
-    BwdWalkCursor at(hk, groups);
+    BwdWalkCursor at(walk, hk, groups);
     for (int j = 0; j < total; ++j, at.advance(walk)) {
         const int st = j % kS, buf = j & 1;
         const int m0 = walk.tile(at.i) * kBM;

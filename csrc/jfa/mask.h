@@ -13,36 +13,35 @@ namespace jfa {
 
 enum MaskRule : int { kRuleNone = 0, kRuleFull = 1, kRuleCausal = 2 };
 
-// The order a walk takes its entries: the forward's FULL tiles first; the backward's key-side
-// walks PARTIAL first, so that, in a causal mask, every key tile reaches a query tile before the
-// lower key tiles do (its diagonal tiles come first), the order the ordered dQ adds take.
-enum class WalkOrder : int { kFullFirst = 0, kPartialFirst = 1 };
-
+// One outer tile's lists. An entry index i names FULL entry i below num_full, else PARTIAL entry
+// i - num_full; a walk's step s takes entry(s): the lists' order where one is given (the
+// backward's key-side walks: by increasing query tile, so that in a causal mask a higher key tile
+// reaches each query tile before the lower ones, the order the ordered dQ adds take), else FULL
+// entries first.
 struct TileWalk {
-    const int32_t* first_idx;    // the entries walked first: FULL (kFullFirst) or PARTIAL
-    const int32_t* second_idx;
-    const int32_t* part_runs;    // the PARTIAL entries' runs, from entry part_base on
-    int num_first;
+    const int32_t* full_idx;
+    const int32_t* part_idx;
+    const int32_t* part_runs;
+    const int32_t* order;
+    int num_full;
     int num_total;
-    int part_base;               // the walk index of the first PARTIAL entry
-    bool partial_first;
 
-    __device__ __forceinline__ TileWalk(const TileLists& l, int outer, WalkOrder order = WalkOrder::kFullFirst) {
+    __device__ __forceinline__ TileWalk(const TileLists& l, int outer) {
         const int f0 = l.full_ptr[outer], f1 = l.full_ptr[outer + 1];
         const int p0 = l.part_ptr[outer], p1 = l.part_ptr[outer + 1];
-        partial_first = order == WalkOrder::kPartialFirst;
-        first_idx = partial_first ? l.part_idx + p0 : l.full_idx + f0;
-        second_idx = partial_first ? l.full_idx + f0 : l.part_idx + p0;
+        full_idx = l.full_idx + f0;
+        part_idx = l.part_idx + p0;
         part_runs = l.part_runs == nullptr ? nullptr : l.part_runs + static_cast<int64_t>(p0) * kTileRunFields;
-        num_first = partial_first ? p1 - p0 : f1 - f0;
-        num_total = (f1 - f0) + (p1 - p0);
-        part_base = partial_first ? 0 : f1 - f0;
+        order = l.order == nullptr ? nullptr : l.order + f0 + p0;
+        num_full = f1 - f0;
+        num_total = num_full + (p1 - p0);
     }
-    __device__ __forceinline__ int tile(int i) const { return i < num_first ? first_idx[i] : second_idx[i - num_first]; }
-    __device__ __forceinline__ bool partial(int i) const { return (i < num_first) == partial_first; }
+    __device__ __forceinline__ int entry(int s) const { return order != nullptr ? __ldg(order + s) : s; }
+    __device__ __forceinline__ int tile(int i) const { return i < num_full ? full_idx[i] : part_idx[i - num_full]; }
+    __device__ __forceinline__ bool partial(int i) const { return i >= num_full; }
     // The runs of PARTIAL entry i (nullptr: none given, or not a PARTIAL entry).
     __device__ __forceinline__ const int32_t* runs(int i) const {
-        return part_runs != nullptr && partial(i) ? part_runs + (i - part_base) * kTileRunFields : nullptr;
+        return part_runs != nullptr && i >= num_full ? part_runs + (i - num_full) * kTileRunFields : nullptr;
     }
 };
 

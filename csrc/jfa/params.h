@@ -13,6 +13,9 @@ namespace jfa {
 // (masked element-wise from the per-token maps).
 // part_runs: per PARTIAL entry, kTileRunFields int32 (masks/tiles.py, partial_tile_runs) that let
 // a kernel test the tile's pairs by arithmetic when its tokens fall in two segments or fewer per side.
+// order: the order a walk takes an outer tile's entries, at offset full_ptr[t] + part_ptr[t]: the
+// entries' indices (FULL ones 0.., then PARTIAL ones) by increasing inner tile; nullptr: FULL
+// entries first (masks/tiles.py, walk_order; the backward's key-side walks take it).
 constexpr int kTileRunFields = 8;
 struct TileLists {
     const int32_t* full_ptr = nullptr;
@@ -20,6 +23,7 @@ struct TileLists {
     const int32_t* part_ptr = nullptr;
     const int32_t* part_idx = nullptr;
     const int32_t* part_runs = nullptr;
+    const int32_t* order = nullptr;
 };
 
 // In which order the fused backward adds each block's dQ tile into the float32 buffer.

@@ -182,6 +182,21 @@ class TileDescription:
         return int(self.q_part_idx.numel())
 
     @functools.cached_property
+    def k_walk_order(self) -> torch.Tensor:
+        """The order the backward walks each key tile's query tiles: per key tile u, at offset
+        k_full_ptr[u] + k_part_ptr[u], its entries' indices (FULL entries 0.., then PARTIAL ones)
+        by increasing query tile. In a causal mask a higher key tile then reaches each query tile
+        before the lower ones do, the order of the ordered backward's dQ turns."""
+        fp, pp = self.k_full_ptr.cpu().numpy().astype(np.int64), self.k_part_ptr.cpu().numpy().astype(np.int64)
+        fi, pi = self.k_full_idx.cpu().numpy().astype(np.int64), self.k_part_idx.cpu().numpy().astype(np.int64)
+        nf, npart = np.diff(fp), np.diff(pp)
+        key_f, key_p = np.repeat(np.arange(self.num_k_tiles), nf), np.repeat(np.arange(self.num_k_tiles), npart)
+        entry = np.concatenate([np.arange(len(fi)) - fp[key_f], nf[key_p] + np.arange(len(pi)) - pp[key_p]])
+        key = np.concatenate([key_f, key_p]) * max(self.num_q_tiles, 1) + np.concatenate([fi, pi])
+        order = entry[np.argsort(key, kind="stable")].astype(np.int32)
+        return torch.from_numpy(order).to(self.k_full_idx.device)
+
+    @functools.cached_property
     def dq_turns(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per entry of the key-side lists (k_full_idx, k_part_idx): the key tile's rank among the
         key tiles that visit that entry's query tile (0 for the highest). The ordered backward adds
