@@ -14,10 +14,10 @@ namespace jfa {
 enum MaskRule : int { kRuleNone = 0, kRuleFull = 1, kRuleCausal = 2 };
 
 // One outer tile's lists. An entry index i names FULL entry i below num_full, else PARTIAL entry
-// i - num_full; a walk's step s takes entry(s): the lists' order where one is given (the
-// backward's key-side walks: by increasing query tile, so that in a causal mask a higher key tile
-// reaches each query tile before the lower ones, the order the ordered dQ adds take), else FULL
-// entries first.
+// i - num_full; a walk's step s takes entry(s): the lists' order where one is given (the ordered
+// backward's key-side walk: by increasing query tile, so that in a causal mask a higher key tile
+// reaches each query tile before the lower ones, the order its dQ adds take), else FULL entries
+// first.
 struct TileWalk {
     const int32_t* full_idx;
     const int32_t* part_idx;

@@ -15,7 +15,7 @@ namespace jfa {
 // a kernel test the tile's pairs by arithmetic when its tokens fall in two segments or fewer per side.
 // order: the order a walk takes an outer tile's entries, at offset full_ptr[t] + part_ptr[t]: the
 // entries' indices (FULL ones 0.., then PARTIAL ones) by increasing inner tile; nullptr: FULL
-// entries first (masks/tiles.py, walk_order; the backward's key-side walks take it).
+// entries first (masks/tiles.py, k_walk_order; the ordered backward's key-side walk takes it).
 constexpr int kTileRunFields = 8;
 struct TileLists {
     const int32_t* full_ptr = nullptr;

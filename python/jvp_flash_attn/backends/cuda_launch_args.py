@@ -43,12 +43,10 @@ def set_tensors(params, **tensors):
 
 def _set_tile_lists(lists, desc, by_key: bool):
     """The CSR lists the kernels walk: key tiles per query tile, or (by_key) query tiles per key
-    tile, with the runs of their PARTIAL tiles and (by_key) the walk's order."""
+    tile, with the runs of their PARTIAL tiles."""
     side = "k" if by_key else "q"
     for part in ("full_ptr", "full_idx", "part_ptr", "part_idx", "part_runs"):
         setattr(lists, part, getattr(desc, f"{side}_{part}").data_ptr())
-    if by_key:   # the backward walks a key tile's query tiles in increasing order
-        lists.order = desc.k_walk_order.data_ptr()
 
 
 def _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse, k_desc=None):
@@ -104,6 +102,7 @@ def backward_params(module, choice, mask, q, k, v, o, lse, do, scale, dq, dk, dv
         p.dq_turns = turns
         p.dq_order = module.DqOrder.key_tile
         p.dq_semaphore = dq_semaphore.data_ptr()
+        p.k_tiles.order = k_desc.k_walk_order.data_ptr()   # each key tile's query tiles in increasing order
     return p
 
 
