@@ -140,3 +140,21 @@ def test_launch_arguments_fill_the_struct(family):
             desc = mask.tiles(*choice.k_tiles)
             assert p.dq_semaphore == semaphore.data_ptr() and p.dq_turns.full_ptr == p.k_tiles.full_ptr
             assert p.dq_turns.full_idx == desc.dq_turns[0].data_ptr() and p.dq_turns.part_idx == desc.dq_turns[1].data_ptr()
+
+
+def test_inputs_the_tma_unit_cannot_describe_are_copied():
+    """Operands reach the kernels with 16-byte aligned strides and none of them 0 along a
+    dimension longer than 1 (the TMA unit's terms): an expanded tensor is made contiguous, a
+    packed qkv view and a size-1 expanded dimension are passed as they are."""
+    from jvp_flash_attn.backends.cuda_launch_args import aligned
+    k = torch.randn(1, 40, 2, 64, dtype=torch.bfloat16)
+    expanded = k.expand(3, -1, -1, -1)                     # batch stride 0
+    out = aligned(expanded)
+    assert out is not expanded and out.is_contiguous() and torch.equal(out, expanded)
+    heads = k[:, :, :1].expand(-1, -1, 4, -1)              # head stride 0 (GQA by expand)
+    assert aligned(heads).stride(2) > 0
+    qkv = torch.randn(2, 40, 3, 2, 64, dtype=torch.bfloat16)
+    q = qkv[:, :, 0]
+    assert aligned(q) is q
+    single = torch.randn(1, 40, 2, 64, dtype=torch.bfloat16).expand(1, -1, -1, -1)
+    assert aligned(single) is single

@@ -96,6 +96,27 @@ def test_cuda_non_contiguous_inputs_and_empty_rows():
         assert_within_rule(name, got, r, lp)
 
 
+def test_cuda_expanded_inputs():
+    """k and v expanded over the batch and q's heads expanded (stride 0): copied for the TMA unit,
+    within the rule in every direction."""
+    mask = masks.block_causal(FramePattern(37, 3))
+    q = torch.randn(1, mask.sq, 1, 64, device="cuda", dtype=torch.bfloat16).expand(2, -1, 2, -1)
+    k, v = (torch.randn(1, mask.sk, 2, 64, device="cuda", dtype=torch.bfloat16).expand(2, -1, -1, -1) for _ in range(2))
+    t = tuple(torch.randn(a.shape, device="cuda", dtype=torch.bfloat16) for a in (q, k, v))
+    be = get("cuda")
+    o, to, lse = be.forward_jvp(q, k, v, *t, mask, 0.125)
+    o64, to64, lse64 = reference.forward_jvp(q.double(), k.double(), v.double(), *(a.double() for a in t), mask, 0.125)
+    o_lp, to_lp, lse_lp = reference.forward_jvp(q, k, v, *t, mask, 0.125)
+    assert_within_rule("o", o, o64, o_lp)
+    assert_within_rule("to", to, to64, to_lp)
+    do = torch.randn_like(o)
+    grads = be.backward(q, k, v, o, lse, do, mask, 0.125)
+    ref = reference.backward(q.double(), k.double(), v.double(), o64, lse64, do.double(), mask, 0.125)
+    ref_lp = reference.backward(q, k, v, o_lp, lse_lp.float(), do, mask, 0.125)
+    for name, got, r, lp in zip(("dq", "dk", "dv"), grads, ref, ref_lp):
+        assert_within_rule(name, got, r, lp)
+
+
 def test_cuda_nan_propagates():
     mask = masks.full(97, 97)
     q, k, v = (torch.randn(1, 97, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
