@@ -13,7 +13,7 @@
 #   bench      python -m bench.run (WORKLOADS, PROVIDERS, OPS, BENCH_ARGS)      -> bench/results.{csv,md,png}, notes.csv, bench.log
 #   selftest   the wgmma verbs alone (csrc/tools/wgmma_selftest.cu)            -> selftest.log
 #   ncu        hardware counters of one kernel (NCU_KERNEL: a regex on its name; NCU_BACKEND: cuda
-#              or flex-flash) in one op of one workload (NCU_OP, NCU_WORKLOAD): every section, and
+#              or flex-flash) in one op (NCU_OP: fwd, bwd, jvp, jvp_hinted) of one workload (NCU_WORKLOAD): every section, and
 #              the stall samples per instruction                  -> ncu.csv, ncu_stalls.txt, ncu.log
 #
 # FlashAttention-4 (providers flex-flash): `source .peers/fa4.sh install` first in the same command

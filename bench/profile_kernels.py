@@ -3,6 +3,8 @@
     python bench/profile_kernels.py W3 bwd                 # cuda and triton, 5 profiled calls
     python bench/profile_kernels.py W1 fwd --backends cuda
     python bench/profile_kernels.py W3 bwd --backends cuda,flex-flash   # against FlashAttention-4
+    python bench/profile_kernels.py W1 jvp --backends cuda              # the fused forward+JVP (no peer has one)
+    python bench/profile_kernels.py W1 jvp_hinted --backends cuda       # with the zero-tangent hint
 
 The suite (bench.run) times whole ops; this splits an op into its kernels (the backward's
 preprocess, dK/dV and dQ kernels), which is where an optimisation's prediction can be checked.
@@ -25,12 +27,17 @@ from bench.workloads import select  # noqa: E402
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workload")
-    ap.add_argument("op", choices=("fwd", "bwd"))
+    ap.add_argument("op", choices=("fwd", "bwd", "jvp", "jvp_hinted"))
     ap.add_argument("--backends", default="cuda,triton")
     ap.add_argument("--calls", type=int, default=5)
     args = ap.parse_args(argv)
     (w,) = select(args.workload)
+    if args.op.startswith("jvp") and set(args.backends.split(",")) & {"flex", "flex-flash"}:
+        ap.error("FlexAttention has no JVP: profile jvp with the cuda or triton backend")
     mask = w.mask()
+    hint = w.zero_tangent_ranges(mask) if args.op == "jvp_hinted" else None
+    if args.op == "jvp_hinted" and hint is None:
+        ap.error(f"{w.id} has no zero-tangent half: jvp_hinted is for the teacher-forcing workloads")
     g = torch.Generator(device="cuda").manual_seed(0)
 
     def rnd(s, d):
@@ -38,12 +45,20 @@ def main(argv=None):
 
     q, k, v = rnd(mask.sq, w.d_qk), rnd(mask.sk, w.d_qk), rnd(mask.sk, w.d_v)
     do = rnd(mask.sq, w.d_v)
+    tangents = (rnd(mask.sq, w.d_qk), rnd(mask.sk, w.d_qk), rnd(mask.sk, w.d_v))
+    if hint is not None:   # the promised zeros, and the mask that carries the promise (as bench.run)
+        for t, ranges in zip(tangents, (hint[0], hint[1], hint[1])):
+            for a, b in ranges:
+                t[:, a:b] = 0
+        mask = mask.with_zero_tangents(*hint)
     for backend in args.backends.split(","):
         q_, k_, v_ = (t.clone().requires_grad_(args.op == "bwd") for t in (q, k, v))
         attend = peer(backend, mask, w.recipe()) if backend in ("flex", "flex-flash") else (
             lambda q, k, v, backend=backend: jfa.attention(q, k, v, mask=mask, backend=backend))
 
         def call():
+            if args.op.startswith("jvp"):
+                return jfa.attention_jvp(q_, k_, v_, *tangents, mask=mask, backend=backend)
             o = attend(q_, k_, v_)
             if args.op == "bwd":
                 torch.autograd.grad(o, (q_, k_, v_), do)

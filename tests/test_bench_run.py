@@ -164,3 +164,14 @@ def test_report_reads_the_old_name_of_the_hinted_jvp(tmp_path):
     _, notes = report.load([d])
     assert notes == [("W4", "jvp_hinted", "cuda", "skipped", "not teacher forcing")]
     assert "| jvp_hinted | W1 | cuda |" in report.markdown(rows, notes, {}, 1.0)
+
+
+@pytest.mark.parametrize("args, says", [(["W1", "jvp", "--backends", "cuda,flex-flash"], "FlexAttention has no JVP"),
+                                        (["W3", "jvp_hinted", "--backends", "cuda"], "no zero-tangent half")])
+def test_profile_kernels_refuses_what_has_no_jvp(args, says, capsys):
+    """bench/profile_kernels.py profiles the JVP too (the fused kernel, with and without the hint),
+    and says why before touching a GPU when a peer has no JVP or a workload no hinted half."""
+    from bench import profile_kernels
+    with pytest.raises(SystemExit):
+        profile_kernels.main(args)
+    assert says in capsys.readouterr().err

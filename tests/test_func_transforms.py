@@ -9,14 +9,17 @@ from jvp_flash_attn import masks
 from jvp_flash_attn.masks import FramePattern
 
 MASK = masks.teacher_forcing(FramePattern(4, 5, 2), window=2, sink=1)
-BACKENDS = [b for b in ("reference", "triton") if jfa.backends()[b] is None]
+BACKENDS = [b for b in ("reference", "triton", "cuda") if jfa.backends()[b] is None]
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU, Triton's interpreter
 
 
 def _problem(backend):
-    dtype, device = (torch.float64, "cpu") if backend == "reference" else (torch.float32, TRITON_DEVICE)
+    """Inputs in the backend's dtype: float64 for the reference, float32 for Triton, bf16 (and a
+    head dim it is built for) for cuda."""
+    dtype, device, d = {"reference": (torch.float64, "cpu", 16), "triton": (torch.float32, TRITON_DEVICE, 16),
+                        "cuda": (torch.bfloat16, "cuda", 64)}[backend]
     g = torch.Generator().manual_seed(5)
-    shapes = [(2, MASK.sq, 4, 16), (2, MASK.sk, 2, 16), (2, MASK.sk, 2, 16), (2, MASK.sq, 4, 16)]
+    shapes = [(2, MASK.sq, 4, d), (2, MASK.sk, 2, d), (2, MASK.sk, 2, d), (2, MASK.sq, 4, d)]
     q, k, v, w = (torch.randn(s, generator=g, dtype=torch.float64).to(device, dtype) for s in shapes)
     return (q, k, v), w
 

@@ -1,7 +1,9 @@
 """Mask builders against slow predicates written straight from docs/design/masks.md; counts; errors; pictures."""
 import itertools
+import warnings
 
 import numpy as np
+
 import pytest
 import torch
 from hypothesis import given
@@ -214,6 +216,28 @@ def test_token_level_causal_is_linear():
     assert seconds < 0.5, f"{seconds:.2f} s to build token-level causal masks of {n} tokens"
     t = m.tiles(128, 128)
     assert t.num_full == 511 * 512 // 2 and t.num_partial == 512
+
+
+def test_large_segment_grids_are_named_or_refused():
+    """One-token chunks with a window, or in teacher forcing, make a grid of S x S (2S x 2S)
+    segment rules: past a million the build warns with its size and cost, past 2^26 it is
+    refused before anything is built; token-level causal without a window stays one segment."""
+    import time
+
+    from jvp_flash_attn.masks import builders
+    with pytest.warns(UserWarning, match=r"teacher_forcing over 520 chunks is a grid of 1040 x 1040"):
+        masks.teacher_forcing(FramePattern(1, 520))
+    t0 = time.perf_counter()
+    for build in (lambda: masks.teacher_forcing(FramePattern(1, 5000)),
+                  lambda: masks.block_causal(FramePattern(1, 9000), window=64)):
+        with pytest.raises(ValueError, match=r"segment rules .* more than 67,108,864"):
+            build()
+    assert time.perf_counter() - t0 < 5, "refused before the grid is built"
+    assert builders.MAX_RULES == 1 << 26 and builders.WARN_RULES == 1 << 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        masks.block_causal(FramePattern(1, 100_000))
+        masks.teacher_forcing(FramePattern(1560, 21))
 
 
 @pytest.mark.parametrize("first", [None, 1, 3])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import warnings
 from functools import lru_cache
 
 import torch
@@ -26,6 +27,26 @@ def _check_window_sink(window, sink):
 def _check_pattern(p):
     if not isinstance(p, FramePattern):
         raise TypeError(f"pattern must be a FramePattern, got {type(p).__name__}")
+
+
+# A mask is a grid of segment pairs, one rule each, held as Python tuples: chunks of one token
+# with a window, or in teacher forcing, make S x S (2S x 2S) of them. Above WARN_RULES the build
+# is slow enough to say so; above MAX_RULES it would take minutes and gigabytes, so it is refused.
+WARN_RULES = 1 << 20
+MAX_RULES = 1 << 26
+
+
+def _check_grid_size(what: str, n_q: int, n_k: int, chunks: int):
+    """Refuse or warn before a rule grid of n_q x n_k segments is built."""
+    rules = n_q * n_k
+    if rules <= WARN_RULES:
+        return
+    cost = (f"{what} over {chunks} chunks is a grid of {n_q} x {n_k} = {rules:,} segment rules (the mask is "
+            f"made for chunks of many tokens; token-level causal without a window is one segment)")
+    if rules > MAX_RULES:
+        raise ValueError(f"{cost}: more than {MAX_RULES:,}, which would take minutes and gigabytes to build; "
+                         f"use longer chunks, or describe the mask with fewer segments through from_segments")
+    warnings.warn(f"{cost}: building it takes about {rules * 2.5e-7:.1f} s", stacklevel=4)
 
 
 def _visible(qc: int, kc: int, window, sink) -> bool:
@@ -71,9 +92,11 @@ def block_causal(pattern: FramePattern, window: int | None = None, sink: int = 0
 def _block_causal(p, window, sink):
     sizes = p.chunk_sizes
     if window is not None and window < len(sizes):
+        _check_grid_size("block_causal with a window", len(sizes), len(sizes), len(sizes))
         return SegmentMask(sizes, sizes, _block_causal_rule(len(sizes), window, sink), name="block_causal")
     # Every earlier chunk is visible (the sink only matters with a window).
     sizes, diagonal = _merge_one_token_chunks(sizes)
+    _check_grid_size("block_causal", len(sizes), len(sizes), p.num_chunks)
     rule = [[FULL if kc < qc else diagonal[qc] if kc == qc else NONE for kc in range(len(sizes))]
             for qc in range(len(sizes))]
     return SegmentMask(sizes, sizes, rule, name="block_causal")
@@ -106,6 +129,7 @@ def teacher_forcing(pattern: FramePattern, window: int | None = None, sink: int 
 @lru_cache(maxsize=256)
 def _teacher_forcing(p, window, sink):
     n = p.num_chunks
+    _check_grid_size("teacher_forcing", 2 * n, 2 * n, n)
     clean = _block_causal_rule(n, window, sink)
     rule = [row + [NONE] * n for row in clean]
     for b in range(n):
@@ -130,6 +154,7 @@ def kv_cache(pattern: FramePattern, query_chunk: int, window: int | None = None,
 @lru_cache(maxsize=256)
 def _kv_cache(p, qc, window, sink):
     sizes = p.chunk_sizes
+    _check_grid_size("kv_cache", 1, qc + 1, p.num_chunks)
     row = [FULL if _visible(qc, kc, window, sink) else NONE for kc in range(qc + 1)]
     return SegmentMask((sizes[qc],), sizes[: qc + 1], (row,), name="kv_cache")
 
