@@ -54,7 +54,8 @@ struct FwdWarpSpecialisedTraitsSm90
     using Base = Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n,
                         fwd_tiles_sm90<kJvp>().warps + 4>;
     static_assert(Base::kBlockM == 128, "two consumer warpgroups of 64 query rows");
-    static_assert(Base::kBlockN == 64 || Base::kBlockN == 128, "wgmma products are built for N = 64 and 128");
+    static_assert(Base::kBlockN == 64 || Base::kBlockN == 128 || Base::kBlockN == 176 || Base::kBlockN == 192,
+                  "wgmma products are generated for N = 64, 128, 176 and 192 (generate_wgmma.py)");
     static constexpr bool kTangents = kJvp;
     static constexpr int kOperands = kJvp ? 2 : 1;   // a tile and, for the JVP, its tangent
     static constexpr int kConsumerThreads = 256;
