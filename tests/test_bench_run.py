@@ -175,3 +175,10 @@ def test_profile_kernels_refuses_what_has_no_jvp(args, says, capsys):
     with pytest.raises(SystemExit):
         profile_kernels.main(args)
     assert says in capsys.readouterr().err
+
+
+def test_every_provider_has_its_own_color():
+    """The charts give each provider one color in every panel and run, a different one each."""
+    names = set(providers.all_providers()) | set(report.OURS)
+    assert names <= set(report.COLORS), names - set(report.COLORS)
+    assert len(set(report.COLORS.values())) == len(report.COLORS)
