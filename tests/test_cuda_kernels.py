@@ -74,17 +74,22 @@ def test_cuda_forward_jvp_backward_within_rule(case, dtype):
 
 
 def _cuda_within_rule_every_direction(q, k, v, mask, scale=0.125):
-    """The cuda forward+JVP and backward of (q, k, v) within the rule of the float64 oracle; their
-    outputs (o, to, lse, dq), for the caller's own checks."""
+    """The cuda forward+JVP and backward of (q, k, v) within the rule of the float64 oracle, on
+    Hopper by the warp-specialised kernels; their outputs (o, to, lse, dq), for the caller's own
+    checks."""
     t = tuple(torch.randn(a.shape, device=a.device, dtype=a.dtype) for a in (q, k, v))
     be = get("cuda")
-    o, to, lse = be.forward_jvp(q, k, v, *t, mask, scale)
+    (o, to, lse), kernels = _kernels_of(be.forward_jvp, q, k, v, *t, mask, scale)
+    if cuda_kernel_choice.device_kernels(q.device.index).family == "sm90a":
+        assert any("fwd_kernel_sm90_warp_specialised" in n for n in kernels), sorted(kernels)
     o64, to64, lse64 = reference.forward_jvp(q.double(), k.double(), v.double(), *(a.double() for a in t), mask, scale)
     o_lp, to_lp, lse_lp = reference.forward_jvp(q, k, v, *t, mask, scale)
     assert_within_rule("o", o, o64, o_lp)
     assert_within_rule("to", to, to64, to_lp)
     do = torch.randn_like(o)
-    grads = be.backward(q, k, v, o, lse, do, mask, scale)
+    grads, kernels = _kernels_of(be.backward, q, k, v, o, lse, do, mask, scale)
+    if cuda_kernel_choice.device_kernels(q.device.index).family == "sm90a":
+        assert any("bwd_kernel_sm90_warp_specialised" in n for n in kernels), sorted(kernels)
     ref = reference.backward(q.double(), k.double(), v.double(), o64, lse64, do.double(), mask, scale)
     ref_lp = reference.backward(q, k, v, o_lp, lse_lp.float(), do, mask, scale)
     for name, got, r, lp in zip(("dq", "dk", "dv"), grads, ref, ref_lp):

@@ -99,8 +99,13 @@ void launch_fwd(const AttnParams& p, cudaStream_t stream) {
         using TrWarpSpecialised = FwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDV, kJvp>;
         FwdTensorMaps maps{};
         if (!encode_fwd_maps<TrWarpSpecialised, kJvp>(p, maps)) {
-            throw std::invalid_argument(std::string("jvp_flash_attn CUDA: the TMA unit cannot describe an operand of the ") +
-                                        (kJvp ? "forward+JVP" : "forward") +
+            const std::string what = kJvp ? "forward+JVP" : "forward";
+            if (encode_tiled_fn() == nullptr) {
+                throw std::runtime_error("jvp_flash_attn CUDA: the " + what +
+                                         " needs the driver's tensor-map encoder (cuTensorMapEncodeTiled), which this "
+                                         "driver does not provide");
+            }
+            throw std::invalid_argument("jvp_flash_attn CUDA: the TMA unit cannot describe an operand of the " + what +
                                         " (its pointer or strides); pass tensors with 16-byte aligned, non-zero strides");
         }
         if (hint) {

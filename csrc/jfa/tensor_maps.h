@@ -42,7 +42,7 @@ inline bool encode_panel_map(CUtensorMap* map, bool bf16, const void* base, cons
     if (encode == nullptr || batch <= 0 || rows <= 0 || heads <= 0) return false;
     // A dimension of extent 1 is never stepped along; give it a stride the encoder accepts
     // whatever the tensor's own stride for it is.
-    const int64_t row_bytes = s.row * 2, packed = row_bytes * rows;
+    const int64_t row_bytes = rows == 1 ? int64_t{cols} * 2 : s.row * 2, packed = row_bytes * rows;
     const cuuint64_t dims[4] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows),
                                 static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(batch)};
     const cuuint64_t strides[3] = {static_cast<cuuint64_t>(row_bytes),
