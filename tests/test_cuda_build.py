@@ -145,3 +145,21 @@ def test_launch_arguments_fill_the_struct(family):
         assert p.k_tiles.order == (k_desc.k_walk_order.data_ptr() if ordered else 0)
         assert p.k_tiles.part_runs == k_desc.k_part_runs.data_ptr()
         assert p.q_tiles.part_runs == mask.tiles(*choice.q_tiles).q_part_runs.data_ptr() and p.q_tiles.order == 0
+
+
+def test_inputs_the_tma_unit_cannot_describe_are_copied():
+    """Operands reach the kernels with 16-byte aligned strides and none of them 0 along a
+    dimension longer than 1 (the TMA unit's terms): an expanded tensor is made contiguous, a
+    packed qkv view and a size-1 expanded dimension are passed as they are."""
+    from jvp_flash_attn.backends.cuda_launch_args import aligned
+    k = torch.randn(1, 40, 2, 64, dtype=torch.bfloat16)
+    expanded = k.expand(3, -1, -1, -1)                     # batch stride 0
+    out = aligned(expanded)
+    assert out is not expanded and out.is_contiguous() and torch.equal(out, expanded)
+    heads = k[:, :, :1].expand(-1, -1, 4, -1)              # head stride 0 (GQA by expand)
+    assert aligned(heads).stride(2) > 0
+    qkv = torch.randn(2, 40, 3, 2, 64, dtype=torch.bfloat16)
+    q = qkv[:, :, 0]
+    assert aligned(q) is q
+    single = torch.randn(1, 40, 2, 64, dtype=torch.bfloat16).expand(1, -1, -1, -1)
+    assert aligned(single) is single

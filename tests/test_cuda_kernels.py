@@ -73,27 +73,47 @@ def test_cuda_forward_jvp_backward_within_rule(case, dtype):
           f"dv {rel_err(grads[2], grads64[2]):.2e}")
 
 
+def _cuda_within_rule_every_direction(q, k, v, mask, scale=0.125):
+    """The cuda forward+JVP and backward of (q, k, v) within the rule of the float64 oracle, on
+    Hopper by the warp-specialised kernels; their outputs (o, to, lse, dq), for the caller's own
+    checks."""
+    t = tuple(torch.randn(a.shape, device=a.device, dtype=a.dtype) for a in (q, k, v))
+    be = get("cuda")
+    (o, to, lse), kernels = _kernels_of(be.forward_jvp, q, k, v, *t, mask, scale)
+    if cuda_kernel_choice.device_kernels(q.device.index).family == "sm90a":
+        assert any("fwd_kernel_sm90_warp_specialised" in n for n in kernels), sorted(kernels)
+    o64, to64, lse64 = reference.forward_jvp(q.double(), k.double(), v.double(), *(a.double() for a in t), mask, scale)
+    o_lp, to_lp, lse_lp = reference.forward_jvp(q, k, v, *t, mask, scale)
+    assert_within_rule("o", o, o64, o_lp)
+    assert_within_rule("to", to, to64, to_lp)
+    do = torch.randn_like(o)
+    grads, kernels = _kernels_of(be.backward, q, k, v, o, lse, do, mask, scale)
+    if cuda_kernel_choice.device_kernels(q.device.index).family == "sm90a":
+        assert any("bwd_kernel_sm90_warp_specialised" in n for n in kernels), sorted(kernels)
+    ref = reference.backward(q.double(), k.double(), v.double(), o64, lse64, do.double(), mask, scale)
+    ref_lp = reference.backward(q, k, v, o_lp, lse_lp.float(), do, mask, scale)
+    for name, got, r, lp in zip(("dq", "dk", "dv"), grads, ref, ref_lp):
+        assert_within_rule(name, got, r, lp)
+    return o, to, lse, grads[0]
+
+
 def test_cuda_non_contiguous_inputs_and_empty_rows():
     """q/k/v as views of a packed qkv tensor (head-interleaved strides); a mask with query rows
     that see nothing: o = 0, lse = -inf, zero gradient and tangent."""
     mask = masks.from_segments([40, 57], [70, 27], [[0, 0], [1, 2]])
     qkv = torch.randn(2, 97, 3, 2, 64, device="cuda", dtype=torch.bfloat16)
-    q, k, v = qkv.unbind(2)
-    t = tuple(torch.randn_like(a) for a in (q, k, v))
-    be = get("cuda")
-    o, to, lse = be.forward_jvp(q, k, v, *t, mask, 0.125)
-    o64, to64, lse64 = reference.forward_jvp(q.double(), k.double(), v.double(), *(a.double() for a in t), mask, 0.125)
-    o_lp, to_lp, lse_lp = reference.forward_jvp(q, k, v, *t, mask, 0.125)
-    assert_within_rule("o", o, o64, o_lp)
-    assert_within_rule("to", to, to64, to_lp)
+    o, to, lse, dq = _cuda_within_rule_every_direction(*qkv.unbind(2), mask)
     assert torch.isneginf(lse[:, :, :40]).all() and (o[:, :40] == 0).all() and (to[:, :40] == 0).all()
-    do = torch.randn_like(o)
-    dq, dk, dv = be.backward(q, k, v, o, lse, do, mask, 0.125)
     assert (dq[:, :40] == 0).all()
-    ref = reference.backward(q.double(), k.double(), v.double(), o64, lse64, do.double(), mask, 0.125)
-    ref_lp = reference.backward(q, k, v, o_lp, lse_lp.float(), do, mask, 0.125)
-    for name, got, r, lp in zip(("dq", "dk", "dv"), (dq, dk, dv), ref, ref_lp):
-        assert_within_rule(name, got, r, lp)
+
+
+def test_cuda_expanded_inputs():
+    """k and v expanded over the batch and q's heads expanded (stride 0): copied for the TMA unit,
+    within the rule in every direction."""
+    mask = masks.block_causal(FramePattern(37, 3))
+    q = torch.randn(1, mask.sq, 1, 64, device="cuda", dtype=torch.bfloat16).expand(2, -1, 2, -1)
+    k, v = (torch.randn(1, mask.sk, 2, 64, device="cuda", dtype=torch.bfloat16).expand(2, -1, -1, -1) for _ in range(2))
+    _cuda_within_rule_every_direction(q, k, v, mask)
 
 
 def test_cuda_nan_propagates():

@@ -1,9 +1,9 @@
 // Forward (o, lse) and fused forward+JVP (o, to, lse) on Hopper with specialised warpgroups
-// (sm_90a): the default forward and JVP there.
+// (sm_90a): the only forward and JVP there.
 //
-// Same walk and arithmetic as fwd_kernel_sm90_cp_async.h (see fwd_kernel.h for the JVP's algebra);
-// what changes is who waits for whom. In those kernels every warp loads, and barriers per key tile
-// hold both warpgroups in step, so the tensor cores idle while both mask and exponentiate. Here:
+// Same walk and arithmetic as the portable kernel (fwd_kernel.h, which also gives the JVP's
+// algebra); what changes is who waits for whom. Where every warp loads, barriers per key tile
+// hold the warps in step, so the tensor cores idle while all mask and exponentiate. Here:
 //   - warpgroup 0 is the producer: one thread issues TMA loads of the query tile(s) and of each
 //     key and value tile (and their tangents) into stages guarded by transaction barriers ("full"
 //     when the bytes landed, "empty" when every consumer warp is done reading), and gives its
@@ -309,8 +309,7 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const FwdWarpSp
 }
 
 // The forward (Tr::kTangents false) or fused forward+JVP. kSkipsZeroTangents: the JVP reads the
-// zero-tangent hint and skips the tangent work of key tiles it marks (a separate instantiation, as
-// in fwd_kernel_sm90_cp_async.h).
+// zero-tangent hint and skips the tangent work of key tiles it marks (a separate instantiation).
 template <class Tr, bool kSkipsZeroTangents = false>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     attention_fwd_kernel_sm90_warp_specialised(const AttnParams p, const __grid_constant__ FwdTensorMaps maps) {

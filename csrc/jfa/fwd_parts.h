@@ -32,7 +32,7 @@ struct FwdHeads {
           tv(kJvp ? head_ptr<Elem>(p.tv, p.tv_stride, b, hk) : nullptr) {}
 };
 
-// The key/value stages after the query tile(s), the same on both paths but for the tile types:
+// The key/value stages after the query tile(s) of the kernel whose warps all load (fwd_kernel.h):
 // stage st holds k, [tk,] v, [tv] (the tangents for the JVP).
 template <class Tr, class KTile, class VTile, bool kJvp>
 struct FwdKVStages {

@@ -42,26 +42,9 @@ constexpr int kSmemPerSm90 = 228 * 1024;   // shared memory of an H100/H200 SM (
 template <bool kJvp>
 constexpr TileShape fwd_tiles_sm90() { return kJvp ? kJvpTilesSm90 : kFwdTilesSm90; }
 
-// The sm_90a forward and forward+JVP whose warps all load by cp.async (fwd_kernel_sm90_cp_async.h):
-// query tile(s), then kStages key/value stages.
-template <class Elem, int kDQK, int kDV, bool kJvp>
-struct FwdCpAsyncTraitsSm90
-    : Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n, fwd_tiles_sm90<kJvp>().warps> {
-    using Base = Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n,
-                        fwd_tiles_sm90<kJvp>().warps>;
-    static_assert(Base::kBlockM % 64 == 0, "whole warpgroups of 64 rows");
-    static_assert(Base::kBlockN == 64 || Base::kBlockN == 128, "wgmma products are built for N = 64 and 128");
-    // The forward overlaps p v of tile i-1 with the softmax of tile i, so value tiles live one
-    // tile longer: three stages. The JVP's tiles do not fit three times; it keeps two and no overlap.
-    static constexpr int kStages = kJvp ? 2 : 3;
-    static constexpr int kQBytes = (kJvp ? 2 : 1) * Base::kBlockM * kDQK * 2;
-    static constexpr int kStageBytes = (kJvp ? 2 : 1) * Base::kBlockN * (kDQK + kDV) * 2;
-    static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes + 1024;  // + room to align the base
-};
-
 // The warp-specialised forward and forward+JVP (fwd_kernel_sm90_warp_specialised.h): one producer
-// warpgroup that loads tiles by TMA and two consumer warpgroups of 64 query rows; the tile shapes
-// are those of the other sm_90a kernels (kFwdTilesSm90, kJvpTilesSm90). Key tiles (k [, tk]) and value
+// warpgroup that loads tiles by TMA and two consumer warpgroups of 64 query rows, the only sm_90a
+// forward and JVP; tile shapes kFwdTilesSm90, kJvpTilesSm90. Key tiles (k [, tk]) and value
 // tiles (v [, tv]) have their own stages, each with a "full" and an "empty" barrier, so keys are
 // released after the score products while values are still read. The barriers sit after the
 // (1024-byte aligned) tiles.
@@ -71,7 +54,8 @@ struct FwdWarpSpecialisedTraitsSm90
     using Base = Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n,
                         fwd_tiles_sm90<kJvp>().warps + 4>;
     static_assert(Base::kBlockM == 128, "two consumer warpgroups of 64 query rows");
-    static_assert(Base::kBlockN == 64 || Base::kBlockN == 128, "wgmma products are built for N = 64 and 128");
+    static_assert(Base::kBlockN == 64 || Base::kBlockN == 128 || Base::kBlockN == 176 || Base::kBlockN == 192,
+                  "wgmma products are generated for N = 64, 128, 176 and 192 (generate_wgmma.py)");
     static constexpr bool kTangents = kJvp;
     static constexpr int kOperands = kJvp ? 2 : 1;   // a tile and, for the JVP, its tangent
     static constexpr int kConsumerThreads = 256;

@@ -12,7 +12,6 @@
 #include "bwd_kernel_sm90.h"
 #include "bwd_kernel_sm90_warp_specialised.h"
 #include "fwd_kernel.h"
-#include "fwd_kernel_sm90_cp_async.h"
 #include "fwd_kernel_sm90_warp_specialised.h"
 #include "registry.h"
 #include "tensor_maps.h"
@@ -69,8 +68,8 @@ bool encode_key_operand(CUtensorMap* map, const AttnParams& p, const void* x, co
 }
 
 // The tensor maps of the warp-specialised kernels (q, k, v, and tq, tk, tv for the JVP); false when
-// the TMA unit cannot describe an operand, and the caller takes the sm_90a kernels whose warps all
-// load (with cp.async) and compute: the same bits, slower.
+// the TMA unit cannot describe an operand (the Python side passes 16-byte aligned pointers and
+// strides, none of them 0, which it always can).
 template <class Tr, bool kJvp>
 bool encode_fwd_maps(const AttnParams& p, FwdTensorMaps& maps) {
     using E = typename Tr::Elem;
@@ -99,21 +98,22 @@ void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     if (p.family == KernelFamily::kSm90) {
         using TrWarpSpecialised = FwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDV, kJvp>;
         FwdTensorMaps maps{};
-        if (encode_fwd_maps<TrWarpSpecialised, kJvp>(p, maps)) {
-            if (hint) {
-                launch_fwd_with<TrWarpSpecialised>(attention_fwd_kernel_sm90_warp_specialised<TrWarpSpecialised, kJvp>,
-                                                   kJvp, p, stream, maps);
-            } else {
-                launch_fwd_with<TrWarpSpecialised>(attention_fwd_kernel_sm90_warp_specialised<TrWarpSpecialised>, kJvp,
-                                                   p, stream, maps);
+        if (!encode_fwd_maps<TrWarpSpecialised, kJvp>(p, maps)) {
+            const std::string what = kJvp ? "forward+JVP" : "forward";
+            if (encode_tiled_fn() == nullptr) {
+                throw std::runtime_error("jvp_flash_attn CUDA: the " + what +
+                                         " needs the driver's tensor-map encoder (cuTensorMapEncodeTiled), which this "
+                                         "driver does not provide");
             }
-            return;
+            throw std::invalid_argument("jvp_flash_attn CUDA: the TMA unit cannot describe an operand of the " + what +
+                                        " (its pointer or strides); pass tensors with 16-byte aligned, non-zero strides");
         }
-        using Tr = FwdCpAsyncTraitsSm90<Elem, kDQK, kDV, kJvp>;
         if (hint) {
-            launch_fwd_with<Tr>(attention_fwd_kernel_sm90_cp_async<Tr, kJvp, kJvp>, kJvp, p, stream);
+            launch_fwd_with<TrWarpSpecialised>(attention_fwd_kernel_sm90_warp_specialised<TrWarpSpecialised, kJvp>, kJvp,
+                                               p, stream, maps);
         } else {
-            launch_fwd_with<Tr>(attention_fwd_kernel_sm90_cp_async<Tr, kJvp>, kJvp, p, stream);
+            launch_fwd_with<TrWarpSpecialised>(attention_fwd_kernel_sm90_warp_specialised<TrWarpSpecialised>, kJvp, p,
+                                               stream, maps);
         }
     } else {
         using Tr = FwdTraits<Elem, kDQK, kDV, kJvp>;

@@ -3,8 +3,8 @@
 // instruction. Row sums are per-lane partials and are reduced across the quad only at the end.
 // Every multiply feeding an add, here and in fwd_parts.h, says how it rounds (__fmul_rn,
 // __fsub_rn, __fmaf_rn, ...): left to the compiler, whether a multiply and an add fuse depended on
-// the surrounding kernel, and kernels that run the same products (cp.async and warp-specialised,
-// hinted or not) differed in lse by a rounding.
+// the surrounding kernel, and kernels that ran the same products (the sm_90a cp.async forward,
+// since removed, and the warp-specialised one, hinted or not) differed in lse by a rounding.
 #pragma once
 
 #include "mma.h"

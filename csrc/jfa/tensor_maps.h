@@ -34,14 +34,15 @@ inline EncodeTiledFn encode_tiled_fn() {
 }
 
 // False when the driver cannot describe the operand (no encoder, or a pointer / stride the TMA
-// unit does not accept); the caller then takes a kernel that loads with cp.async.
+// unit does not accept); the forward then reports an error, the fused backward takes its form
+// that loads with cp.async.
 inline bool encode_panel_map(CUtensorMap* map, bool bf16, const void* base, const Strides& s, int batch, int rows,
                              int heads, int cols, int box_rows) {
     const EncodeTiledFn encode = encode_tiled_fn();
     if (encode == nullptr || batch <= 0 || rows <= 0 || heads <= 0) return false;
     // A dimension of extent 1 is never stepped along; give it a stride the encoder accepts
     // whatever the tensor's own stride for it is.
-    const int64_t row_bytes = s.row * 2, packed = row_bytes * rows;
+    const int64_t row_bytes = rows == 1 ? int64_t{cols} * 2 : s.row * 2, packed = row_bytes * rows;
     const cuuint64_t dims[4] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows),
                                 static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(batch)};
     const cuuint64_t strides[3] = {static_cast<cuuint64_t>(row_bytes),

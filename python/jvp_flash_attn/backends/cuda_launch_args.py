@@ -20,8 +20,10 @@ POISON_OUTPUTS = os.environ.get("JFA_POISON_OUTPUTS") == "1"
 
 
 def aligned(x: torch.Tensor) -> torch.Tensor:
-    """x itself when its pointer and (batch, row, head) strides suit 16-byte copies, else a contiguous copy."""
-    ok = x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s % _ALIGN_ELEMS == 0 for s in x.stride()[:3])
+    """x itself when its pointer and (batch, row, head) strides suit 16-byte copies and the TMA
+    unit (no stride 0 along a dimension longer than 1, as expand() makes), else a contiguous copy."""
+    ok = (x.stride(-1) == 1 and x.data_ptr() % 16 == 0
+          and all(s % _ALIGN_ELEMS == 0 and (s > 0 or n == 1) for s, n in zip(x.stride()[:3], x.shape[:3])))
     return x if ok else x.contiguous()
 
 
