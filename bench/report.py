@@ -192,13 +192,14 @@ def markdown(rows, notes, env: dict, scale, interrupted: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
+# One color per provider across every panel and run (older runs' providers keep theirs).
+COLORS = {"cuda": "tab:blue", "triton": "tab:orange", "reference": "tab:gray", "flex": "tab:green", "sdpa": "tab:red",
+          "math-jvp": "tab:purple", "cuda-fused": "tab:cyan", "cuda-deterministic": "tab:olive",
+          "cuda-two-kernel": "darkkhaki", "cuda-plain": "tab:pink", "flex-flash": "black", "cudnn": "tab:brown"}
+
+
 def _color(provider: str) -> str:
-    """One color per provider across every panel and run."""
-    known = ("cuda", "triton", "reference", "flex", "sdpa", "math-jvp", "cuda-fused", "cuda-deterministic", "cuda-two-kernel",
-             "cuda-plain", "flex-flash", "cudnn")
-    palette = ("tab:blue", "tab:orange", "tab:gray", "tab:green", "tab:red", "tab:purple", "tab:cyan", "tab:olive",
-               "tab:pink", "black", "tab:brown")
-    return palette[known.index(provider)] if provider in known else "tab:brown"
+    return COLORS.get(provider, "lightgray")
 
 
 def chart(path, rows, env: dict):

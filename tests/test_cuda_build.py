@@ -140,3 +140,8 @@ def test_launch_arguments_fill_the_struct(family):
             desc = mask.tiles(*choice.k_tiles)
             assert p.dq_semaphore == semaphore.data_ptr() and p.dq_turns.full_ptr == p.k_tiles.full_ptr
             assert p.dq_turns.full_idx == desc.dq_turns[0].data_ptr() and p.dq_turns.part_idx == desc.dq_turns[1].data_ptr()
+        # the walk order is the ordered form's only; the PARTIAL tiles' runs go with their lists
+        k_desc = mask.tiles(*choice.k_tiles)
+        assert p.k_tiles.order == (k_desc.k_walk_order.data_ptr() if ordered else 0)
+        assert p.k_tiles.part_runs == k_desc.k_part_runs.data_ptr()
+        assert p.q_tiles.part_runs == mask.tiles(*choice.q_tiles).q_part_runs.data_ptr() and p.q_tiles.order == 0

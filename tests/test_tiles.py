@@ -78,10 +78,13 @@ def test_partial_tile_runs_match_the_mask(q_sizes, k_sizes, data, bm, bn):
 
 def test_partial_tile_runs_of_the_video_masks():
     """With frames longer than a tile (the benchmark's 1,560 tokens), every partial tile of the
-    frame- and chunk-wise masks is simple."""
+    frame- and chunk-wise masks is simple: teacher forcing, block-causal by frame and by chunk,
+    with a window and a sink, and a KV-cache step."""
     for mask in (masks.teacher_forcing(masks.FramePattern(1560, 4, 2)),
                  masks.block_causal(masks.FramePattern(1560, 5, 1)),
-                 masks.block_causal(masks.FramePattern(1560, 6, 3))):
+                 masks.block_causal(masks.FramePattern(1560, 6, 3)),
+                 masks.block_causal(masks.FramePattern(1560, 12, 3), window=2, sink=1),
+                 masks.kv_cache(masks.FramePattern(1560, 9, 3), 2)):
         for bm, bn in ((64, 128), (128, 128), (128, 64)):
             t = mask.tiles(bm, bn)
             for runs in (t.q_part_runs, t.k_part_runs):
@@ -104,3 +107,29 @@ def test_key_walk_order_takes_every_entry_by_increasing_query_tile(q_sizes, k_si
         walk = order[fp[u] + pp[u]:fp[u + 1] + pp[u + 1]].tolist()
         assert sorted(walk) == list(range(len(tiles)))
         assert [tiles[e] for e in walk] == sorted(tiles)
+
+
+@given(frames=st.integers(1, 7), tokens=st.integers(128, 400), chunk=st.integers(1, 3), teacher=st.booleans(),
+       window=st.one_of(st.none(), st.integers(1, 3)), sink=st.integers(0, 1))
+def test_higher_key_tiles_reach_each_query_tile_first(frames, tokens, chunk, teacher, window, sink):
+    """What the ordered backward's speed rests on: walking each key tile's query tiles in
+    k_walk_order, a higher key tile reaches any query tile at the same step or earlier than a lower
+    one, so turns in decreasing key-tile order follow the order the blocks arrive in. It holds
+    for frames of at least a key tile (128 tokens) in block-causal masks with or without a window
+    and sink, and in teacher forcing by whole chunks without a window (W1-W8's masks). Elsewhere
+    (shorter frames, a ragged last chunk or a window in teacher forcing) some blocks wait longer;
+    the turns, and so the sums, are the same."""
+    if teacher:
+        window, frames = None, frames - frames % min(chunk, frames)
+    pattern = masks.FramePattern(tokens, frames, min(chunk, frames))
+    build = masks.teacher_forcing if teacher else masks.block_causal
+    t = build(pattern, window=window, sink=sink if window else 0).tiles(64, 128)
+    fp, pp, order = t.k_full_ptr.tolist(), t.k_part_ptr.tolist(), t.k_walk_order.tolist()
+    step_at = {}   # query tile -> [(key tile, step at which the key tile reaches it)]
+    for u in range(t.num_k_tiles):
+        tiles = t.k_full_idx[fp[u]:fp[u + 1]].tolist() + t.k_part_idx[pp[u]:pp[u + 1]].tolist()
+        for s, e in enumerate(order[fp[u] + pp[u]:fp[u + 1] + pp[u + 1]]):
+            step_at.setdefault(tiles[e], []).append((u, s))
+    for m, visits in step_at.items():
+        steps = [s for _, s in sorted(visits, reverse=True)]   # by key tile, highest first
+        assert steps == sorted(steps), (m, sorted(visits, reverse=True))

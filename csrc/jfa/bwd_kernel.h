@@ -37,8 +37,8 @@ __global__ void attention_bwd_delta_kernel(const AttnParams p) {
 
 // The query side of the dK/dV walk, the same on both paths (only the tile types differ): each of
 // two stages after the key/value tiles holds a q tile, its dO tile, and the rows' lse (log2
-// units) and delta. Step j of the walk is query tile j % num_total of head j / num_total of the
-// group, so dK/dV sum over the group.
+// units) and delta. Step j of the walk is entry walk.entry(j % num_total) of head j / num_total
+// of the group, so dK/dV sum over the group.
 template <class Tr, class QTile, class OTile>
 struct BwdKVQueryStages {
     uint32_t s0;   // shared address of the (aligned) base

@@ -8,9 +8,10 @@
 // of each step in shared memory, runs dQ_tile = dS K (both operands read transposed), stages the
 // float32 tile in shared memory and adds it into a float32 buffer with one bulk reduce-add of the
 // TMA unit, which reads the staging tile while the next step computes; a last pass scales and
-// converts the buffer into dq. 5 products per tile pair instead of the two kernels' 7, at the
-// price of an atomic (so not bitwise repeatable) sum order. Per-thread vector atomics instead of
-// the bulk reduce-add doubled the kernel's time (bench/NOTES_cuda.md, item 8).
+// converts the buffer into dq. 5 products per tile pair instead of the two kernels' 7. The adds
+// land in the order the blocks arrive (not bitwise repeatable) unless params.dq_order asks for
+// key-tile order (below). Per-thread vector atomics instead of the bulk reduce-add doubled the
+// kernel's time (bench/NOTES_cuda.md, item 8).
 //
 // The buffer holds, per (batch, head, 64-row query tile), the tile's 64-column halves one after
 // the other, each 64 x 64 in the threads' fragment order (each 16-byte chunk holds what one
@@ -57,8 +58,9 @@ __device__ __forceinline__ float* dq_tile(const AttnParams& p, int bh, int qt) {
 
 // The ordered form (DqOrder::kKeyTile): a dQ tile takes its adds in decreasing key-tile order.
 // Its blocks take the key tiles highest first, and walk each key tile's query tiles in increasing
-// order: in a causal mask a higher key tile then also reaches a query tile sooner, so the turns
-// rarely wait, and a block only waits for blocks launched before it, so every wait ends.
+// order: in the frame and chunk masks a higher key tile then also reaches a query tile sooner,
+// so the turns rarely wait, and a block only waits for blocks launched before it, so every wait
+// ends.
 // wait_dq_turn: until the tile's semaphore equals this block's turn (acquire, GPU scope).
 // pass_dq_turn: once this block's adds into the tile are complete, count the semaphore up
 // (release). The adds run in the async proxy; the proxy fences order them with the semaphore's

@@ -15,9 +15,10 @@ enum MaskRule : int { kRuleNone = 0, kRuleFull = 1, kRuleCausal = 2 };
 
 // One outer tile's lists. An entry index i names FULL entry i below num_full, else PARTIAL entry
 // i - num_full; a walk's step s takes entry(s): the lists' order where one is given (the ordered
-// backward's key-side walk: by increasing query tile, so that in a causal mask a higher key tile
-// reaches each query tile before the lower ones, the order its dQ adds take), else FULL entries
-// first.
+// backward's key-side walk: by increasing query tile, so that in the frame and chunk masks a
+// higher key tile reaches each query tile no later than the lower ones, the order its dQ adds
+// take), else FULL entries first. The forward, JVP and dQ walks never carry an order and use the
+// step as the entry.
 struct TileWalk {
     const int32_t* full_idx;
     const int32_t* part_idx;

@@ -81,8 +81,8 @@ struct AttnParams {
     void* dv = nullptr;
     float* delta = nullptr;
     // Set: the sm_90a path runs the one-kernel backward, which adds dQ / scale into this float32
-    // (B, Hq, Sq, Dqk) buffer with atomics (not bitwise deterministic) and then converts it into dq.
-    // nullptr: the deterministic two-kernel backward.
+    // (B, Hq, Sq, Dqk) buffer with bulk reduce-adds and then converts it into dq. nullptr: the
+    // two-kernel backward (the portable family's only form).
     float* dq_accum = nullptr;
     // The order of those adds. kArrival: as the blocks get there (the fast form). kKeyTile: every
     // dQ tile receives its adds in decreasing key-tile order, so dq is bitwise repeatable: a block
@@ -90,7 +90,7 @@ struct AttnParams {
     // by the launcher) equals its turn, the key tile's rank among those that visit the query tile
     // (dq_turns, one per entry of the k_tiles lists), adds, waits for the add to complete and
     // counts the semaphore up. Where the TMA unit cannot load an operand, the launcher runs the
-    // two-kernel backward instead.
+    // fused kernel that loads with cp.async, in the same order.
     DqOrder dq_order = DqOrder::kArrival;
     TileLists dq_turns;        // full_idx / part_idx: turns, laid out as the k_tiles lists' entries
     int32_t* dq_semaphore = nullptr;

@@ -185,8 +185,10 @@ class TileDescription:
     def k_walk_order(self) -> torch.Tensor:
         """The order the backward walks each key tile's query tiles: per key tile u, at offset
         k_full_ptr[u] + k_part_ptr[u], its entries' indices (FULL entries 0.., then PARTIAL ones)
-        by increasing query tile. In a causal mask a higher key tile then reaches each query tile
-        before the lower ones do, the order of the ordered backward's dQ turns."""
+        by increasing query tile. In the frame and chunk masks (frames of at least a key tile;
+        block-causal, with or without a window, or teacher forcing by whole chunks) a higher key
+        tile then reaches each query tile no later than the lower ones, the order of the ordered
+        backward's dQ turns."""
         fp, pp = self.k_full_ptr.cpu().numpy().astype(np.int64), self.k_part_ptr.cpu().numpy().astype(np.int64)
         fi, pi = self.k_full_idx.cpu().numpy().astype(np.int64), self.k_part_idx.cpu().numpy().astype(np.int64)
         nf, npart = np.diff(fp), np.diff(pp)
