@@ -11,7 +11,7 @@
 //     into the stage (their rows are not 16-byte aligned for every Sq, so not by TMA), warp 2
 //     adds each staged dQ tile into the buffer and waits for the TMA unit to have read it (in the
 //     ordered form it first waits for the tile's turn, and counts the turn on once the add is
-//     complete);
+//     complete; there warps 2 and 3 take the steps in turn, so two adds are in flight);
 //   - warpgroups 1 and 2 (64 keys each) only compute. Per step: S^T, then dP^T (the mask and
 //     exp2 of S^T run while dP^T is computed); dV while dS^T goes to shared memory; then dQ and
 //     dK, and dQ is staged while dK still runs; dK is waited for only after the next step's S^T
