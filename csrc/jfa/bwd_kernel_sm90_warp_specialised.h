@@ -11,7 +11,7 @@
 //     into the stage (their rows are not 16-byte aligned for every Sq, so not by TMA), warp 2
 //     adds each staged dQ tile into the buffer and waits for the TMA unit to have read it (in the
 //     ordered form it first waits for the tile's turn, and counts the turn on once the add is
-//     complete);
+//     complete; there warps 2 and 3 take the steps in turn, so two adds are in flight);
 //   - warpgroups 1 and 2 (64 keys each) only compute. Per step: S^T, then dP^T (the mask and
 //     exp2 of S^T run while dP^T is computed); dV while dS^T goes to shared memory; then dQ and
 //     dK, and dQ is staged while dK still runs; dK is waited for only after the next step's S^T
@@ -70,6 +70,9 @@ constexpr int kDsOwn = 2;         // 2, 3: warpgroup w's dS^T rows are (d = 64)
 // barriers (160 threads), so neither waits for the other's tile to be staged or read.
 constexpr int kDqHalfFull = 4;    // 4, 5: warpgroup w's staged tile is complete
 constexpr int kDqHalfEmpty = 6;   // 6, 7: the TMA unit has read it
+// The ordered form hands its odd steps to a second dQ warp, through barriers 8-11 (the same
+// pairs, shifted), so that each barrier meets the consumers and one warp only.
+__device__ __forceinline__ int dq_barrier_shift(bool in_order, int j) { return in_order ? (j & 1) * 4 : 0; }
 
 template <class Tr>
 struct BwdWarpSpecialisedSmem {
@@ -199,18 +202,25 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                 }
                 sm.q_full(st).arrive();
             }
-        } else if (warp == 2) {   // dQ: a bulk reduce-add per warpgroup and step
+        } else if (warp >= 2) {   // dQ: a bulk reduce-add per warpgroup and step
+            // The fast form: warp 2 takes every step. The ordered form: warps 2 and 3 take the
+            // steps in turn, so that one warp's wait for its add to complete (before the tile's
+            // turn passes on) overlaps the other's step. A warp waits for both halves to be
+            // staged, then for the tile's turn, so a turn is held only while the adds run; at
+            // d = 64 both warpgroups' tiles go to the same place, one after the other (two adds
+            // in flight to one address could land in either order).
             const bool in_order = p.dq_order == DqOrder::kKeyTile;
+            const int first = warp - 2, stride = in_order ? 2 : 1;
+            if (first >= stride) return;
             BwdWalkCursor at(walk, hk, groups);
-            for (int j = 0; j < total; ++j, at.advance(walk)) {
+            if (first > 0) at.advance(walk);
+            for (int j = first; j < total; j += stride) {
                 const int bh = b * p.heads_q + at.h, qt = walk.tile(at.i);
                 float* tile = dq_tile<kDQK>(p, bh, qt);
+                const int shift = dq_barrier_shift(in_order, j);
                 if (in_order) {
-                    // Ordered form: both halves staged first, so the tile's turn is held only while
-                    // the adds run; at d = 64 both warpgroups' tiles go to the same place, one after
-                    // the other (two adds in flight to one address could land in either order).
-                    named_sync(kDqHalfFull, 128 + 32);
-                    named_sync(kDqHalfFull + 1, 128 + 32);
+                    named_sync(kDqHalfFull + shift, 128 + 32);
+                    named_sync(kDqHalfFull + 1 + shift, 128 + 32);
                     int32_t* sem = p.dq_semaphore + dq_tile_index(p, bh, qt);
                     if (lane == 0) {
                         wait_dq_turn(sem, TileWalk(p.dq_turns, k_tile).tile(at.i));
@@ -224,26 +234,27 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                     }
                     __syncwarp();
                     if (j + 1 < total) {
-                        named_arrive(kDqHalfEmpty, 128 + 32);
-                        named_arrive(kDqHalfEmpty + 1, 128 + 32);
+                        named_arrive(kDqHalfEmpty + shift, 128 + 32);
+                        named_arrive(kDqHalfEmpty + 1 + shift, 128 + 32);
                     }
                     if (lane == 0) {
                         bulk_wait_all();
                         pass_dq_turn(sem);
                     }
-                    continue;
-                }
+                } else {
 #pragma unroll
-                for (int w = 0; w < 2; ++w) {
-                    named_sync(kDqHalfFull + w, 128 + 32);
-                    if (lane == 0) {
-                        bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
-                                            sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
-                        bulk_wait_read();
+                    for (int w = 0; w < 2; ++w) {
+                        named_sync(kDqHalfFull + w, 128 + 32);
+                        if (lane == 0) {
+                            bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
+                                                sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
+                            bulk_wait_read();
+                        }
+                        __syncwarp();
+                        if (j + 1 < total) named_arrive(kDqHalfEmpty + w, 128 + 32);
                     }
-                    __syncwarp();
-                    if (j + 1 < total) named_arrive(kDqHalfEmpty + w, 128 + 32);
                 }
+                for (int s = 0; s < stride; ++s) at.advance(walk);
             }
             if (lane == 0) bulk_wait_all();
         }
@@ -256,6 +267,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     const int krow0 = n0 + cw * 16;
     const float scale_log2 = p.scale * kLog2e;
     const bool edge_k = n0 + kBN > p.seqlen_k;
+    const bool in_order = p.dq_order == DqOrder::kKeyTile;   // dQ barriers alternate between two warps
     float acc_dk[kDQK / 8][4], acc_dv[kDV / 8][4];
     zero(acc_dk);
     zero(acc_dv);
@@ -315,14 +327,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         hold_across_wgmma(acc_dv);
         hold_across_wgmma(pf);
         hold_across_wgmma(acc_dq);
-        if (j > 0) named_sync(kDqHalfEmpty + wg, 128 + 32);   // this half of the previous tile has been read
+        if (j > 0) named_sync(kDqHalfEmpty + wg + dq_barrier_shift(in_order, j - 1), 128 + 32);   // this half of the previous tile has been read
         stage_dq_half(sm.dq_staging() + wg * kDQHalfBytes, acc_dq, (cw & 3) * 16, lane);
         wgmma_wait<0>();   // dK
         hold_across_wgmma(acc_dk);
         hold_across_wgmma(dsf);
         sm.q_empty(st).arrive();   // q, dO, lse and delta of the stage are read
         fence_proxy_async();
-        named_arrive(kDqHalfFull + wg, 128 + 32);
+        named_arrive(kDqHalfFull + wg + dq_barrier_shift(in_order, j), 128 + 32);
     }
 
     store_dk_dv<Elem>(p, b, hk, krow0, acc_dk, acc_dv, lane);
