@@ -12,8 +12,8 @@ Environment:
   JFA_CUDA_CACHE_DIR where compiled objects are kept (default build/cuda-objects in the source tree)
   JFA_CUDA_LINEINFO  1 adds -lineinfo (for compute-sanitizer and profilers)
   JFA_TILES          tile-shape overrides for experiments, e.g. "fwd=128,128,8;bwd_kv=32,128,8;jvp90=128,128"
-                     (keys fwd, jvp, bwd_q, bwd_kv: block_m,block_n,warps; fwd90, jvp90, bwdq90, bwdkv90,
-                     bwdf90 (the sm_90a family): block_m,block_n; see jfa/tile_shapes.h)
+                     (keys fwd, jvp, bwd_q, bwd_kv: block_m,block_n,warps; fwd90, jvp90, bwdf90 (the
+                     sm_90a family): block_m,block_n; see jfa/tile_shapes.h)
 """
 from __future__ import annotations
 
@@ -111,8 +111,7 @@ def default_jobs() -> int:
 TILE_KEYS = {
     "fwd": ("kFwd", "kPortable", None), "jvp": ("kJvp", "kPortable", None),
     "bwd_q": ("kBwdQ", "kPortable", None), "bwd_kv": ("kBwdKV", "kPortable", None),
-    "fwd90": ("kFwd", "kSm90", 0), "jvp90": ("kJvp", "kSm90", 0), "bwdq90": ("kBwdQ", "kSm90", 0),
-    "bwdkv90": ("kBwdKV", "kSm90", 1), "bwdf90": ("kBwdFused", "kSm90", 1),
+    "fwd90": ("kFwd", "kSm90", 0), "jvp90": ("kJvp", "kSm90", 0), "bwdf90": ("kBwdFused", "kSm90", 1),
 }
 
 

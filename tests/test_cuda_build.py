@@ -31,16 +31,18 @@ def test_module_lists_its_variants_and_tile_shapes():
     for family in ("portable", "sm90a"):
         shapes = m.tile_shapes(family)
         assert set(shapes) == {"fwd", "jvp", "bwd_q", "bwd_kv", "bwd_fused"}
-        # the fused backward is sm_90a only: 64 query rows, whole warpgroups of keys
+        # the fused backward is sm_90a's only one (64 query rows, whole warpgroups of keys), the
+        # two-kernel backward the portable family's
         assert (shapes["bwd_fused"] is not None) == (family == "sm90a")
+        assert (shapes["bwd_q"] is None) == (shapes["bwd_kv"] is None) == (family == "sm90a")
         if shapes["bwd_fused"] is not None:
             assert shapes["bwd_fused"][0] == 64 and shapes["bwd_fused"][1] % 64 == 0
         for key in ("fwd", "jvp", "bwd_q", "bwd_kv"):
-            bm, bn = shapes[key]
-            assert bm % 16 == 0 and bn % 16 == 0
-        if family == "sm90a":
-            # whole warpgroups: of query rows (fwd, jvp, dQ), of keys (dK/dV)
-            assert all(shapes[key][0] % 64 == 0 for key in ("fwd", "jvp", "bwd_q")) and shapes["bwd_kv"][1] % 64 == 0
+            if shapes[key] is not None:
+                bm, bn = shapes[key]
+                assert bm % 16 == 0 and bn % 16 == 0
+        if family == "sm90a":   # whole warpgroups of query rows
+            assert all(shapes[key][0] % 64 == 0 for key in ("fwd", "jvp"))
     with pytest.raises(ValueError, match="family"):
         m.tile_shapes("hopper")
 
@@ -52,7 +54,7 @@ def test_default_tile_shapes():
         pytest.skip(f"built with JFA_TILES={m.build_info()['tiles']}")
     assert m.tile_shapes("portable") == {"fwd": (128, 64), "jvp": (128, 32), "bwd_q": (128, 64), "bwd_kv": (64, 128),
                                          "bwd_fused": None}
-    assert m.tile_shapes("sm90a") == {"fwd": (128, 128), "jvp": (128, 64), "bwd_q": (64, 64), "bwd_kv": (64, 64),
+    assert m.tile_shapes("sm90a") == {"fwd": (128, 128), "jvp": (128, 64), "bwd_q": None, "bwd_kv": None,
                                       "bwd_fused": (64, 128)}
 
 
@@ -127,10 +129,12 @@ def test_launch_arguments_fill_the_struct(family):
     assert p.q == q.data_ptr() and p.q_stride == q.stride()[:3] and p.num_q_tiles == -(-mask.sq // kernels.fwd[0])
     p = la.jvp_params(m, kc.KernelChoice(family, kernels.jvp), mask, q, k, v, q, k, v, 0.1, o, o, lse)
     assert p.tq == q.data_ptr() and p.to == o.data_ptr() and p.q_zero_tangent != 0
-    forms = ["two-kernel"] + (["fused", "fused-ordered"] if kernels.bwd_fused is not None else [])
+    forms = ["fused", "fused-ordered"] if kernels.bwd_fused is not None else ["two-kernel"]
     for form in forms:
         fused, ordered = form != "two-kernel", form == "fused-ordered"
-        choice = kc.KernelChoice(family, kernels.bwd_q, kernels.bwd_fused if fused else kernels.bwd_kv, form)
+        # the fused backward: one description, its own shape, serves both sides
+        choice = (kc.KernelChoice(family, kernels.bwd_fused, kernels.bwd_fused, form) if fused
+                  else kc.KernelChoice(family, kernels.bwd_q, kernels.bwd_kv, form))
         semaphore = torch.zeros(2, 2, 3, dtype=torch.int32) if ordered else None
         p = la.backward_params(m, choice, mask, q, k, v, o, lse, o, 0.1, q, k, v, lse, lse if fused else None, semaphore)
         assert p.do_ == o.data_ptr() and p.do_stride == o.stride()[:3] and p.delta == lse.data_ptr()

@@ -1,14 +1,14 @@
-// Backward on Hopper's warpgroup products (sm_90a): the dK/dV and dQ kernels of bwd_kernel.h
-// (same walks, same recomputation of P from the forward's lse, same algebra; see its header)
-// with every product a wgmma chain. Warpgroups own 64 rows of the tile they iterate with (keys
-// in dK/dV, queries in dQ); operands come from 128-byte-swizzled panels (wgmma.h), the K-major
-// reads for S and dP, the N-major (transposed) reads for dV += P^T dO, dK += dS^T Q, dQ += dS K.
-//
-// The fused backward (Tr::kFused) is the dK/dV kernel that also does dQ's work: it stores dS^T
-// of each step in shared memory, runs dQ_tile = dS K (both operands read transposed), stages the
-// float32 tile in shared memory and adds it into a float32 buffer with one bulk reduce-add of the
-// TMA unit, which reads the staging tile while the next step computes; a last pass scales and
-// converts the buffer into dq. 5 products per tile pair instead of the two kernels' 7. The adds
+// The fused backward on Hopper's warpgroup products (sm_90a), the parts its two kernels share,
+// and its form whose warps all load by cp.async (the warp-specialised form is
+// bwd_kernel_sm90_warp_specialised.h). It is the dK/dV walk of bwd_kernel.h (same recomputation
+// of P from the forward's lse, same algebra; see its header) with every product a wgmma chain,
+// that also does dQ's work: warpgroups own 64 keys; operands come from 128-byte-swizzled panels
+// (wgmma.h), the K-major reads for S and dP, the N-major (transposed) reads for dV += P^T dO,
+// dK += dS^T Q, dQ += dS K. It stores dS^T of each step in shared memory, runs dQ_tile = dS K
+// (both operands read transposed), stages the float32 tile in shared memory and adds it into a
+// float32 buffer with one bulk reduce-add of the TMA unit, which reads the staging tile while the
+// next step computes; a last pass scales and converts the buffer into dq. 5 products per tile
+// pair instead of a two-kernel backward's 7. The adds
 // land in the order the blocks arrive (not bitwise repeatable) unless params.dq_order asks for
 // key-tile order (below). Per-thread vector atomics instead of the bulk reduce-add doubled the
 // kernel's time (bench/NOTES_cuda.md, item 8).
@@ -185,7 +185,7 @@ __device__ __forceinline__ void issue_dv_dk(float (&acc_dv)[kDV / 8][4], float (
 }
 
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(const AttnParams p) {
+__global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kernel_sm90_cp_async(const AttnParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Elem = typename Tr::Elem;
     constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV;
@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
 
     const TileWalk walk(p.k_tiles, k_tile);
     const int total = groups * walk.num_total;
-    const bool in_order = Tr::kFused && p.dq_order == DqOrder::kKeyTile;
+    const bool in_order = p.dq_order == DqOrder::kKeyTile;
     int32_t* sem_pending = nullptr;   // ordered form: the semaphore of the tile whose add is in flight (thread 0)
     sK.template load_async<Tr::kThreads>(head_ptr<Elem>(p.k, p.k_stride, b, hk), p.k_stride.row, n0, p.seqlen_k, tid);
     sV.template load_async<Tr::kThreads>(head_ptr<Elem>(p.v, p.v_stride, b, hk), p.v_stride.row, n0, p.seqlen_k, tid);
@@ -247,49 +247,45 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         uint32_t pf[kKS][4], dsf[kKS][4];
         c_to_a<Elem, kKS>(pf, pt);
         c_to_a<Elem, kKS>(dsf, dst);
-        if constexpr (Tr::kFused) {
-            store_a_frags(sDS, dsf, warp * 16, lane);
-            fence_proxy_async();
-            if (tid == 0) {   // the previous step's dQ tile has left the staging tile (ordered: is added)
-                if (in_order && sem_pending != nullptr) {
-                    bulk_wait_all();
-                    pass_dq_turn(sem_pending);
-                    sem_pending = nullptr;
-                } else {
-                    bulk_wait_read();
-                }
+        store_a_frags(sDS, dsf, warp * 16, lane);
+        fence_proxy_async();
+        if (tid == 0) {   // the previous step's dQ tile has left the staging tile (ordered: is added)
+            if (in_order && sem_pending != nullptr) {
+                bulk_wait_all();
+                pass_dq_turn(sem_pending);
+                sem_pending = nullptr;
+            } else {
+                bulk_wait_read();
             }
-            __syncthreads();   // and the whole dS^T tile is written before the product reads it
         }
+        __syncthreads();   // and the whole dS^T tile is written before the product reads it
         issue_dv_dk<Elem, kDQK, kDV>(acc_dv, acc_dk, pf, dsf, sDO, sQ);
-        if constexpr (Tr::kFused) {
-            // dQ rows of this query tile, dS (queries x keys) K, dS^T and K both stored with rows = keys;
-            // 64 columns at a time (dQ's accumulators then fit beside dK's and dV's) into the staging tile.
-            const uint32_t staging = s0 + Tr::kDQOffset;
-            // Half c of dQ's columns is warpgroup c's (with d = 64 one warpgroup does all).
+        // dQ rows of this query tile, dS (queries x keys) K, dS^T and K both stored with rows = keys;
+        // 64 columns at a time (dQ's accumulators then fit beside dK's and dV's) into the staging tile.
+        const uint32_t staging = s0 + Tr::kDQOffset;
+        // Half c of dQ's columns is warpgroup c's (with d = 64 one warpgroup does all).
 #pragma unroll
-            for (int c = warp >> 2; c < kDQK / kDQHalf; c += kWarpGroups) {
-                float acc_dq[kDQHalf / 8][4];
-                wgmma_fence();
+        for (int c = warp >> 2; c < kDQK / kDQHalf; c += kWarpGroups) {
+            float acc_dq[kDQHalf / 8][4];
+            wgmma_fence();
 #pragma unroll
-                for (int ks = 0; ks < kBN / 16; ++ks)
-                    Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sDS.desc_n_major(ks), sK.desc_n_major(ks, c), ks > 0);
-                wgmma_commit();
-                wgmma_wait<0>();
-                hold_across_wgmma(acc_dq);
-                stage_dq_half(staging + c * kDQHalfBytes, acc_dq, (warp & 3) * 16, lane);
+            for (int ks = 0; ks < kBN / 16; ++ks)
+                Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sDS.desc_n_major(ks), sK.desc_n_major(ks, c), ks > 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            hold_across_wgmma(acc_dq);
+            stage_dq_half(staging + c * kDQHalfBytes, acc_dq, (warp & 3) * 16, lane);
+        }
+        fence_proxy_async();
+        __syncthreads();   // the staged tile is complete
+        if (tid == 0) {
+            static_assert(kBM == kDQTileRows, "a query tile is a tile of the dQ buffer");
+            const int bh = b * p.heads_q + hk * groups + j / walk.num_total;
+            if (in_order) {
+                sem_pending = p.dq_semaphore + dq_tile_index(p, bh, m0 / kBM);
+                wait_dq_turn(sem_pending, TileWalk(p.dq_turns, k_tile).tile(i));   // turns laid out as the walk
             }
-            fence_proxy_async();
-            __syncthreads();   // the staged tile is complete
-            if (tid == 0) {
-                static_assert(kBM == kDQTileRows, "a query tile is a tile of the dQ buffer");
-                const int bh = b * p.heads_q + hk * groups + j / walk.num_total;
-                if (in_order) {
-                    sem_pending = p.dq_semaphore + dq_tile_index(p, bh, m0 / kBM);
-                    wait_dq_turn(sem_pending, TileWalk(p.dq_turns, k_tile).tile(i));   // turns laid out as the walk
-                }
-                bulk_reduce_add_f32(dq_tile<kDQK>(p, bh, m0 / kBM), staging, Tr::kDQBytes);
-            }
+            bulk_reduce_add_f32(dq_tile<kDQK>(p, bh, m0 / kBM), staging, Tr::kDQBytes);
         }
         wgmma_wait<0>();
         hold_across_wgmma(acc_dv);
@@ -299,90 +295,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kv_kernel_sm90(
         __syncthreads();
     }
 
-    if constexpr (Tr::kFused) {
-        if (tid == 0) {
-            bulk_wait_all();
-            if (sem_pending != nullptr) pass_dq_turn(sem_pending);
-        }
+    if (tid == 0) {
+        bulk_wait_all();
+        if (sem_pending != nullptr) pass_dq_turn(sem_pending);
     }
     store_dk_dv<Elem>(p, b, hk, krow0, acc_dk, acc_dv, lane);
-#endif
-}
-
-template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_q_kernel_sm90(const AttnParams p) {
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using Elem = typename Tr::Elem;
-    constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV;
-    constexpr int kNBS = kBN / 8;
-    constexpr int kKS = kBN / 16;
-    using QTile = PanelTile<kBM, kDQK>;
-    using OTile = PanelTile<kBM, kDV>;
-    using KTile = PanelTile<kBN, kDQK>;
-    using VTile = PanelTile<kBN, kDV>;
-
-    extern __shared__ char smem[];
-    const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wg_row = (warp >> 2) * 64;
-    const int q_tile = p.num_q_tiles - 1 - blockIdx.x;
-    const int b = blockIdx.y / p.heads_q, h = blockIdx.y % p.heads_q;
-    const int hk = h / (p.heads_q / p.heads_k);
-    const int q0 = q_tile * kBM, row0 = q0 + warp * 16;
-
-    const QTile sQ{s0};
-    const OTile sDO{s0 + QTile::kBytes};
-    const BwdQKeyStages<Tr, KTile, VTile> stages{s0, head_ptr<Elem>(p.k, p.k_stride, b, hk),
-                                                 head_ptr<Elem>(p.v, p.v_stride, b, hk)};
-    const TileWalk walk(p.q_tiles, q_tile);
-    sQ.template load_async<Tr::kThreads>(head_ptr<Elem>(p.q, p.q_stride, b, h), p.q_stride.row, q0, p.seqlen_q, tid);
-    sDO.template load_async<Tr::kThreads>(head_ptr<Elem>(p.do_, p.do_stride, b, h), p.do_stride.row, q0, p.seqlen_q,
-                                          tid);
-    auto load_kv = [&](int i, int st) { stages.load(p, walk.tile(i) * kBN, st, tid); };
-    if (walk.num_total > 0) load_kv(0, 0);
-    cp_async_commit();
-
-    float lse2[2], delta[2];
-    row_lse_delta(p, row0, lane, lse2, delta);
-    float acc_dq[kDQK / 8][4];
-    zero(acc_dq);
-    const float scale_log2 = p.scale * kLog2e;
-    const bool edge_q = q0 + kBM > p.seqlen_q;
-
-    for (int i = 0; i < walk.num_total; ++i) {
-        const int st = i & 1;
-        prefetch_next_and_wait(i, walk.num_total, st ^ 1, load_kv);
-        fence_proxy_async();
-        __syncthreads();
-        const KTile sK = stages.key(st);
-        const VTile sV = stages.value(st);
-        const int k0 = walk.tile(i) * kBN;
-
-        float s[kNBS][4], dp[kNBS][4];
-        score_products<Elem, kDQK, kDV, kBN>(s, dp, sQ, sDO, sK, sV, wg_row);
-        mask_scores<false>(s, p, walk, i, edge_q || k0 + kBN > p.seqlen_k, row0, k0, lane);
-#pragma unroll
-        for (int nb = 0; nb < kNBS; ++nb) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float pe = exp2f(s[nb][e] * scale_log2 - lse2[e >> 1]);
-                dp[nb][e] = pe * (dp[nb][e] - delta[e >> 1]);
-            }
-        }
-        uint32_t af[kKS][4];
-        c_to_a<Elem, kKS>(af, dp);
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dq, af[ks], sK.desc_n_major(ks), 1);
-        wgmma_commit();
-        wgmma_wait<0>();
-        hold_across_wgmma(acc_dq);
-        hold_across_wgmma(af);
-        __syncthreads();
-    }
-    const float f[2] = {p.scale, p.scale};
-    store_rows<Elem, kDQK / 8>(head_ptr<Elem>(p.dq, p.dq_stride, b, h), p.dq_stride.row, row0, p.seqlen_q, acc_dq, f,
-                               lane);
 #endif
 }
 

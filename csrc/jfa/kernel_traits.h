@@ -95,51 +95,27 @@ struct BwdQTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
     static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
 };
 
-// The backward on the sm_90a path: its own tile shapes (kBwdKVTilesSm90, kBwdQTilesSm90; warpgroups
-// of 64 keys in dK/dV, of 64 queries in dQ). Panels are 1024-byte aligned.
+// The sm_90a fused backward whose warps all load by cp.async (bwd_kernel_sm90.h), where the TMA unit
+// cannot describe an operand: the fused tile shape (kBwdFusedTilesSm90), two warpgroups of 64
+// keys, then after the query stages a dS^T tile and a float32 dQ staging tile. Panels are
+// 1024-byte aligned.
 constexpr int round_up_1k(int x) { return (x + 1023) / 1024 * 1024; }
 
-// Backward blocks of one warpgroup are meant to run two per SM (the launcher then asks for the
-// largest shared-memory carveout); their traits check that two fit.
-constexpr bool two_per_sm(int threads) { return threads == 128; }
-constexpr bool fits_two_per_sm(int threads, int smem_bytes) {
-    return !two_per_sm(threads) || 2 * (smem_bytes + 1024) <= kSmemPerSm90;
-}
-
-// kFusedDQ: the kernel also adds dQ into a float32 buffer (the fused backward), through a dS^T
-// tile and a float32 dQ staging tile in shared memory after the query stages; it has its own tile
-// shape (kBwdFusedTilesSm90).
-template <bool kFusedDQ>
-constexpr TileShape bwd_kv_tiles_sm90() { return kFusedDQ ? kBwdFusedTilesSm90 : kBwdKVTilesSm90; }
-
-template <class Elem, int kDQK, int kDV, bool kFusedDQ = false>
-struct BwdKVTraitsSm90 : BwdKVTraits<Elem, kDQK, kDV, bwd_kv_tiles_sm90<kFusedDQ>().block_m,
-                                     bwd_kv_tiles_sm90<kFusedDQ>().block_n, bwd_kv_tiles_sm90<kFusedDQ>().warps> {
-    using Base = BwdKVTraits<Elem, kDQK, kDV, bwd_kv_tiles_sm90<kFusedDQ>().block_m,
-                             bwd_kv_tiles_sm90<kFusedDQ>().block_n, bwd_kv_tiles_sm90<kFusedDQ>().warps>;
-    static_assert(Base::kBlockN % 64 == 0 && (Base::kBlockM == 64 || Base::kBlockM == 128),
-                  "dK/dV: warpgroups of 64 keys, query tiles of 64 or 128");
-    static_assert(!kFusedDQ || Base::kBlockM == 64, "the fused dQ product is one wgmma's 64 query rows");
-    static constexpr bool kFused = kFusedDQ;
+template <class Elem, int kDQK, int kDV>
+struct BwdFusedCpAsyncTraitsSm90 : BwdKVTraits<Elem, kDQK, kDV, kBwdFusedTilesSm90.block_m, kBwdFusedTilesSm90.block_n,
+                                               kBwdFusedTilesSm90.warps> {
+    using Base = BwdKVTraits<Elem, kDQK, kDV, kBwdFusedTilesSm90.block_m, kBwdFusedTilesSm90.block_n,
+                             kBwdFusedTilesSm90.warps>;
+    static_assert(Base::kBlockN % 64 == 0 && Base::kBlockM == 64,
+                  "warpgroups of 64 keys; the dQ product is one wgmma's 64 query rows");
     static constexpr int kKVBytes = Base::kBlockN * (kDQK + kDV) * 2;
     static constexpr int kStageBytes = round_up_1k(Base::kBlockM * (kDQK + kDV) * 2 + 2 * Base::kBlockM * 4);
     static constexpr int kDSOffset = kKVBytes + Base::kStages * kStageBytes;   // 1 KiB aligned
-    static constexpr int kDSBytes = kFusedDQ ? Base::kBlockN * Base::kBlockM * 2 : 0;
-    static constexpr int kDQOffset = kDSOffset + kDSBytes;   // the fused kernel's float32 dQ staging tile
-    static constexpr int kDQBytes = kFusedDQ ? Base::kBlockM * kDQK * 4 : 0;
+    static constexpr int kDSBytes = Base::kBlockN * Base::kBlockM * 2;
+    static constexpr int kDQOffset = kDSOffset + kDSBytes;   // the float32 dQ staging tile
+    static constexpr int kDQBytes = Base::kBlockM * kDQK * 4;
     static constexpr int kSmemBytes = kDQOffset + kDQBytes + 1024;
-    static_assert(fits_two_per_sm(Base::kThreads, kSmemBytes), "two one-warpgroup blocks must fit an SM");
     static_assert(kSmemBytes <= kSmemPerSm90 - 1024, "the block must fit an SM");
-};
-
-template <class Elem, int kDQK, int kDV>
-struct BwdQTraitsSm90
-    : BwdQTraits<Elem, kDQK, kDV, kBwdQTilesSm90.block_m, kBwdQTilesSm90.block_n, kBwdQTilesSm90.warps> {
-    using Base = BwdQTraits<Elem, kDQK, kDV, kBwdQTilesSm90.block_m, kBwdQTilesSm90.block_n, kBwdQTilesSm90.warps>;
-    static_assert(Base::kBlockM % 64 == 0 && (Base::kBlockN == 64 || Base::kBlockN == 128),
-                  "dQ: warpgroups of 64 queries, key tiles of 64 or 128");
-    static constexpr int kSmemBytes = Base::kSmemBytes + 1024;
-    static_assert(fits_two_per_sm(Base::kThreads, kSmemBytes), "two one-warpgroup blocks must fit an SM");
 };
 
 }  // namespace jfa

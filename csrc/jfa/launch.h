@@ -35,13 +35,9 @@ inline void check_grid_y(int y) {
 }
 
 template <class Kernel>
-void set_smem(Kernel kernel, int bytes, bool two_per_sm = false) {
+void set_smem(Kernel kernel, int bytes) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
                "raising the dynamic shared memory limit");
-    if (two_per_sm) {   // all of the unified L1/shared storage as shared memory, so two blocks fit
-        check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
-                   "setting the shared memory carveout");
-    }
 }
 
 // A forward or JVP kernel over the query tiles; `extra` follows the params (the tensor maps of the
@@ -130,7 +126,7 @@ void launch_bwd_delta(const AttnParams& p, cudaStream_t stream) {
     check_cuda(cudaGetLastError(), "launching the backward preprocess kernel");
 }
 
-// The two-kernel (deterministic) backward of one path: tile checks first, then delta, dK/dV and dQ.
+// The portable family's two-kernel backward: tile checks first, then delta, dK/dV and dQ.
 template <class Elem, class TrKV, class TrQ, class KVKernel, class QKernel>
 void launch_bwd_with(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t stream) {
     check_tiles(p.q_tiles_block_m, p.q_tiles_block_n, TrQ::kBlockM, TrQ::kBlockN, "query");
@@ -138,10 +134,10 @@ void launch_bwd_with(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t s
     check_grid_y(p.batch * p.heads_q);
     if (p.seqlen_q == 0 || p.seqlen_k == 0) return;
     launch_bwd_delta<Elem>(p, stream);
-    set_smem(kv, TrKV::kSmemBytes, two_per_sm(TrKV::kThreads));
+    set_smem(kv, TrKV::kSmemBytes);
     kv<<<dim3(p.num_k_tiles, p.batch * p.heads_k), TrKV::kThreads, TrKV::kSmemBytes, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the dK/dV kernel");
-    set_smem(q, TrQ::kSmemBytes, two_per_sm(TrQ::kThreads));
+    set_smem(q, TrQ::kSmemBytes);
     q<<<dim3(p.num_q_tiles, p.batch * p.heads_q), TrQ::kThreads, TrQ::kSmemBytes, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the dQ kernel");
 }
@@ -150,7 +146,7 @@ void launch_bwd_with(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t s
 // tiles, x Dqk), delta, the fused dK/dV/dQ kernel, then dq = scale * buffer.
 template <class Elem, int kDQK, int kDV>
 void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
-    using Tr = BwdKVTraitsSm90<Elem, kDQK, kDV, true>;
+    using Tr = BwdFusedCpAsyncTraitsSm90<Elem, kDQK, kDV>;
     check_tiles(p.k_tiles_block_m, p.k_tiles_block_n, Tr::kBlockM, Tr::kBlockN, "key");
     check_grid_y(p.batch * p.heads_q);
     if (p.seqlen_q == 0 || p.seqlen_k == 0) return;
@@ -171,8 +167,8 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
         set_smem(kernel, TrWarpSpecialised::kSmemBytes);
         kernel<<<grid, TrWarpSpecialised::kThreads, TrWarpSpecialised::kSmemBytes, stream>>>(p, maps);
     } else {
-        auto kernel = attention_bwd_kv_kernel_sm90<Tr>;
-        set_smem(kernel, Tr::kSmemBytes, two_per_sm(Tr::kThreads));
+        auto kernel = attention_bwd_kernel_sm90_cp_async<Tr>;
+        set_smem(kernel, Tr::kSmemBytes);
         kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
     }
     check_cuda(cudaGetLastError(), "launching the fused backward kernel");
@@ -185,15 +181,11 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
 
 template <class Elem, int kDQK, int kDV>
 void launch_bwd(const AttnParams& p, cudaStream_t stream) {
-    if (p.family == KernelFamily::kSm90) {
-        if (p.dq_accum != nullptr) {
-            launch_bwd_fused<Elem, kDQK, kDV>(p, stream);
-            return;
+    if (p.family == KernelFamily::kSm90) {   // the fused backward is the family's only one
+        if (p.dq_accum == nullptr) {
+            throw std::invalid_argument("jvp_flash_attn CUDA: the sm_90a backward is the fused one, which needs dq_accum");
         }
-        using TrKV = BwdKVTraitsSm90<Elem, kDQK, kDV>;
-        using TrQ = BwdQTraitsSm90<Elem, kDQK, kDV>;
-        launch_bwd_with<Elem, TrKV, TrQ>(attention_bwd_kv_kernel_sm90<TrKV>, attention_bwd_q_kernel_sm90<TrQ>, p,
-                                         stream);
+        launch_bwd_fused<Elem, kDQK, kDV>(p, stream);
     } else {
         using TrKV = BwdKVTraits<Elem, kDQK, kDV>;
         using TrQ = BwdQTraits<Elem, kDQK, kDV>;

@@ -9,7 +9,8 @@ namespace jfa {
 enum class KernelFamily : int { kPortable = 0, kSm90 = 1 };
 
 // What a tile description is walked by: the forward, the JVP, dQ (key tiles per query tile), dK/dV
-// (query tiles per key tile) and the fused backward (query tiles per key tile, dQ added atomically).
+// (query tiles per key tile; these two: the portable family's two-kernel backward) and the fused
+// backward (query tiles per key tile, dQ added by bulk reduce-adds; the sm_90a family's).
 enum class Walk : int { kFwd = 0, kJvp = 1, kBwdQ = 2, kBwdKV = 3, kBwdFused = 4 };
 
 struct TileShape {
@@ -22,17 +23,15 @@ constexpr TileShape kNoTileShape{0, 0, 0};  // a walk the family has no kernel f
 
 constexpr TileShape default_tile_shape(Walk walk, KernelFamily family) {
     if (family == KernelFamily::kSm90) {
-        // Warpgroups (4 warps) of 64 rows: query rows in the forward, JVP and dQ, keys in dK/dV.
-        // The backward runs one warpgroup per block, so two blocks share an SM (dQ: 97 KiB of shared
-        // memory, 230 registers; dK/dV: 99 KiB, 255) and one's pointwise work overlaps the other's
-        // products. The fused backward: 64 query rows x 128 keys, two warpgroups of 64 keys, dQ's two
-        // 64-column halves one per warpgroup (64 keys in one warpgroup, two blocks per SM, sent twice
-        // the dQ bytes to the reduce-add per product: bench/NOTES_cuda.md, item 8).
+        // Warpgroups (4 warps) of 64 rows: query rows in the forward and JVP. The backward is the
+        // fused one only: 64 query rows x 128 keys, two warpgroups of 64 keys, dQ's two 64-column
+        // halves one per warpgroup (64 keys in one warpgroup, two blocks per SM, sent twice the dQ
+        // bytes to the reduce-add per product: bench/NOTES_cuda.md, item 8).
         switch (walk) {
             case Walk::kFwd: return {128, 128, 8};
             case Walk::kJvp: return {128, 64, 8};
-            case Walk::kBwdQ: return {64, 64, 4};
-            case Walk::kBwdKV: return {64, 64, 4};
+            case Walk::kBwdQ: return kNoTileShape;
+            case Walk::kBwdKV: return kNoTileShape;
             case Walk::kBwdFused: return {64, 128, 8};
         }
     }
@@ -75,8 +74,6 @@ constexpr TileShape kBwdQTiles = tile_shape(Walk::kBwdQ, KernelFamily::kPortable
 constexpr TileShape kBwdKVTiles = tile_shape(Walk::kBwdKV, KernelFamily::kPortable);
 constexpr TileShape kFwdTilesSm90 = tile_shape(Walk::kFwd, KernelFamily::kSm90);
 constexpr TileShape kJvpTilesSm90 = tile_shape(Walk::kJvp, KernelFamily::kSm90);
-constexpr TileShape kBwdQTilesSm90 = tile_shape(Walk::kBwdQ, KernelFamily::kSm90);
-constexpr TileShape kBwdKVTilesSm90 = tile_shape(Walk::kBwdKV, KernelFamily::kSm90);
 constexpr TileShape kBwdFusedTilesSm90 = tile_shape(Walk::kBwdFused, KernelFamily::kSm90);
 
 }  // namespace jfa

@@ -7,8 +7,9 @@ kernel that walks it. The backward has three forms: "two-kernel" (dK/dV, then dQ
 repeatable; the portable family's only form) and, on Hopper, "fused" (one kernel that also adds
 dQ into a float32 buffer with reduce-adds in the order the blocks arrive, so dQ is not bitwise
 repeatable) and "fused-ordered" (the same kernel adding each dQ tile in decreasing key-tile order,
-each block waiting for its turn: bitwise repeatable). "fused" runs unless the call asks for
-deterministic gradients; then "fused-ordered" where the family has it.
+each block waiting for its turn: bitwise repeatable). On Hopper "fused" runs unless the call asks
+for deterministic gradients, then "fused-ordered"; one tile description (the fused kernel's
+shape) serves both of its sides.
 
 One developer switch, read once at import: ``JFA_CUDA_SM90=0`` runs the portable family on Hopper
 too (to compare the two families in one build).
@@ -33,9 +34,9 @@ class DeviceKernels:
     family: str                            # "sm90a" (wgmma, TMA) or "portable" (mma.sync)
     fwd: tuple[int, int]
     jvp: tuple[int, int]
-    bwd_q: tuple[int, int]                 # dQ: key tiles per query tile
-    bwd_kv: tuple[int, int]                # dK/dV: query tiles per key tile
-    bwd_fused: tuple[int, int] | None      # the fused backward's, where the family has one
+    bwd_q: tuple[int, int] | None          # dQ of the two-kernel backward: key tiles per query tile
+    bwd_kv: tuple[int, int] | None         # its dK/dV: query tiles per key tile (portable family only)
+    bwd_fused: tuple[int, int] | None      # the fused backward's (sm90a family only)
 
 
 @dataclass(frozen=True)
@@ -72,5 +73,6 @@ def choose_backward(device: int, deterministic: bool) -> KernelChoice:
     be bitwise repeatable), else the two-kernel form."""
     kernels = device_kernels(device)
     if kernels.bwd_fused is not None:
-        return KernelChoice(kernels.family, kernels.bwd_q, kernels.bwd_fused, "fused-ordered" if deterministic else "fused")
+        return KernelChoice(kernels.family, kernels.bwd_fused, kernels.bwd_fused,
+                            "fused-ordered" if deterministic else "fused")
     return KernelChoice(kernels.family, kernels.bwd_q, kernels.bwd_kv, "two-kernel")
