@@ -217,6 +217,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             for (int j = first; j < total; j += stride) {
                 const int bh = b * p.heads_q + at.h, qt = walk.tile(at.i);
                 float* tile = dq_tile<kDQK>(p, bh, qt);
+                // warpgroup w's staged tile into the buffer: the same place for both at d = 64
+                auto add_half = [&](int w) {
+                    bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
+                                        sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
+                };
                 const int shift = dq_barrier_shift(in_order, j);
                 if (in_order) {
                     named_sync(kDqHalfFull + shift, 128 + 32);
@@ -227,8 +232,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
                         for (int w = 0; w < 2; ++w) {
                             if (kDQSplitKeys && w == 1) bulk_wait_all();
-                            bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
-                                                sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
+                            add_half(w);
                         }
                         bulk_wait_read();
                     }
@@ -246,8 +250,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                     for (int w = 0; w < 2; ++w) {
                         named_sync(kDqHalfFull + w, 128 + 32);
                         if (lane == 0) {
-                            bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
-                                                sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
+                            add_half(w);
                             bulk_wait_read();
                         }
                         __syncwarp();
