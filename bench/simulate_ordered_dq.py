@@ -13,7 +13,7 @@ The model:
   - a block's consumers take `step_us` per query tile (`partial_extra` more on a PARTIAL tile);
     they cannot stage a tile's dQ before the previous one was handed to the TMA unit;
   - the dQ add of a tile starts once it is staged and the previous turn's add is complete, and
-    takes `add_us` (twice at d = 64, whose two warpgroups add one after the other);
+    takes `add_us` (at d = 64 two adds of half the bytes, one after the other: taken as one);
   - the fast form adds without waiting.
 Because every wait is on an earlier-launched block, the blocks can be simulated one by one in
 launch order. `step_us` comes from the fast form's measured time; `add_us` is the one free
@@ -124,7 +124,8 @@ def simulate(walks, heads: int, arrangement: Arrangement, step_us: float, add_us
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workloads", nargs="*", default=list(FAST_MS))
-    ap.add_argument("--add-us", type=float, default=1.0, help="one dQ tile's add, issue to completion (µs)")
+    ap.add_argument("--add-us", type=float, default=3.0,
+                    help="one dQ tile's add, issue to completion (µs); 3 reproduces the measured W6")
     ap.add_argument("--partial-extra", type=float, default=0.1, help="extra time of a PARTIAL step (fraction)")
     ap.add_argument("--sms", type=int, default=132)
     args = ap.parse_args(argv)
@@ -139,8 +140,7 @@ def main(argv=None):
         partial = sum(p for s in walks["full_first"] for _, p in s) * w.heads
         # the fast form's measured time spread over the SMs' steps
         step_us = FAST_MS[w.id] * 1e3 * args.sms / (steps + args.partial_extra * partial)
-        add_us = args.add_us * (2 if w.d_qk == 64 else 1)
-        times = [simulate(walks[a.walk], w.heads, a, step_us, add_us, args.partial_extra, args.sms)
+        times = [simulate(walks[a.walk], w.heads, a, step_us, args.add_us, args.partial_extra, args.sms)
                  for a in ARRANGEMENTS]
         print(f"| {w.id} | " + " | ".join(f"{times[0] / t:.2f}" for t in times[1:]) + " |")
     return 0

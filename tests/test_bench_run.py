@@ -182,3 +182,23 @@ def test_every_provider_has_its_own_color():
     names = set(providers.all_providers()) | set(report.OURS)
     assert names <= set(report.COLORS), names - set(report.COLORS)
     assert len(set(report.COLORS.values())) == len(report.COLORS)
+
+
+def test_ordered_dq_model():
+    """bench/simulate_ordered_dq.py: the turns never make a backward faster than the fast form,
+    and cost nothing where every block reaches each query tile in launch order and adds are free
+    (a full mask); dearer adds never make it faster; two dQ warps never make it slower."""
+    from jvp_flash_attn import masks
+    from bench import simulate_ordered_dq as sim
+    fast, *_ = sim.ARRANGEMENTS
+    same_order = sim.Arrangement("ordered, the fast form's order", "ascending", "full_first")
+    now = sim.Arrangement("now", "descending", "ascending")
+    two = sim.Arrangement("two warps", "descending", "ascending", "two_warps")
+
+    def run(mask, a, add):
+        return sim.simulate(sim.key_tile_walks(mask, a.walk), 3, a, step_us=1.0, add_us=add, partial_extra=0.1, sms=8)
+    full, causal = masks.full(700, 900), workloads.select("W3")[0].mask(scale=0.05)
+    assert run(full, same_order, 0.0) == run(full, fast, 0.0)
+    assert run(causal, same_order, 0.0) >= run(causal, fast, 0.0)
+    assert run(causal, now, 0.5) <= run(causal, now, 2.0) <= run(causal, now, 4.0)
+    assert run(causal, two, 2.0) <= run(causal, now, 2.0)
