@@ -205,6 +205,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             for (int j = 0; j < total; ++j, at.advance(walk)) {
                 const int bh = b * p.heads_q + at.h, qt = walk.tile(at.i);
                 float* tile = dq_tile<kDQK>(p, bh, qt);
+                // warpgroup w's staged tile into the buffer: the same place for both at d = 64
+                auto add_half = [&](int w) {
+                    bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
+                                        sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
+                };
                 if (in_order) {
                     // Ordered form: both halves staged first, so the tile's turn is held only while
                     // the adds run; at d = 64 both warpgroups' tiles go to the same place, one after
@@ -217,8 +222,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
                         for (int w = 0; w < 2; ++w) {
                             if (kDQSplitKeys && w == 1) bulk_wait_all();
-                            bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
-                                                sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
+                            add_half(w);
                         }
                         bulk_wait_read();
                     }
@@ -237,8 +241,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                 for (int w = 0; w < 2; ++w) {
                     named_sync(kDqHalfFull + w, 128 + 32);
                     if (lane == 0) {
-                        bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
-                                            sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
+                        add_half(w);
                         bulk_wait_read();
                     }
                     __syncwarp();

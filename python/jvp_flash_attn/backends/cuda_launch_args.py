@@ -96,10 +96,8 @@ def backward_params(module, choice, mask, q, k, v, o, lse, do, scale, dq, dk, dv
         p.dq_accum = dq_accum.data_ptr()
     if choice.backward_form == "fused-ordered":
         full_turns, part_turns = k_desc.dq_turns   # laid out as the key-side lists' entries
-        turns = p.dq_turns
-        turns.full_ptr, turns.part_ptr = k_desc.k_full_ptr.data_ptr(), k_desc.k_part_ptr.data_ptr()
-        turns.full_idx, turns.part_idx = full_turns.data_ptr(), part_turns.data_ptr()
-        p.dq_turns = turns
+        p.dq_turns.full_ptr, p.dq_turns.part_ptr = k_desc.k_full_ptr.data_ptr(), k_desc.k_part_ptr.data_ptr()
+        p.dq_turns.full_idx, p.dq_turns.part_idx = full_turns.data_ptr(), part_turns.data_ptr()
         p.dq_order = module.DqOrder.key_tile
         p.dq_semaphore = dq_semaphore.data_ptr()
         p.k_tiles.order = k_desc.k_walk_order.data_ptr()   # each key tile's query tiles in increasing order

@@ -182,6 +182,16 @@ class TileDescription:
         return int(self.q_part_idx.numel())
 
     @functools.cached_property
+    def _key_side_entries(self) -> tuple:
+        """Host copies of the key-side lists, FULL then PARTIAL: (ptr, key tile of each entry,
+        query tile of each entry), read once for k_walk_order and dq_turns."""
+        out = []
+        for ptr, idx in ((self.k_full_ptr, self.k_full_idx), (self.k_part_ptr, self.k_part_idx)):
+            ptr_h = ptr.cpu().numpy().astype(np.int64)
+            out.append((ptr_h, np.repeat(np.arange(self.num_k_tiles), np.diff(ptr_h)), idx.cpu().numpy().astype(np.int64)))
+        return tuple(out)
+
+    @functools.cached_property
     def k_walk_order(self) -> torch.Tensor:
         """The order the backward walks each key tile's query tiles: per key tile u, at offset
         k_full_ptr[u] + k_part_ptr[u], its entries' indices (FULL entries 0.., then PARTIAL ones)
@@ -189,10 +199,8 @@ class TileDescription:
         block-causal, with or without a window, or teacher forcing by whole chunks) a higher key
         tile then reaches each query tile no later than the lower ones, the order of the ordered
         backward's dQ turns."""
-        fp, pp = self.k_full_ptr.cpu().numpy().astype(np.int64), self.k_part_ptr.cpu().numpy().astype(np.int64)
-        fi, pi = self.k_full_idx.cpu().numpy().astype(np.int64), self.k_part_idx.cpu().numpy().astype(np.int64)
-        nf, npart = np.diff(fp), np.diff(pp)
-        key_f, key_p = np.repeat(np.arange(self.num_k_tiles), nf), np.repeat(np.arange(self.num_k_tiles), npart)
+        (fp, key_f, fi), (pp, key_p, pi) = self._key_side_entries
+        nf = np.diff(fp)
         entry = np.concatenate([np.arange(len(fi)) - fp[key_f], nf[key_p] + np.arange(len(pi)) - pp[key_p]])
         key = np.concatenate([key_f, key_p]) * max(self.num_q_tiles, 1) + np.concatenate([fi, pi])
         order = entry[np.argsort(key, kind="stable")].astype(np.int32)
@@ -207,12 +215,9 @@ class TileDescription:
         visited = self.state != EMPTY
         rank = np.cumsum(visited[:, ::-1], axis=1, dtype=np.int32)[:, ::-1] - 1   # (q tiles, k tiles)
         dev = self.k_full_idx.device
-        out = []
-        for ptr, idx in ((self.k_full_ptr, self.k_full_idx), (self.k_part_ptr, self.k_part_idx)):
-            ptr_h, idx_h = ptr.cpu().numpy().astype(np.int64), idx.cpu().numpy().astype(np.int64)
-            key_tile = np.repeat(np.arange(self.num_k_tiles), np.diff(ptr_h))
-            out.append(torch.from_numpy(np.ascontiguousarray(rank[idx_h, key_tile], dtype=np.int32)).to(dev))
-        return out[0], out[1]
+        full, part = (torch.from_numpy(np.ascontiguousarray(rank[query_tile, key_tile], dtype=np.int32)).to(dev)
+                      for _, key_tile, query_tile in self._key_side_entries)
+        return full, part
 
     def max_tiles_per_q_tile(self) -> int:
         counts = (self.state != EMPTY).sum(axis=1)
