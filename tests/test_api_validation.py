@@ -15,9 +15,9 @@ from jvp_flash_attn.backends import NAMES
 MASK = masks.block_causal(masks.FramePattern(3, 4, 2))
 
 
-def _qkv(dtype=torch.float32):
+def _qkv(dtype=torch.float32, head_dim=16):
     g = torch.Generator().manual_seed(2)
-    return tuple(torch.randn(1, MASK.sq, 2, 16, generator=g, dtype=dtype) for _ in range(3))
+    return tuple(torch.randn(1, MASK.sq, 2, head_dim, generator=g, dtype=dtype) for _ in range(3))
 
 
 @pytest.mark.parametrize("backend", NAMES)
@@ -52,7 +52,8 @@ def test_forward_ad_tangent_of_another_dtype_is_rounded_to_its_primals(backend):
     if why is not None:
         pytest.skip(why)
     gpu = backend != "reference" and torch.cuda.is_available()
-    q, k, v = (x.to("cuda", torch.bfloat16) if gpu else x for x in _qkv())
+    # 64: the smallest head dim the cuda backend is built for
+    q, k, v = (x.to("cuda", torch.bfloat16) if gpu else x for x in _qkv(head_dim=64 if gpu else 16))
     wide = torch.float32 if gpu else torch.float64
     tq, tk, tv = (torch.randn(x.shape, dtype=wide, device=x.device) for x in (q, k, v))
     f = lambda *x: jfa.attention(*x, mask=MASK, backend=backend)

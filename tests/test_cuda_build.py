@@ -54,7 +54,7 @@ def test_default_tile_shapes():
         pytest.skip(f"built with JFA_TILES={m.build_info()['tiles']}")
     assert m.tile_shapes("portable") == {"fwd": (128, 64), "jvp": (128, 32), "bwd_q": (128, 64), "bwd_kv": (64, 128),
                                          "bwd_fused": None}
-    assert m.tile_shapes("sm90a") == {"fwd": (128, 128), "jvp": (128, 64), "bwd_q": None, "bwd_kv": None,
+    assert m.tile_shapes("sm90a") == {"fwd": (128, 176), "jvp": (128, 64), "bwd_q": None, "bwd_kv": None,
                                       "bwd_fused": (64, 128)}
 
 
