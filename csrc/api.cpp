@@ -156,11 +156,13 @@ KernelFamily parse_family(const std::string& s) {
     throw std::invalid_argument("kernel family must be 'sm90a' or 'portable', got '" + s + "'");
 }
 
-// (block_m, block_n) of each walk of a kernel family; None for a walk the family has no kernel for.
-py::dict tile_shapes(const std::string& family) {
+// (block_m, block_n) of each walk of a kernel family at the given head dims; None for a walk the
+// family has no kernel for.
+py::dict tile_shapes(const std::string& family, int head_dim_qk, int head_dim_v) {
     const KernelFamily f = parse_family(family);
-    auto shape = [f](Walk walk) {
-        const TileShape s = tile_shape(walk, f);
+    const int head_dim = tile_head_dim(head_dim_qk, head_dim_v);
+    auto shape = [f, head_dim](Walk walk) {
+        const TileShape s = tile_shape(walk, f, head_dim);
         return s.block_m > 0 ? py::object(py::make_tuple(s.block_m, s.block_n)) : py::object(py::none());
     };
     py::dict d;
@@ -301,9 +303,9 @@ PYBIND11_MODULE(_cuda, m) {
           (std::string("dq, dk, dv (dk/dv summed over GQA groups); the fused form when dq_accum is set ") +
            launch_args).c_str());
     m.def("variants", &jfa::variants, "(direction, dtype, head_dim_qk, head_dim_v) of every compiled kernel");
-    m.def("tile_shapes", &jfa::tile_shapes, py::arg("family"),
+    m.def("tile_shapes", &jfa::tile_shapes, py::arg("family"), py::arg("head_dim_qk"), py::arg("head_dim_v"),
           "(block_m, block_n) of the tile description each walk of a kernel family ('sm90a' or 'portable') "
-          "needs, None where the family has no such kernel");
+          "needs at these head dims, None where the family has no such kernel");
     m.def("sm90_capable", &jfa::sm90_capable, py::arg("device"),
           "whether a device can run the sm_90a kernel family (this build holds it, compute capability 9.0)");
     m.def("device_count", &jfa::device_count, "visible CUDA devices (0 when none or no driver)");

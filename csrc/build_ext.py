@@ -11,9 +11,10 @@ Environment:
   JFA_CUDA_JOBS      parallel nvcc jobs (default: min(cores, available memory / 3 GiB))
   JFA_CUDA_CACHE_DIR where compiled objects are kept (default build/cuda-objects in the source tree)
   JFA_CUDA_LINEINFO  1 adds -lineinfo (for compute-sanitizer and profilers)
-  JFA_TILES          tile-shape overrides for experiments, e.g. "fwd=128,128,8;bwd_kv=32,128,8;jvp90=128,128"
+  JFA_TILES          tile-shape overrides for experiments, e.g. "fwd=128,128,8;bwd_kv=32,128,8;jvp90@64=128,128"
                      (keys fwd, jvp, bwd_q, bwd_kv: block_m,block_n,warps; fwd90, jvp90, bwdf90 (the
-                     sm_90a family): block_m,block_n; see jfa/tile_shapes.h)
+                     sm_90a family): block_m,block_n; a key@64 or key@128 applies to that head dim
+                     only (the larger of q/k's and v's), a bare key to every one; see jfa/tile_shapes.h)
 """
 from __future__ import annotations
 
@@ -120,16 +121,18 @@ def tile_defines(for_nvcc: bool = False) -> list[str]:
     nvcc reads commas in -D as separators between macros, so for nvcc they are escaped."""
     entries = []
     for item in filter(None, (x.strip() for x in os.environ.get("JFA_TILES", "").split(";"))):
-        key, _, value = item.partition("=")
+        target, _, value = item.partition("=")
+        key, at, head_dim = target.partition("@")
         nums = [n.strip() for n in value.split(",")]
         want = 2 if key.endswith("90") else 3
-        if key not in TILE_KEYS or len(nums) != want or not all(n.isdigit() for n in nums):
-            raise ValueError(f"JFA_TILES entries look like fwd=128,64,8 or fwd90=128,128 (keys {sorted(TILE_KEYS)}), "
-                             f"got {item!r}")
+        if (key not in TILE_KEYS or len(nums) != want or not all(n.isdigit() for n in nums)
+                or (at and head_dim not in ("64", "128"))):
+            raise ValueError(f"JFA_TILES entries look like fwd=128,64,8, fwd90=128,128 or fwd90@64=128,224 "
+                             f"(keys {sorted(TILE_KEYS)}, head dims 64 and 128), got {item!r}")
         walk, family, warpgroup_side = TILE_KEYS[key]
         m, n = int(nums[0]), int(nums[1])
         warps = int(nums[2]) if warpgroup_side is None else (m, n)[warpgroup_side] // 16
-        entries.append(f"{{jfa::Walk::{walk},jfa::KernelFamily::{family},{{{m},{n},{warps}}}}},")
+        entries.append(f"{{jfa::Walk::{walk},jfa::KernelFamily::{family},{int(head_dim or 0)},{{{m},{n},{warps}}}}},")
     if not entries:
         return []
     value = "".join(entries)

@@ -96,3 +96,20 @@ def test_a_failed_compile_leaves_nothing_that_looks_cached(tree):
         build_ext.compile_all(nvcc, ["-O3"], sources, cache, jobs=1)
     assert not any(cache.has(s) for s in sources)
     assert not (root / "cache").exists() or not any(os.listdir(d) for d in (root / "cache").iterdir())
+
+
+def test_tile_overrides_name_a_head_dim_or_every_one(monkeypatch):
+    """JFA_TILES entries become TileOverride initialisers: a bare key applies to every head dim (0),
+    key@64 / key@128 to that one only; anything else is refused with the accepted forms."""
+    monkeypatch.setenv("JFA_TILES", "fwd90=128,176;jvp90@64=128,128;fwd=128,64,8")
+    (flag,) = build_ext.tile_defines()
+    assert flag == ("-DJFA_TILE_OVERRIDES={jfa::Walk::kFwd,jfa::KernelFamily::kSm90,0,{128,176,8}},"
+                    "{jfa::Walk::kJvp,jfa::KernelFamily::kSm90,64,{128,128,8}},"
+                    "{jfa::Walk::kFwd,jfa::KernelFamily::kPortable,0,{128,64,8}},")
+    assert build_ext.tile_defines(for_nvcc=True)[0].count("\\,") == flag.count(",")
+    for bad in ("fwd90@96=128,176", "fwd90@=128,176", "fwd9=128,176", "fwd90=128"):
+        monkeypatch.setenv("JFA_TILES", bad)
+        with pytest.raises(ValueError, match="fwd90@64=128,224"):
+            build_ext.tile_defines()
+    monkeypatch.delenv("JFA_TILES")
+    assert build_ext.tile_defines() == []

@@ -1,6 +1,7 @@
 """The compiled core without a GPU (CI): it builds, imports, reports its variants and tile
 shapes, binds its parameter struct, and a call without a GPU raises a clear error instead of crashing."""
 import importlib
+import itertools
 import os
 
 import pytest
@@ -28,8 +29,8 @@ def test_module_lists_its_variants_and_tile_shapes():
     assert ("fwd", "bf16", 128, 128) in variants  # every build profile, the CI one too
     assert ("jvp", "bf16", 128, 128) in variants
     assert ("bwd", "bf16", 128, 128) in variants
-    for family in ("portable", "sm90a"):
-        shapes = m.tile_shapes(family)
+    for family, dqk, dv in itertools.product(("portable", "sm90a"), (64, 128), (64, 128)):
+        shapes = m.tile_shapes(family, dqk, dv)
         assert set(shapes) == {"fwd", "jvp", "bwd_q", "bwd_kv", "bwd_fused"}
         # the fused backward is sm_90a's only one (64 query rows, whole warpgroups of keys), the
         # two-kernel backward the portable family's
@@ -44,7 +45,7 @@ def test_module_lists_its_variants_and_tile_shapes():
         if family == "sm90a":   # whole warpgroups of query rows
             assert all(shapes[key][0] % 64 == 0 for key in ("fwd", "jvp"))
     with pytest.raises(ValueError, match="family"):
-        m.tile_shapes("hopper")
+        m.tile_shapes("hopper", 128, 128)
 
 
 def test_default_tile_shapes():
@@ -52,10 +53,15 @@ def test_default_tile_shapes():
     m = _module_or_skip()
     if m.build_info()["tiles"]:
         pytest.skip(f"built with JFA_TILES={m.build_info()['tiles']}")
-    assert m.tile_shapes("portable") == {"fwd": (128, 64), "jvp": (128, 32), "bwd_q": (128, 64), "bwd_kv": (64, 128),
-                                         "bwd_fused": None}
-    assert m.tile_shapes("sm90a") == {"fwd": (128, 176), "jvp": (128, 64), "bwd_q": None, "bwd_kv": None,
-                                      "bwd_fused": (64, 128)}
+    for dqk, dv in itertools.product((64, 128), (64, 128)):
+        assert m.tile_shapes("portable", dqk, dv) == {"fwd": (128, 64), "jvp": (128, 32), "bwd_q": (128, 64),
+                                                      "bwd_kv": (64, 128), "bwd_fused": None}
+    # sm_90a: the larger of the two head dims decides (the registers and shared memory scale with it)
+    for dqk, dv in ((128, 128), (64, 128), (128, 64)):
+        assert m.tile_shapes("sm90a", dqk, dv) == {"fwd": (128, 176), "jvp": (128, 64), "bwd_q": None,
+                                                   "bwd_kv": None, "bwd_fused": (64, 128)}
+    assert m.tile_shapes("sm90a", 64, 64) == {"fwd": (128, 176), "jvp": (128, 64), "bwd_q": None, "bwd_kv": None,
+                                              "bwd_fused": (64, 128)}
 
 
 def test_parameter_struct_is_typed():
@@ -81,7 +87,7 @@ def test_portable_family_switch_is_read_once_in_python():
     import subprocess
     import sys
     code = ("from jvp_flash_attn.backends import cuda_kernel_choice as c; "
-            "print(c.PORTABLE_ONLY, c.device_kernels(0).family)")
+            "print(c.PORTABLE_ONLY, c.device_family(0))")
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, JFA_CUDA_SM90="0"),
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "True portable"
@@ -117,7 +123,7 @@ def test_launch_arguments_fill_the_struct(family):
     m = _module_or_skip()
     from jvp_flash_attn import masks
     from jvp_flash_attn.backends import cuda_kernel_choice as kc, cuda_launch_args as la
-    shapes = {walk: shape and tuple(shape) for walk, shape in m.tile_shapes(family).items()}
+    shapes = {walk: shape and tuple(shape) for walk, shape in m.tile_shapes(family, 128, 128).items()}
     kernels = kc.DeviceKernels(family, shapes["fwd"], shapes["jvp"], shapes["bwd_q"], shapes["bwd_kv"],
                                shapes["bwd_fused"])
     mask = masks.block_causal(masks.FramePattern(40, 5)).with_zero_tangents(q_ranges=[(0, 40)])

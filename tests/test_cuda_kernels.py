@@ -80,7 +80,7 @@ def _cuda_within_rule_every_direction(q, k, v, mask, scale=0.125):
     t = tuple(torch.randn(a.shape, device=a.device, dtype=a.dtype) for a in (q, k, v))
     be = get("cuda")
     (o, to, lse), kernels = _kernels_of(be.forward_jvp, q, k, v, *t, mask, scale)
-    if cuda_kernel_choice.device_kernels(q.device.index).family == "sm90a":
+    if cuda_kernel_choice.device_family(q.device.index) == "sm90a":
         assert any("fwd_kernel_sm90_warp_specialised" in n for n in kernels), sorted(kernels)
     o64, to64, lse64 = reference.forward_jvp(q.double(), k.double(), v.double(), *(a.double() for a in t), mask, scale)
     o_lp, to_lp, lse_lp = reference.forward_jvp(q, k, v, *t, mask, scale)
@@ -88,7 +88,7 @@ def _cuda_within_rule_every_direction(q, k, v, mask, scale=0.125):
     assert_within_rule("to", to, to64, to_lp)
     do = torch.randn_like(o)
     grads, kernels = _kernels_of(be.backward, q, k, v, o, lse, do, mask, scale)
-    if cuda_kernel_choice.device_kernels(q.device.index).family == "sm90a":
+    if cuda_kernel_choice.device_family(q.device.index) == "sm90a":
         assert any("bwd_kernel_sm90_warp_specialised" in n for n in kernels), sorted(kernels)
     ref = reference.backward(q.double(), k.double(), v.double(), o64, lse64, do.double(), mask, scale)
     ref_lp = reference.backward(q, k, v, o_lp, lse_lp.float(), do, mask, scale)
@@ -196,7 +196,7 @@ def test_hopper_runs_the_warp_specialised_forward(case):
     be, scale = get("cuda"), x[0].shape[-1] ** -0.5
     o64, to64, lse64 = reference.forward_jvp(*(a.double() for a in (*x, *t)), mask)
     o_lp, to_lp, lse_lp = reference.forward_jvp(*x, *t, mask)
-    hopper = cuda_kernel_choice.device_kernels(x[0].device.index).family == "sm90a"
+    hopper = cuda_kernel_choice.device_family(x[0].device.index) == "sm90a"
     (o, lse), kernels = _kernels_of(be.forward, *x, mask, scale)
     (o_j, to, lse_j), jvp_kernels = _kernels_of(be.forward_jvp, *x, *t, mask, scale)
     ran_warp_specialised = [any("kernel_sm90_warp_specialised" in n for n in names)
@@ -220,7 +220,7 @@ def test_both_backward_forms_within_rule(case):
     grads64 = reference.backward(*x64, o64, lse64, do.double(), mask)
     grads_lp = reference.backward(*x, o_lp, lse_lp.float(), do, mask)
     o, lse = be.forward(*x, mask, scale)
-    built = cuda_kernel_choice.device_kernels(x[0].device.index).bwd_fused is not None
+    built = cuda_kernel_choice.device_kernels(x[0].device.index, x[0].shape[-1], x[2].shape[-1]).bwd_fused is not None
     runs = []
     for deterministic in (False, True, True):
         grads, kernels = _kernels_of(be.backward, *x, o, lse, do, mask, scale, deterministic)
@@ -236,9 +236,9 @@ def test_both_backward_forms_within_rule(case):
 
 
 def test_backward_form_follows_deterministic():
-    built = cuda_kernel_choice.device_kernels(0).bwd_fused is not None
-    assert cuda_kernel_choice.choose_backward(0, False).backward_form == ("fused" if built else "two-kernel")
-    assert cuda_kernel_choice.choose_backward(0, True).backward_form == ("fused-ordered" if built else "two-kernel")
+    built = cuda_kernel_choice.device_kernels(0, 128, 128).bwd_fused is not None
+    assert cuda_kernel_choice.choose_backward(0, False, 128, 128).backward_form == ("fused" if built else "two-kernel")
+    assert cuda_kernel_choice.choose_backward(0, True, 128, 128).backward_form == ("fused-ordered" if built else "two-kernel")
 
 
 @pytest.mark.parametrize("d", [64, 128])

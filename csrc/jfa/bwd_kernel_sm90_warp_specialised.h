@@ -38,8 +38,8 @@ template <class Elem_, int kDQK_, int kDV_>
 struct BwdWarpSpecialisedTraitsSm90 {
     using Elem = Elem_;
     static constexpr int kDQK = kDQK_, kDV = kDV_;
-    static constexpr int kBlockM = kBwdFusedTilesSm90.block_m;   // queries per step
-    static constexpr int kBlockN = kBwdFusedTilesSm90.block_n;   // keys per block
+    static constexpr int kBlockM = kBwdFusedTilesSm90<kDQK, kDV>.block_m;   // queries per step
+    static constexpr int kBlockN = kBwdFusedTilesSm90<kDQK, kDV>.block_n;   // keys per block
     static_assert(kBlockM == 64 && kBlockN == 128, "two consumer warpgroups of 64 keys, steps of one wgmma's 64 queries");
     static constexpr int kThreads = 384;
     static constexpr int kConsumerThreads = 256;

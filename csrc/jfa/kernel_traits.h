@@ -22,12 +22,13 @@ struct Traits {
 };
 
 // Forward and fused forward+JVP: the warps split the query tile.
-template <bool kJvp>
-constexpr TileShape fwd_tiles() { return kJvp ? kJvpTiles : kFwdTiles; }
+template <int kDQK, int kDV, bool kJvp>
+constexpr TileShape fwd_tiles() { return kJvp ? kJvpTiles<kDQK, kDV> : kFwdTiles<kDQK, kDV>; }
 
-template <class Elem, int kDQK, int kDV, bool kJvp>
-struct FwdTraits : Traits<Elem, kDQK, kDV, fwd_tiles<kJvp>().block_m, fwd_tiles<kJvp>().block_n, fwd_tiles<kJvp>().warps> {
-    using Base = Traits<Elem, kDQK, kDV, fwd_tiles<kJvp>().block_m, fwd_tiles<kJvp>().block_n, fwd_tiles<kJvp>().warps>;
+template <class Elem, int kDQK, int kDV, bool kJvp, int kM = fwd_tiles<kDQK, kDV, kJvp>().block_m,
+          int kN = fwd_tiles<kDQK, kDV, kJvp>().block_n, int kW = fwd_tiles<kDQK, kDV, kJvp>().warps>
+struct FwdTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
+    using Base = Traits<Elem, kDQK, kDV, kM, kN, kW>;
     static_assert(Base::kBlockM == Base::kWarpRows * Base::kNWarps, "one 16-row slice per warp");
     static constexpr int kStages = 2;           // key/value tiles in flight
     static constexpr int kQBytes = (kJvp ? 2 : 1) * Base::kBlockM * kDQK * 2;
@@ -39,23 +40,23 @@ struct FwdTraits : Traits<Elem, kDQK, kDV, fwd_tiles<kJvp>().block_m, fwd_tiles<
 // tile 64 rows each; tiles live in 128-byte-swizzled panels (wgmma.h), 1024-byte aligned.
 constexpr int kSmemPerSm90 = 228 * 1024;   // shared memory of an H100/H200 SM (1 KiB of it reserved per block)
 
-template <bool kJvp>
-constexpr TileShape fwd_tiles_sm90() { return kJvp ? kJvpTilesSm90 : kFwdTilesSm90; }
+template <int kDQK, int kDV, bool kJvp>
+constexpr TileShape fwd_tiles_sm90() { return kJvp ? kJvpTilesSm90<kDQK, kDV> : kFwdTilesSm90<kDQK, kDV>; }
 
 // The warp-specialised forward and forward+JVP (fwd_kernel_sm90_warp_specialised.h): one producer
 // warpgroup that loads tiles by TMA and two consumer warpgroups of 64 query rows, the only sm_90a
-// forward and JVP; tile shapes kFwdTilesSm90, kJvpTilesSm90. Key tiles (k [, tk]) and value
+// forward and JVP; tile shapes kFwdTilesSm90, kJvpTilesSm90 of the head dims. Key tiles (k [, tk]) and value
 // tiles (v [, tv]) have their own stages, each with a "full" and an "empty" barrier, so keys are
 // released after the score products while values are still read. The barriers sit after the
 // (1024-byte aligned) tiles.
-template <class Elem, int kDQK, int kDV, bool kJvp>
-struct FwdWarpSpecialisedTraitsSm90
-    : Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n, fwd_tiles_sm90<kJvp>().warps + 4> {
-    using Base = Traits<Elem, kDQK, kDV, fwd_tiles_sm90<kJvp>().block_m, fwd_tiles_sm90<kJvp>().block_n,
-                        fwd_tiles_sm90<kJvp>().warps + 4>;
+template <class Elem, int kDQK, int kDV, bool kJvp, int kM = fwd_tiles_sm90<kDQK, kDV, kJvp>().block_m,
+          int kN = fwd_tiles_sm90<kDQK, kDV, kJvp>().block_n, int kW = fwd_tiles_sm90<kDQK, kDV, kJvp>().warps>
+struct FwdWarpSpecialisedTraitsSm90 : Traits<Elem, kDQK, kDV, kM, kN, kW + 4> {
+    using Base = Traits<Elem, kDQK, kDV, kM, kN, kW + 4>;
     static_assert(Base::kBlockM == 128, "two consumer warpgroups of 64 query rows");
-    static_assert(Base::kBlockN == 64 || Base::kBlockN == 128 || Base::kBlockN == 176 || Base::kBlockN == 192,
-                  "wgmma products are generated for N = 64, 128, 176 and 192 (generate_wgmma.py)");
+    static_assert(Base::kBlockN == 64 || Base::kBlockN == 128 || Base::kBlockN == 176 || Base::kBlockN == 192 ||
+                      Base::kBlockN == 224,
+                  "wgmma products are generated for N = 64, 128, 176, 192 and 224 (generate_wgmma.py)");
     static constexpr bool kTangents = kJvp;
     static constexpr int kOperands = kJvp ? 2 : 1;   // a tile and, for the JVP, its tangent
     static constexpr int kConsumerThreads = 256;
@@ -72,8 +73,8 @@ struct FwdWarpSpecialisedTraitsSm90
 };
 
 // dK/dV: the warps split the key tile, and the kernel walks the query tiles of its key tile.
-template <class Elem, int kDQK, int kDV, int kM = kBwdKVTiles.block_m, int kN = kBwdKVTiles.block_n,
-          int kW = kBwdKVTiles.warps>
+template <class Elem, int kDQK, int kDV, int kM = kBwdKVTiles<kDQK, kDV>.block_m,
+          int kN = kBwdKVTiles<kDQK, kDV>.block_n, int kW = kBwdKVTiles<kDQK, kDV>.warps>
 struct BwdKVTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
     using Base = Traits<Elem, kDQK, kDV, kM, kN, kW>;
     static_assert(Base::kBlockN == Base::kWarpRows * Base::kNWarps, "one 16-key slice per warp");
@@ -84,8 +85,8 @@ struct BwdKVTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
 };
 
 // dQ: the warps split the query tile, and the kernel walks the key tiles of its query tile.
-template <class Elem, int kDQK, int kDV, int kM = kBwdQTiles.block_m, int kN = kBwdQTiles.block_n,
-          int kW = kBwdQTiles.warps>
+template <class Elem, int kDQK, int kDV, int kM = kBwdQTiles<kDQK, kDV>.block_m,
+          int kN = kBwdQTiles<kDQK, kDV>.block_n, int kW = kBwdQTiles<kDQK, kDV>.warps>
 struct BwdQTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
     using Base = Traits<Elem, kDQK, kDV, kM, kN, kW>;
     static_assert(Base::kBlockM == Base::kWarpRows * Base::kNWarps, "one 16-row slice per warp");
@@ -101,11 +102,10 @@ struct BwdQTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
 // 1024-byte aligned.
 constexpr int round_up_1k(int x) { return (x + 1023) / 1024 * 1024; }
 
-template <class Elem, int kDQK, int kDV>
-struct BwdFusedCpAsyncTraitsSm90 : BwdKVTraits<Elem, kDQK, kDV, kBwdFusedTilesSm90.block_m, kBwdFusedTilesSm90.block_n,
-                                               kBwdFusedTilesSm90.warps> {
-    using Base = BwdKVTraits<Elem, kDQK, kDV, kBwdFusedTilesSm90.block_m, kBwdFusedTilesSm90.block_n,
-                             kBwdFusedTilesSm90.warps>;
+template <class Elem, int kDQK, int kDV, int kM = kBwdFusedTilesSm90<kDQK, kDV>.block_m,
+          int kN = kBwdFusedTilesSm90<kDQK, kDV>.block_n, int kW = kBwdFusedTilesSm90<kDQK, kDV>.warps>
+struct BwdFusedCpAsyncTraitsSm90 : BwdKVTraits<Elem, kDQK, kDV, kM, kN, kW> {
+    using Base = BwdKVTraits<Elem, kDQK, kDV, kM, kN, kW>;
     static_assert(Base::kBlockN % 64 == 0 && Base::kBlockM == 64,
                   "warpgroups of 64 keys; the dQ product is one wgmma's 64 query rows");
     static constexpr int kKVBytes = Base::kBlockN * (kDQK + kDV) * 2;

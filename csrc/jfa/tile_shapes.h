@@ -1,5 +1,6 @@
-// Tile shapes: one constexpr function of (walk, kernel family), read by the kernels' traits and
-// by the host module (which tells the Python side which tile descriptions to build). No CUDA needed.
+// Tile shapes: one constexpr function of (walk, kernel family, head dim), read by the kernels'
+// traits and by the host module (which tells the Python side which tile descriptions to build).
+// No CUDA needed.
 #pragma once
 
 namespace jfa {
@@ -21,7 +22,10 @@ struct TileShape {
 
 constexpr TileShape kNoTileShape{0, 0, 0};  // a walk the family has no kernel for
 
-constexpr TileShape default_tile_shape(Walk walk, KernelFamily family) {
+// The head dim a kernel's registers and shared memory scale with: the larger of q/k's and v's.
+constexpr int tile_head_dim(int head_dim_qk, int head_dim_v) { return head_dim_qk > head_dim_v ? head_dim_qk : head_dim_v; }
+
+constexpr TileShape default_tile_shape(Walk walk, KernelFamily family, int head_dim) {
     if (family == KernelFamily::kSm90) {
         // Warpgroups (4 warps) of 64 rows: query rows in the forward and JVP. The forward's 176
         // keys per tile pay the per-tile hand-offs, row maxima and rescales once per 176 keys
@@ -54,6 +58,7 @@ constexpr TileShape default_tile_shape(Walk walk, KernelFamily family) {
 struct TileOverride {
     Walk walk;
     KernelFamily family;
+    int head_dim;   // tile_head_dim of the kernels it applies to; 0: every head dim
     TileShape shape;
 };
 
@@ -61,22 +66,31 @@ struct TileOverride {
 #define JFA_TILE_OVERRIDES
 #endif
 inline constexpr TileOverride kTileOverrides[] = {JFA_TILE_OVERRIDES TileOverride{Walk::kFwd, KernelFamily::kPortable,
-                                                                                  kNoTileShape}};
+                                                                                  0, kNoTileShape}};
 
-constexpr TileShape tile_shape(Walk walk, KernelFamily family) {
+constexpr TileShape tile_shape(Walk walk, KernelFamily family, int head_dim) {
     for (const TileOverride& o : kTileOverrides) {
-        if (o.shape.block_m > 0 && o.walk == walk && o.family == family) return o.shape;
+        if (o.shape.block_m > 0 && o.walk == walk && o.family == family && (o.head_dim == 0 || o.head_dim == head_dim)) {
+            return o.shape;
+        }
     }
-    return default_tile_shape(walk, family);
+    return default_tile_shape(walk, family, head_dim);
 }
 
-// The shapes by name, as the kernels' traits read them.
-constexpr TileShape kFwdTiles = tile_shape(Walk::kFwd, KernelFamily::kPortable);
-constexpr TileShape kJvpTiles = tile_shape(Walk::kJvp, KernelFamily::kPortable);
-constexpr TileShape kBwdQTiles = tile_shape(Walk::kBwdQ, KernelFamily::kPortable);
-constexpr TileShape kBwdKVTiles = tile_shape(Walk::kBwdKV, KernelFamily::kPortable);
-constexpr TileShape kFwdTilesSm90 = tile_shape(Walk::kFwd, KernelFamily::kSm90);
-constexpr TileShape kJvpTilesSm90 = tile_shape(Walk::kJvp, KernelFamily::kSm90);
-constexpr TileShape kBwdFusedTilesSm90 = tile_shape(Walk::kBwdFused, KernelFamily::kSm90);
+// The shapes by name, as the kernels' traits read them, for q/k head dim kDQK and v head dim kDV.
+template <int kDQK, int kDV>
+constexpr TileShape kFwdTiles = tile_shape(Walk::kFwd, KernelFamily::kPortable, tile_head_dim(kDQK, kDV));
+template <int kDQK, int kDV>
+constexpr TileShape kJvpTiles = tile_shape(Walk::kJvp, KernelFamily::kPortable, tile_head_dim(kDQK, kDV));
+template <int kDQK, int kDV>
+constexpr TileShape kBwdQTiles = tile_shape(Walk::kBwdQ, KernelFamily::kPortable, tile_head_dim(kDQK, kDV));
+template <int kDQK, int kDV>
+constexpr TileShape kBwdKVTiles = tile_shape(Walk::kBwdKV, KernelFamily::kPortable, tile_head_dim(kDQK, kDV));
+template <int kDQK, int kDV>
+constexpr TileShape kFwdTilesSm90 = tile_shape(Walk::kFwd, KernelFamily::kSm90, tile_head_dim(kDQK, kDV));
+template <int kDQK, int kDV>
+constexpr TileShape kJvpTilesSm90 = tile_shape(Walk::kJvp, KernelFamily::kSm90, tile_head_dim(kDQK, kDV));
+template <int kDQK, int kDV>
+constexpr TileShape kBwdFusedTilesSm90 = tile_shape(Walk::kBwdFused, KernelFamily::kSm90, tile_head_dim(kDQK, kDV));
 
 }  // namespace jfa

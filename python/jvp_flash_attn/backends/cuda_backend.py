@@ -58,7 +58,7 @@ class CudaBackend(Backend):
         q, k, v = (aligned(x) for x in (q, k, v))
         with torch.cuda.device(q.device):
             m = _module()
-            choice = choose_forward(q.device.index, jvp=False)
+            choice = choose_forward(q.device.index, False, q.shape[-1], v.shape[-1])
             b, sq, hq, _ = q.shape
             o = empty((b, sq, hq, v.shape[-1]), q)
             lse = empty((b, hq, sq), q, dtype=torch.float32)
@@ -69,7 +69,7 @@ class CudaBackend(Backend):
         q, k, v, tq, tk, tv = (aligned(x) for x in (q, k, v, tq, tk, tv))
         with torch.cuda.device(q.device):
             m = _module()
-            choice = choose_forward(q.device.index, jvp=True)
+            choice = choose_forward(q.device.index, True, q.shape[-1], v.shape[-1])
             b, sq, hq, _ = q.shape
             o = empty((b, sq, hq, v.shape[-1]), q)
             to = empty((b, sq, hq, v.shape[-1]), q)
@@ -86,7 +86,7 @@ class CudaBackend(Backend):
                                       f"in {dt}; use backend='triton' or 'reference'")
         with torch.cuda.device(q.device):
             m = _module()
-            choice = choose_backward(q.device.index, deterministic)
+            choice = choose_backward(q.device.index, deterministic, dqk, dv_dim)
             b, sq, hq, _ = q.shape
             dq, dk, dv = empty(q.shape, q), empty(k.shape, k), empty(v.shape, v)
             delta = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
