@@ -1,10 +1,11 @@
-// The fused backward on Hopper with specialised warps (sm_90a): the default backward there.
+// The fused backward on Hopper with specialised warps (sm_90a): the only backward there.
 //
-// Same walk, tiles and algebra as the fused form of bwd_kernel_sm90.h (one block per 128-key
-// tile and kv head, 64-query steps over the walk of every query head of the GQA group; dK and dV
-// in registers, dQ added into a float32 buffer by the TMA unit's bulk reduce-add). What changes
-// is who waits for whom. There, every warp loads the next q / dO tile with cp.async and the two
-// warpgroups meet at four __syncthreads per step. Here:
+// The walk and algebra of bwd_kernel_sm90.h (one block per 128-key tile and kv head, 64-query
+// steps over the walk of every query head of the GQA group; dK and dV in registers, dQ added into
+// a float32 buffer by the TMA unit's bulk reduce-add), with warps that each wait only for what
+// they need (a form whose warps all loaded by cp.async and met at four __syncthreads per step
+// was the fallback where the TMA unit could not describe an operand; the Python side now copies
+// such operands, and it is gone):
 //   - warpgroup 0 gives its registers away and splits three jobs over its warps: warp 0 issues
 //     the TMA loads (k and v once, then q and dO per step into two stages guarded by "full" and
 //     "empty" transaction barriers), warp 1 copies the step's lse (log2 units) and delta rows
