@@ -12,10 +12,13 @@
 // repeatable) unless params.dq_order asks for key-tile order (below). Per-thread vector atomics
 // instead of the bulk reduce-add doubled the kernel's time (bench/NOTES_cuda.md, item 8).
 //
-// The buffer holds, per (batch, head, 64-row query tile), the tile's 64-column halves one after
-// the other, each 64 x 64 in the threads' fragment order (each 16-byte chunk holds what one
-// thread holds of a row's two 8-column blocks, so staging is one 16-byte store per chunk, free
-// of bank conflicts); dq_tile and dq_chunk_offset say where.
+// The buffer holds, per (batch, head), Sq rounded up to whole query tiles of the kernel's block_m
+// rows; per query tile its 64-row pieces (one per 64-query wgmma product: one at d = 128, where
+// block_m is 64; two at d = 64, where it is 128) in order, and per piece its 64-column halves one
+// after the other, each 64 x 64 in the threads' fragment order (each 16-byte chunk holds what one
+// thread holds of a row's two 8-column blocks, so staging is one 16-byte store per chunk, free of
+// bank conflicts). A query tile is thus kBlockM x Dqk floats in one place, so a warpgroup's staged
+// part of it goes in with one bulk reduce-add; dq_tile and dq_chunk_offset say where.
 #pragma once
 
 #include "bwd_kernel.h"
@@ -39,20 +42,23 @@ __device__ __forceinline__ void store_a_frags(const Tile& t, const uint32_t (&af
     }
 }
 
-constexpr int kDQTileRows = 64;                       // query rows per tile of the dQ buffer
+constexpr int kDQTileRows = 64;                       // query rows per piece of the dQ buffer (one wgmma's M)
 constexpr int kDQHalf = 64;                           // columns per staged dQ half tile
 constexpr int kDQHalfBytes = kDQTileRows * kDQHalf * 4;
 
-// Index of query tile qt of row (batch x head) bh among the dQ buffer's tiles (and semaphores).
+// Index of query tile qt (kBlockM rows) of row (batch x head) bh among the dQ buffer's tiles (and
+// the ordered form's semaphores).
+template <int kBlockM>
 __device__ __forceinline__ int64_t dq_tile_index(const AttnParams& p, int bh, int qt) {
-    const int q_tiles = (p.seqlen_q + kDQTileRows - 1) / kDQTileRows;
+    static_assert(kBlockM % kDQTileRows == 0, "query tiles are whole 64-row pieces");
+    const int q_tiles = (p.seqlen_q + kBlockM - 1) / kBlockM;
     return static_cast<int64_t>(bh) * q_tiles + qt;
 }
 
 // The dQ buffer's tile of query tile qt of row (batch x head) bh.
-template <int kDQK>
+template <int kBlockM, int kDQK>
 __device__ __forceinline__ float* dq_tile(const AttnParams& p, int bh, int qt) {
-    return p.dq_accum + dq_tile_index(p, bh, qt) * kDQTileRows * kDQK;
+    return p.dq_accum + dq_tile_index<kBlockM>(p, bh, qt) * kBlockM * kDQK;
 }
 
 // The ordered form (DqOrder::kKeyTile): a dQ tile takes its adds in decreasing key-tile order.
@@ -142,9 +148,10 @@ __device__ __forceinline__ void key_side_ds(const float (&pt)[kNB][4], float (&d
 }
 
 // dq = scale dq_accum in the element type: 16 columns of one row per thread, read as the four
-// chunks that hold them in the buffer's (query tile, half, 64 x 64 in fragment order) layout.
+// chunks that hold them in the buffer's (query tile of kBlockM rows, 64-row piece, half, 64 x 64
+// in fragment order) layout.
 constexpr int kDQConvertCols = 16;   // columns of dq per thread of the conversion
-template <class Elem, int kDQK>
+template <class Elem, int kDQK, int kBlockM>
 __global__ void attention_bwd_dq_convert_kernel(const AttnParams p) {
     constexpr int kVec = kDQConvertCols, kPerRow = kDQK / kVec;
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -153,7 +160,9 @@ __global__ void attention_bwd_dq_convert_kernel(const AttnParams p) {
     const int c = static_cast<int>(i % kPerRow) * kVec;
     const int s = static_cast<int>(row % p.seqlen_q);
     const int bh = static_cast<int>(row / p.seqlen_q);
-    const float* half = dq_tile<kDQK>(p, bh, s / kDQTileRows) + c / kDQHalf * (kDQTileRows * kDQHalf);
+    const int piece = (s % kBlockM) / kDQTileRows;   // 0 where kBlockM is one piece
+    const float* half = dq_tile<kBlockM, kDQK>(p, bh, s / kBlockM) +
+                        (piece * (kDQK / kDQHalf) + c / kDQHalf) * (kDQTileRows * kDQHalf);
     const int r = s % kDQTileRows, m = (c % kDQHalf) / 16;
     const float f = p.scale;
     uint32_t out[8];

@@ -173,7 +173,7 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
     check_cuda(cudaGetLastError(), "launching the fused backward kernel");
     constexpr int kThreads = 256;
     const int64_t work = rows * (kDQK / kDQConvertCols);
-    attention_bwd_dq_convert_kernel<Elem, kDQK>
+    attention_bwd_dq_convert_kernel<Elem, kDQK, Tr::kBlockM>
         <<<static_cast<unsigned>((work + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the dQ conversion kernel");
 }
