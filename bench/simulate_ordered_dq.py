@@ -13,7 +13,9 @@ The model:
   - a block's consumers take `step_us` per query tile (`partial_extra` more on a PARTIAL tile);
     they cannot stage a tile's dQ before the previous one was handed to the TMA unit;
   - the dQ add of a tile starts once it is staged and the previous turn's add is complete, and
-    takes `add_us` (at d = 64 two adds of half the bytes, one after the other: taken as one);
+    takes `add_us` (at d = 64 the two warpgroups' adds, one after the other: taken as one; each
+    is 32 KB there, 128 query rows x 64 columns, against 16 KB per add at d = 128, so `add_us`
+    fitted at d = 128 understates W8's);
   - the fast form adds without waiting.
 Because every wait is on an earlier-launched block, the blocks can be simulated one by one in
 launch order. `step_us` comes from the fast form's measured time; `add_us` is the one free
@@ -34,10 +36,17 @@ if __package__ in (None, ""):   # run as a script: the repository root makes `be
 import bench  # noqa: F401,E402  (makes jvp_flash_attn importable from a checkout)
 from bench.workloads import select  # noqa: E402
 
-BLOCK_M, BLOCK_N = 64, 128   # the fused backward's tiles (jfa/tile_shapes.h, Walk::kBwdFused)
+BLOCK_N = 128   # the fused backward's key tiles (jfa/tile_shapes.h, Walk::kBwdFused)
+
+
+def block_m(head_dim: int) -> int:
+    """The fused backward's query rows per step at a tile head dim (the larger of q/k's and v's):
+    128 at d = 64, 64 at d = 128 (jfa/tile_shapes.h, Walk::kBwdFused)."""
+    return 128 if head_dim <= 64 else 64
 
 # Fast-form backward times measured on the H200 (ms; h200_runs_ordered_dq_2026-11-30/
-# same_run_with_fa4): they set the model's time per step.
+# same_run_with_fa4): they set the model's time per step (W8's with 64-query steps, spread here
+# over its 128-query steps).
 FAST_MS = {"W1": 32.665, "W2": 35.574, "W3": 16.131, "W4": 17.656, "W5": 50.807, "W6": 30.540, "W7": 4.543,
            "W8": 15.052}
 
@@ -67,9 +76,9 @@ ARRANGEMENTS = (
 )
 
 
-def key_tile_walks(mask, walk: str) -> list[list[tuple[int, bool]]]:
-    """Per key tile, its (query tile, partial) steps in the walk's order."""
-    t = mask.tiles(BLOCK_M, BLOCK_N)
+def key_tile_walks(mask, walk: str, bm: int) -> list[list[tuple[int, bool]]]:
+    """Per key tile, its (query tile, partial) steps in the walk's order, query tiles of bm rows."""
+    t = mask.tiles(bm, BLOCK_N)
     fp, fi = t.k_full_ptr.numpy(), t.k_full_idx.numpy()
     pp, pi = t.k_part_ptr.numpy(), t.k_part_idx.numpy()
     out = []
@@ -135,7 +144,8 @@ def main(argv=None):
     print("|---|" + "---|" * (len(names) - 1))
     for w in select(",".join(args.workloads)):
         mask = w.mask()
-        walks = {a.walk: key_tile_walks(mask, a.walk) for a in ARRANGEMENTS}
+        bm = block_m(max(w.d_qk, w.d_v))
+        walks = {a.walk: key_tile_walks(mask, a.walk, bm) for a in ARRANGEMENTS}
         steps = sum(len(s) for s in walks["full_first"]) * w.heads
         partial = sum(p for s in walks["full_first"] for _, p in s) * w.heads
         # the fast form's measured time spread over the SMs' steps

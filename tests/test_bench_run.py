@@ -196,7 +196,8 @@ def test_ordered_dq_model():
     two = sim.Arrangement("two warps", "descending", "ascending", "two_warps")
 
     def run(mask, a, add):
-        return sim.simulate(sim.key_tile_walks(mask, a.walk), 3, a, step_us=1.0, add_us=add, partial_extra=0.1, sms=8)
+        return sim.simulate(sim.key_tile_walks(mask, a.walk, sim.block_m(128)), 3, a, step_us=1.0, add_us=add,
+                            partial_extra=0.1, sms=8)
     full, causal = masks.full(700, 900), workloads.select("W3")[0].mask(scale=0.05)
     assert run(full, same_order, 0.0) == run(full, fast, 0.0)
     assert run(causal, same_order, 0.0) >= run(causal, fast, 0.0)

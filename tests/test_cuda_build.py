@@ -32,12 +32,12 @@ def test_module_lists_its_variants_and_tile_shapes():
     for family, dqk, dv in itertools.product(("portable", "sm90a"), (64, 128), (64, 128)):
         shapes = m.tile_shapes(family, dqk, dv)
         assert set(shapes) == {"fwd", "jvp", "bwd_q", "bwd_kv", "bwd_fused"}
-        # the fused backward is sm_90a's only one (64 query rows, whole warpgroups of keys), the
-        # two-kernel backward the portable family's
+        # the fused backward is sm_90a's only one (64 query rows, 128 at head dim 64; whole
+        # warpgroups of keys), the two-kernel backward the portable family's
         assert (shapes["bwd_fused"] is not None) == (family == "sm90a")
         assert (shapes["bwd_q"] is None) == (shapes["bwd_kv"] is None) == (family == "sm90a")
         if shapes["bwd_fused"] is not None:
-            assert shapes["bwd_fused"][0] == 64 and shapes["bwd_fused"][1] % 64 == 0
+            assert shapes["bwd_fused"][0] == (128 if max(dqk, dv) == 64 else 64) and shapes["bwd_fused"][1] % 64 == 0
         for key in ("fwd", "jvp", "bwd_q", "bwd_kv"):
             if shapes[key] is not None:
                 bm, bn = shapes[key]
@@ -60,9 +60,9 @@ def test_default_tile_shapes():
     for dqk, dv in ((128, 128), (64, 128), (128, 64)):
         assert m.tile_shapes("sm90a", dqk, dv) == {"fwd": (128, 176), "jvp": (128, 64), "bwd_q": None,
                                                    "bwd_kv": None, "bwd_fused": (64, 128)}
-    # wider key tiles where head dim 64 leaves the registers for them
+    # at d = 64: wider key tiles in the forward and JVP, 128-query steps in the backward
     assert m.tile_shapes("sm90a", 64, 64) == {"fwd": (128, 224), "jvp": (128, 128), "bwd_q": None, "bwd_kv": None,
-                                              "bwd_fused": (64, 128)}
+                                              "bwd_fused": (128, 128)}
 
 
 def test_parameter_struct_is_typed():

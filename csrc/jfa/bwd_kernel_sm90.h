@@ -1,22 +1,24 @@
-// The fused backward on Hopper's warpgroup products (sm_90a), the parts its two kernels share,
-// and its form whose warps all load by cp.async (the warp-specialised form is
-// bwd_kernel_sm90_warp_specialised.h). It is the dK/dV walk of bwd_kernel.h (same recomputation
-// of P from the forward's lse, same algebra; see its header) with every product a wgmma chain,
-// that also does dQ's work: warpgroups own 64 keys; operands come from 128-byte-swizzled panels
-// (wgmma.h), the K-major reads for S and dP, the N-major (transposed) reads for dV += P^T dO,
-// dK += dS^T Q, dQ += dS K. It stores dS^T of each step in shared memory, runs dQ_tile = dS K
-// (both operands read transposed), stages the float32 tile in shared memory and adds it into a
-// float32 buffer with one bulk reduce-add of the TMA unit, which reads the staging tile while the
-// next step computes; a last pass scales and converts the buffer into dq. 5 products per tile
-// pair instead of a two-kernel backward's 7. The adds
-// land in the order the blocks arrive (not bitwise repeatable) unless params.dq_order asks for
-// key-tile order (below). Per-thread vector atomics instead of the bulk reduce-add doubled the
-// kernel's time (bench/NOTES_cuda.md, item 8).
+// The fused backward on Hopper's warpgroup products (sm_90a): the parts of its kernel
+// (bwd_kernel_sm90_warp_specialised.h) that are not about who waits for whom, and the dQ
+// conversion pass. It is the dK/dV walk of bwd_kernel.h (same recomputation of P from the
+// forward's lse, same algebra; see its header) with every product a wgmma chain, that also does
+// dQ's work: warpgroups own 64 keys; operands come from 128-byte-swizzled panels (wgmma.h), the
+// K-major reads for S and dP, the N-major (transposed) reads for dV += P^T dO, dK += dS^T Q,
+// dQ += dS K. It stores dS^T of each step in shared memory, runs dQ_tile = dS K (both operands
+// read transposed), stages the float32 tile in shared memory and adds it into a float32 buffer
+// with one bulk reduce-add of the TMA unit, which reads the staging tile while the next step
+// computes; a last pass scales and converts the buffer into dq. 5 products per tile pair instead
+// of a two-kernel backward's 7. The adds land in the order the blocks arrive (not bitwise
+// repeatable) unless params.dq_order asks for key-tile order (below). Per-thread vector atomics
+// instead of the bulk reduce-add doubled the kernel's time (bench/NOTES_cuda.md, item 8).
 //
-// The buffer holds, per (batch, head, 64-row query tile), the tile's 64-column halves one after
-// the other, each 64 x 64 in the threads' fragment order (each 16-byte chunk holds what one
-// thread holds of a row's two 8-column blocks, so staging is one 16-byte store per chunk, free
-// of bank conflicts); dq_tile and dq_chunk_offset say where.
+// The buffer holds, per (batch, head), Sq rounded up to whole query tiles of the kernel's block_m
+// rows; per query tile its 64-row pieces (one per 64-query wgmma product: one at d = 128, where
+// block_m is 64; two at d = 64, where it is 128) in order, and per piece its 64-column halves one
+// after the other, each 64 x 64 in the threads' fragment order (each 16-byte chunk holds what one
+// thread holds of a row's two 8-column blocks, so staging is one 16-byte store per chunk, free of
+// bank conflicts). A query tile is thus kBlockM x Dqk floats in one place, so a warpgroup's staged
+// part of it goes in with one bulk reduce-add; dq_tile and dq_chunk_offset say where.
 #pragma once
 
 #include "bwd_kernel.h"
@@ -40,20 +42,23 @@ __device__ __forceinline__ void store_a_frags(const Tile& t, const uint32_t (&af
     }
 }
 
-constexpr int kDQTileRows = 64;                       // query rows per tile of the dQ buffer
+constexpr int kDQTileRows = 64;                       // query rows per piece of the dQ buffer (one wgmma's M)
 constexpr int kDQHalf = 64;                           // columns per staged dQ half tile
 constexpr int kDQHalfBytes = kDQTileRows * kDQHalf * 4;
 
-// Index of query tile qt of row (batch x head) bh among the dQ buffer's tiles (and semaphores).
+// Index of query tile qt (kBlockM rows) of row (batch x head) bh among the dQ buffer's tiles (and
+// the ordered form's semaphores).
+template <int kBlockM>
 __device__ __forceinline__ int64_t dq_tile_index(const AttnParams& p, int bh, int qt) {
-    const int q_tiles = (p.seqlen_q + kDQTileRows - 1) / kDQTileRows;
+    static_assert(kBlockM % kDQTileRows == 0, "query tiles are whole 64-row pieces");
+    const int q_tiles = (p.seqlen_q + kBlockM - 1) / kBlockM;
     return static_cast<int64_t>(bh) * q_tiles + qt;
 }
 
 // The dQ buffer's tile of query tile qt of row (batch x head) bh.
-template <int kDQK>
+template <int kBlockM, int kDQK>
 __device__ __forceinline__ float* dq_tile(const AttnParams& p, int bh, int qt) {
-    return p.dq_accum + dq_tile_index(p, bh, qt) * kDQTileRows * kDQK;
+    return p.dq_accum + dq_tile_index<kBlockM>(p, bh, qt) * kBlockM * kDQK;
 }
 
 // The ordered form (DqOrder::kKeyTile): a dQ tile takes its adds in decreasing key-tile order.
@@ -114,27 +119,8 @@ __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.w
 // Wait until they are complete.
 __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
-// The parts of one step of the key-side walk (the dK/dV kernel, the fused backward in both of
-// its forms): a warpgroup owns 64 keys (rows wg_row.. of the key tile), a step is one query tile.
-
-// The two score products of a backward step, waited for: s = A_qk[rows wg_row..] B_qk^T over the
-// q/k head dim and dp = A_v[rows wg_row..] B_v^T over the v head dim, kN columns each. The key
-// side (A = k, v; B = q, dO) gives S^T and dP^T, the dQ kernel (A = q, dO; B = k, v) S and dP.
-template <class Elem, int kDQK, int kDV, int kN, class AQK, class AV, class BQK, class BV>
-__device__ __forceinline__ void score_products(float (&s)[kN / 8][4], float (&dp)[kN / 8][4], const AQK& a_qk,
-                                               const AV& a_v, const BQK& b_qk, const BV& b_v, int wg_row) {
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < kDQK / 16; ++ks)
-        Wgmma<Elem, kN>::ss(s, a_qk.desc_k_major(wg_row, ks), b_qk.desc_k_major(0, ks), ks > 0);
-#pragma unroll
-    for (int ks = 0; ks < kDV / 16; ++ks)
-        Wgmma<Elem, kN>::ss(dp, a_v.desc_k_major(wg_row, ks), b_v.desc_k_major(0, ks), ks > 0);
-    wgmma_commit();
-    wgmma_wait<0>();
-    hold_across_wgmma(s);
-    hold_across_wgmma(dp);
-}
+// The parts of one step of the key-side walk (the dK/dV kernel and the fused backward): a
+// warpgroup owns 64 keys (rows wg_row.. of the key tile), a step is one query tile.
 
 // The step's lse2 and delta values of this thread's columns (the tile's queries), read into
 // registers: kernels that exponentiate S^T while dP^T is still computed read them while the
@@ -160,153 +146,12 @@ __device__ __forceinline__ void key_side_ds(const float (&pt)[kNB][4], float (&d
 #pragma unroll
         for (int e = 0; e < 4; ++e) dst[nb][e] = pt[nb][e] * (dst[nb][e] - ((e & 1) ? delta[nb].y : delta[nb].x));
 }
-// Both at once, for kernels whose S^T and dP^T are waited for together.
-template <int kNB>
-__device__ __forceinline__ void key_side_probs(float (&pt)[kNB][4], float (&dst)[kNB][4], const float* lse2,
-                                               const float* delta, float scale_log2, int lane) {
-    float2 l[kNB], d[kNB];
-    query_row_pairs(l, lse2, lane);
-    query_row_pairs(d, delta, lane);
-    key_side_exp(pt, l, scale_log2);
-    key_side_ds(pt, dst, d);
-}
-
-// dV += P^T dO and dK += dS^T Q, issued and committed; the caller waits.
-template <class Elem, int kDQK, int kDV, int kKS, class QTile, class OTile>
-__device__ __forceinline__ void issue_dv_dk(float (&acc_dv)[kDV / 8][4], float (&acc_dk)[kDQK / 8][4],
-                                            const uint32_t (&pf)[kKS][4], const uint32_t (&dsf)[kKS][4],
-                                            const OTile& sDO, const QTile& sQ) {
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sDO.desc_n_major(ks), 1);
-#pragma unroll
-    for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
-    wgmma_commit();
-}
-
-template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads, 1) attention_bwd_kernel_sm90_cp_async(const AttnParams p) {
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using Elem = typename Tr::Elem;
-    constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV;
-    constexpr int kKS = kBM / 16;    // k16 steps over queries
-    using KTile = PanelTile<kBN, kDQK>;
-    using VTile = PanelTile<kBN, kDV>;
-    using QTile = PanelTile<kBM, kDQK>;
-    using OTile = PanelTile<kBM, kDV>;
-    using DSTile = PanelTile<kBN, kBM>;   // dS^T: keys x queries, the fused dQ product's A (read transposed)
-    constexpr int kWarpGroups = Tr::kThreads / 128;
-
-    extern __shared__ char smem[];
-    const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
-    char* const sbase = smem + (s0 - smem_addr(smem));
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wg_row = (warp >> 2) * 64;
-    const int k_tile = bwd_key_tile(p);
-    const int b = blockIdx.y / p.heads_k, hk = blockIdx.y % p.heads_k;
-    const int groups = p.heads_q / p.heads_k;
-    const int n0 = k_tile * kBN, krow0 = n0 + warp * 16;
-
-    const KTile sK{s0};
-    const VTile sV{s0 + KTile::kBytes};
-    const BwdKVQueryStages<Tr, QTile, OTile> stages{s0, sbase, b, hk, groups};
-    const DSTile sDS{s0 + Tr::kDSOffset};
-
-    const TileWalk walk(p.k_tiles, k_tile);
-    const int total = groups * walk.num_total;
-    const bool in_order = p.dq_order == DqOrder::kKeyTile;
-    int32_t* sem_pending = nullptr;   // ordered form: the semaphore of the tile whose add is in flight (thread 0)
-    sK.template load_async<Tr::kThreads>(head_ptr<Elem>(p.k, p.k_stride, b, hk), p.k_stride.row, n0, p.seqlen_k, tid);
-    sV.template load_async<Tr::kThreads>(head_ptr<Elem>(p.v, p.v_stride, b, hk), p.v_stride.row, n0, p.seqlen_k, tid);
-    auto load_q = [&](int j, int st) { stages.load(p, walk, j, st, tid); };
-    if (total > 0) load_q(0, 0);
-    cp_async_commit();
-
-    float acc_dk[kDQK / 8][4], acc_dv[kDV / 8][4];
-    zero(acc_dk);
-    zero(acc_dv);
-    const float scale_log2 = p.scale * kLog2e;
-    const bool edge_k = n0 + kBN > p.seqlen_k;
-
-    for (int j = 0; j < total; ++j) {
-        const int st = j & 1;
-        prefetch_next_and_wait(j, total, st ^ 1, load_q);
-        fence_proxy_async();
-        __syncthreads();
-        const QTile sQ = stages.q(st);
-        const OTile sDO = stages.dO(st);
-        const float* lse2 = stages.lse2(st);
-        const float* delta = stages.delta(st);
-        const int i = walk.entry(j % walk.num_total);
-        const int m0 = walk.tile(i) * kBM;
-
-        float pt[kBM / 8][4], dst[kBM / 8][4];
-        score_products<Elem, kDQK, kDV, kBM>(pt, dst, sK, sV, sQ, sDO, wg_row);
-        mask_scores<true>(pt, p, walk, i, edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
-        key_side_probs(pt, dst, lse2, delta, scale_log2, lane);
-        uint32_t pf[kKS][4], dsf[kKS][4];
-        c_to_a<Elem, kKS>(pf, pt);
-        c_to_a<Elem, kKS>(dsf, dst);
-        store_a_frags(sDS, dsf, warp * 16, lane);
-        fence_proxy_async();
-        if (tid == 0) {   // the previous step's dQ tile has left the staging tile (ordered: is added)
-            if (in_order && sem_pending != nullptr) {
-                bulk_wait_all();
-                pass_dq_turn(sem_pending);
-                sem_pending = nullptr;
-            } else {
-                bulk_wait_read();
-            }
-        }
-        __syncthreads();   // and the whole dS^T tile is written before the product reads it
-        issue_dv_dk<Elem, kDQK, kDV>(acc_dv, acc_dk, pf, dsf, sDO, sQ);
-        // dQ rows of this query tile, dS (queries x keys) K, dS^T and K both stored with rows = keys;
-        // 64 columns at a time (dQ's accumulators then fit beside dK's and dV's) into the staging tile.
-        const uint32_t staging = s0 + Tr::kDQOffset;
-        // Half c of dQ's columns is warpgroup c's (with d = 64 one warpgroup does all).
-#pragma unroll
-        for (int c = warp >> 2; c < kDQK / kDQHalf; c += kWarpGroups) {
-            float acc_dq[kDQHalf / 8][4];
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < kBN / 16; ++ks)
-                Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sDS.desc_n_major(ks), sK.desc_n_major(ks, c), ks > 0);
-            wgmma_commit();
-            wgmma_wait<0>();
-            hold_across_wgmma(acc_dq);
-            stage_dq_half(staging + c * kDQHalfBytes, acc_dq, (warp & 3) * 16, lane);
-        }
-        fence_proxy_async();
-        __syncthreads();   // the staged tile is complete
-        if (tid == 0) {
-            static_assert(kBM == kDQTileRows, "a query tile is a tile of the dQ buffer");
-            const int bh = b * p.heads_q + hk * groups + j / walk.num_total;
-            if (in_order) {
-                sem_pending = p.dq_semaphore + dq_tile_index(p, bh, m0 / kBM);
-                wait_dq_turn(sem_pending, TileWalk(p.dq_turns, k_tile).tile(i));   // turns laid out as the walk
-            }
-            bulk_reduce_add_f32(dq_tile<kDQK>(p, bh, m0 / kBM), staging, Tr::kDQBytes);
-        }
-        wgmma_wait<0>();
-        hold_across_wgmma(acc_dv);
-        hold_across_wgmma(acc_dk);
-        hold_across_wgmma(pf);
-        hold_across_wgmma(dsf);
-        __syncthreads();
-    }
-
-    if (tid == 0) {
-        bulk_wait_all();
-        if (sem_pending != nullptr) pass_dq_turn(sem_pending);
-    }
-    store_dk_dv<Elem>(p, b, hk, krow0, acc_dk, acc_dv, lane);
-#endif
-}
 
 // dq = scale dq_accum in the element type: 16 columns of one row per thread, read as the four
-// chunks that hold them in the buffer's (query tile, half, 64 x 64 in fragment order) layout.
+// chunks that hold them in the buffer's (query tile of kBlockM rows, 64-row piece, half, 64 x 64
+// in fragment order) layout.
 constexpr int kDQConvertCols = 16;   // columns of dq per thread of the conversion
-template <class Elem, int kDQK>
+template <class Elem, int kDQK, int kBlockM>
 __global__ void attention_bwd_dq_convert_kernel(const AttnParams p) {
     constexpr int kVec = kDQConvertCols, kPerRow = kDQK / kVec;
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -315,7 +160,9 @@ __global__ void attention_bwd_dq_convert_kernel(const AttnParams p) {
     const int c = static_cast<int>(i % kPerRow) * kVec;
     const int s = static_cast<int>(row % p.seqlen_q);
     const int bh = static_cast<int>(row / p.seqlen_q);
-    const float* half = dq_tile<kDQK>(p, bh, s / kDQTileRows) + c / kDQHalf * (kDQTileRows * kDQHalf);
+    const int piece = (s % kBlockM) / kDQTileRows;   // 0 where kBlockM is one piece
+    const float* half = dq_tile<kBlockM, kDQK>(p, bh, s / kBlockM) +
+                        (piece * (kDQK / kDQHalf) + c / kDQHalf) * (kDQTileRows * kDQHalf);
     const int r = s % kDQTileRows, m = (c % kDQHalf) / 16;
     const float f = p.scale;
     uint32_t out[8];

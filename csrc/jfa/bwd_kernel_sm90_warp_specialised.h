@@ -1,10 +1,11 @@
-// The fused backward on Hopper with specialised warps (sm_90a): the default backward there.
+// The fused backward on Hopper with specialised warps (sm_90a): the only backward there.
 //
-// Same walk, tiles and algebra as the fused form of bwd_kernel_sm90.h (one block per 128-key
-// tile and kv head, 64-query steps over the walk of every query head of the GQA group; dK and dV
-// in registers, dQ added into a float32 buffer by the TMA unit's bulk reduce-add). What changes
-// is who waits for whom. There, every warp loads the next q / dO tile with cp.async and the two
-// warpgroups meet at four __syncthreads per step. Here:
+// The walk and algebra of bwd_kernel_sm90.h (one block per 128-key tile and kv head, steps of
+// 64 queries, 128 at d = 64, over the walk of every query head of the GQA group; dK and dV in
+// registers, dQ added into a float32 buffer by the TMA unit's bulk reduce-add), with warps that
+// each wait only for what they need (a form whose warps all loaded by cp.async and met at four
+// __syncthreads per step was the fallback where the TMA unit could not describe an operand; the
+// Python side now copies such operands, and it is gone):
 //   - warpgroup 0 gives its registers away and splits three jobs over its warps: warp 0 issues
 //     the TMA loads (k and v once, then q and dO per step into two stages guarded by "full" and
 //     "empty" transaction barriers), warp 1 copies the step's lse (log2 units) and delta rows
@@ -13,15 +14,16 @@
 //     ordered form it first waits for the tile's turn, and counts the turn on once the add is
 //     complete; there warps 2 and 3 take the steps in turn, so two adds are in flight);
 //   - warpgroups 1 and 2 (64 keys each) only compute. Per step: S^T, then dP^T (the mask and
-//     exp2 of S^T run while dP^T is computed); dV while dS^T goes to shared memory; then dQ and
-//     dK, and dQ is staged while dK still runs; dK is waited for only after the next step's S^T
-//     and dP^T are issued. At d = 128 warpgroup w computes dQ's column half
-//     w over all 128 keys, so the two meet once per step, when both halves of dS^T are in
-//     shared memory (dS^T has two buffers, so one may write step j's while the other still
-//     reads step j - 1's); at d = 64 each computes all columns over its own 64 keys, and both
-//     tiles are added into the buffer, so they never wait for each other.
-// Named barriers: kDsFull / kDsOwn (dS^T written), kDqHalfFull / kDqHalfEmpty (a warpgroup's
-// staged dQ tile and the dQ warp). bench/NOTES_cuda.md, items 12-14.
+//     exp2 of S^T run while dP^T is computed); dV while dS^T goes to shared memory; then dQ
+//     and dK, and dQ is staged while dK still runs; the step closes with no product in flight. At
+//     d = 128 warpgroup w computes dQ's column half w over all 128 keys, so the two meet once per
+//     step, when both halves of dS^T are in shared memory (dS^T has two buffers, so one may write
+//     step j's while the other still reads step j - 1's); at d = 64 each computes all columns
+//     over its own 64 keys (two 64-query products), and both tiles are added into the buffer, so
+//     they never wait for each other (and one dS^T buffer does, each warpgroup's rows its own).
+// Named barriers: kDsFull / kDsOwn (dS^T written), kDsFree (d = 64: dS^T rows free again),
+// kDqHalfFull / kDqHalfEmpty (a warpgroup's staged dQ tile and the dQ warp). bench/NOTES_cuda.md,
+// items 12-14 and 23.
 #pragma once
 
 #include "bwd_kernel_sm90.h"
@@ -40,7 +42,6 @@ struct BwdWarpSpecialisedTraitsSm90 {
     static constexpr int kDQK = kDQK_, kDV = kDV_;
     static constexpr int kBlockM = kBwdFusedTilesSm90<kDQK, kDV>.block_m;   // queries per step
     static constexpr int kBlockN = kBwdFusedTilesSm90<kDQK, kDV>.block_n;   // keys per block
-    static_assert(kBlockM == 64 && kBlockN == 128, "two consumer warpgroups of 64 keys, steps of one wgmma's 64 queries");
     static constexpr int kThreads = 384;
     static constexpr int kConsumerThreads = 256;
     static constexpr int kStages = 2;
@@ -49,16 +50,32 @@ struct BwdWarpSpecialisedTraitsSm90 {
     static constexpr int kDSBytes = kBlockN * kBlockM * 2;   // one dS^T buffer (keys x queries)
     // dQ: at d = 128 warpgroup w computes column half w over all 128 keys; at d = 64 (one
     // half) it computes all columns over its own 64 keys, and both tiles are added into the
-    // same buffer tile. Either way each warpgroup stages one 64 x 64 float32 tile.
+    // same buffer tile. Each warpgroup stages kBlockM x 64 floats: one 64 x 64 piece per 64
+    // query rows (one wgmma product each), in the buffer's order, so one reduce-add takes them.
     static constexpr bool kDQSplitKeys = kDQK == kDQHalf;
     static_assert(kDQK == kDQHalf || kDQK == 2 * kDQHalf, "dQ is one or two 64-column halves");
+    // Steps of 64 queries (one wgmma's M for the dQ product), or of 128 at d = 64: there dK and dV
+    // take 64 registers instead of 128, which leaves room for S^T and dP^T of 64 keys x 128 queries
+    // (64 registers each); at d = 128 they would not fit the consumers' 240.
+    static_assert(kBlockN == 128 && (kBlockM == 64 || (kBlockM == 128 && kDQSplitKeys)),
+                  "two consumer warpgroups of 64 keys; 128-query steps only at d = 64");
+    static constexpr int kDQPieces = kBlockM / kDQTileRows;   // dQ products per warpgroup and step
     static constexpr int kDQKeySteps = (kDQSplitKeys ? kBlockN / 2 : kBlockN) / 16;
-    static constexpr int kDQBytes = 2 * kDQHalfBytes;        // the two staged tiles
+    static constexpr int kDQWgBytes = kDQPieces * kDQHalfBytes;   // one warpgroup's staged dQ
+    static constexpr int kDQBytes = 2 * kDQWgBytes;               // both warpgroups'
+    // dS^T buffers. At d = 128 each warpgroup reads both warpgroups' rows, so two buffers let one
+    // write step j's while the other still reads step j - 1's. At d = 64 each reads only its own
+    // rows, so one buffer does, with a barrier of the warpgroup (kDsFree) before it is written
+    // again; the 128-query form needs that: with two it would need 40 bytes more than an SM has
+    // (K, V 32 KB, two q / dO stages 64 KB, dS^T 2 x 32 KB, dQ staging 2 x 32 KB, lse / delta
+    // rows 2 KB, the barriers and 1 KB to align the base); with one it takes 195 KB. 64-query
+    // steps keep two (JFA_TILES="bwdf90@64=64,128" then builds the d = 64 kernel as it was).
+    static constexpr int kDSBuffers = kBlockM == 128 ? 1 : 2;
     static constexpr int kVOffset = kKBytes;
     static constexpr int kQOffset = kVOffset + kVBytes;                      // stage st: q, then dO
     static constexpr int kDSOffset = kQOffset + kStages * (kQBytes + kDOBytes);
-    static constexpr int kDQOffset = kDSOffset + 2 * kDSBytes;
-    static constexpr int kRowsOffset = kDQOffset + kDQBytes;                 // stage st: lse2[64], delta[64]
+    static constexpr int kDQOffset = kDSOffset + kDSBuffers * kDSBytes;
+    static constexpr int kRowsOffset = kDQOffset + kDQBytes;                 // stage st: lse2[kBlockM], delta[kBlockM]
     static constexpr int kBarOffset = kRowsOffset + kStages * 2 * kBlockM * 4;
     static constexpr int kSmemBytes = kBarOffset + 8 * (1 + 2 * kStages) + 1024;   // + room to align the base
     static_assert(kSmemBytes <= kSmemPerSm90 - 1024, "the block must fit an SM");
@@ -66,6 +83,7 @@ struct BwdWarpSpecialisedTraitsSm90 {
 
 constexpr int kDsFull = 1;        // both dS^T halves of the step are in shared memory (d = 128)
 constexpr int kDsOwn = 2;         // 2, 3: warpgroup w's dS^T rows are (d = 64)
+constexpr int kDsFree = 12;       // 12, 13: warpgroup w's dQ product of the last step is complete (one dS^T buffer)
 // Each warpgroup stages its own dQ tile and hands it to the dQ warp through its own pair of
 // barriers (160 threads), so neither waits for the other's tile to be staged or read.
 constexpr int kDqHalfFull = 4;    // 4, 5: warpgroup w's staged tile is complete
@@ -159,7 +177,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
     constexpr int kKS = kBM / 16;   // k16 steps over queries
     constexpr bool kDQSplitKeys = Tr::kDQSplitKeys;
-    constexpr int kDQKeySteps = Tr::kDQKeySteps;
+    constexpr int kDQKeySteps = Tr::kDQKeySteps, kDQPieces = Tr::kDQPieces;
+    constexpr bool kWide = kBM == 128;   // 128-query steps (d = 64)
     extern __shared__ char smem[];
     const uint32_t s0 = (smem_addr(smem) + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
     const BwdWarpSpecialisedSmem<Tr> sm{s0, smem + (s0 - smem_addr(smem))};
@@ -216,17 +235,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             if (first > 0) at.advance(walk);
             for (int j = first; j < total; j += stride) {
                 const int bh = b * p.heads_q + at.h, qt = walk.tile(at.i);
-                float* tile = dq_tile<kDQK>(p, bh, qt);
+                float* tile = dq_tile<kBM, kDQK>(p, bh, qt);
                 // warpgroup w's staged tile into the buffer: the same place for both at d = 64
                 auto add_half = [&](int w) {
                     bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
-                                        sm.dq_staging() + w * kDQHalfBytes, kDQHalfBytes);
+                                        sm.dq_staging() + w * Tr::kDQWgBytes, Tr::kDQWgBytes);
                 };
                 const int shift = dq_barrier_shift(in_order, j);
                 if (in_order) {
                     named_sync(kDqHalfFull + shift, 128 + 32);
                     named_sync(kDqHalfFull + 1 + shift, 128 + 32);
-                    int32_t* sem = p.dq_semaphore + dq_tile_index(p, bh, qt);
+                    int32_t* sem = p.dq_semaphore + dq_tile_index<kBM>(p, bh, qt);
                     if (lane == 0) {
                         wait_dq_turn(sem, TileWalk(p.dq_turns, k_tile).tile(at.i));
 #pragma unroll
@@ -283,17 +302,20 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     // within one iteration which wait retires each of them.
     BwdWalkCursor at(walk, hk, groups);
     for (int j = 0; j < total; ++j, at.advance(walk)) {
-        const int st = j % kS, buf = j & 1;
+        const int st = j % kS, buf = Tr::kDSBuffers == 2 ? (j & 1) : 0;
         const int m0 = walk.tile(at.i) * kBM;
         const auto sQ = sm.q(st);
         const auto sDO = sm.dO(st);
         float pt[kBM / 8][4], dst[kBM / 8][4];
         issue_scores<Tr>(sm, pt, dst, st, (j / kS) & 1, wg_row);
         float2 lse2[kBM / 8];
-        query_row_pairs(lse2, sm.lse2(st), lane);   // read while the products run
+        if constexpr (!kWide) query_row_pairs(lse2, sm.lse2(st), lane);   // read while the products run
         wgmma_wait<1>();   // S^T
         hold_across_wgmma(pt);
         mask_scores<true>(pt, p, walk, at.i, edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
+        // 128-query steps: read after the mask, whose element tests need the registers that
+        // these 32 would hold (read before it, they cost 640 bytes of spill, all in the mask)
+        if constexpr (kWide) query_row_pairs(lse2, sm.lse2(st), lane);
         key_side_exp(pt, lse2, scale_log2);
         uint32_t pf[kKS][4], dsf[kKS][4];
         c_to_a<Elem, kKS>(pf, pt);
@@ -307,6 +329,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         query_row_pairs(delta, sm.delta(st), lane);
         key_side_ds(pt, dst, delta);
         c_to_a<Elem, kKS>(dsf, dst);
+        // One buffer (128-query steps): every warp of the warpgroup has waited for the last
+        // step's dQ product, which read these rows, before any overwrites them.
+        if constexpr (Tr::kDSBuffers == 1) named_sync(kDsFree + wg, 128);
         store_a_frags(sm.ds(buf), dsf, cw * 16, lane);
         fence_proxy_async();
         if constexpr (kDQSplitKeys) {
@@ -314,14 +339,22 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         } else {
             named_sync(kDsFull, Tr::kConsumerThreads);
         }
-        // dQ over this warpgroup's keys (d = 64) or all keys for its column panel (d = 128)
+        // dQ over this warpgroup's keys (d = 64) or all keys for its column panel (d = 128), one
+        // product per 64 query rows (dS^T's panel pc holds queries 64 pc ..)
         const int key0 = kDQSplitKeys ? 4 * wg : 0, k_panel = kDQSplitKeys ? 0 : wg;
-        float acc_dq[kDQHalf / 8][4];
+        using DSTile = typename BwdWarpSpecialisedSmem<Tr>::DSTile;
+        float acc_dq[kDQPieces][kDQHalf / 8][4];
         wgmma_fence();
-        Wgmma<Elem, kDQHalf>::ss_t_first(acc_dq, sm.ds(buf).desc_n_major(key0), sm.k().desc_n_major(key0, k_panel));
 #pragma unroll
-        for (int ks = 1; ks < kDQKeySteps; ++ks)
-            Wgmma<Elem, kDQHalf>::ss_t(acc_dq, sm.ds(buf).desc_n_major(key0 + ks), sm.k().desc_n_major(key0 + ks, k_panel), 1);
+        for (int pc = 0; pc < kDQPieces; ++pc) {
+            // panel pc of dS^T as a tile of its own (the same layout; passed as desc_n_major's
+            // panel, the descriptors took 4 more instructions per step at kDQPieces = 1)
+            const DSTile ds{sm.ds(buf).base + pc * DSTile::kPanelBytes};
+            Wgmma<Elem, kDQHalf>::ss_t_first(acc_dq[pc], ds.desc_n_major(key0), sm.k().desc_n_major(key0, k_panel));
+#pragma unroll
+            for (int ks = 1; ks < kDQKeySteps; ++ks)
+                Wgmma<Elem, kDQHalf>::ss_t(acc_dq[pc], ds.desc_n_major(key0 + ks), sm.k().desc_n_major(key0 + ks, k_panel), 1);
+        }
         wgmma_commit();
 #pragma unroll
         for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDQK>::rs(acc_dk, dsf[ks], sQ.desc_n_major(ks), 1);
@@ -329,9 +362,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         wgmma_wait<1>();   // dV and dQ
         hold_across_wgmma(acc_dv);
         hold_across_wgmma(pf);
-        hold_across_wgmma(acc_dq);
+#pragma unroll
+        for (int pc = 0; pc < kDQPieces; ++pc) hold_across_wgmma(acc_dq[pc]);
         if (j > 0) named_sync(kDqHalfEmpty + wg + dq_barrier_shift(in_order, j - 1), 128 + 32);   // this half of the previous tile has been read
-        stage_dq_half(sm.dq_staging() + wg * kDQHalfBytes, acc_dq, (cw & 3) * 16, lane);
+#pragma unroll
+        for (int pc = 0; pc < kDQPieces; ++pc)
+            stage_dq_half(sm.dq_staging() + wg * Tr::kDQWgBytes + pc * kDQHalfBytes, acc_dq[pc], (cw & 3) * 16, lane);
         wgmma_wait<0>();   // dK
         hold_across_wgmma(acc_dk);
         hold_across_wgmma(dsf);

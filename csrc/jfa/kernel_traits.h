@@ -96,26 +96,4 @@ struct BwdQTraits : Traits<Elem, kDQK, kDV, kM, kN, kW> {
     static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
 };
 
-// The sm_90a fused backward whose warps all load by cp.async (bwd_kernel_sm90.h), where the TMA unit
-// cannot describe an operand: the fused tile shape (kBwdFusedTilesSm90), two warpgroups of 64
-// keys, then after the query stages a dS^T tile and a float32 dQ staging tile. Panels are
-// 1024-byte aligned.
-constexpr int round_up_1k(int x) { return (x + 1023) / 1024 * 1024; }
-
-template <class Elem, int kDQK, int kDV, int kM = kBwdFusedTilesSm90<kDQK, kDV>.block_m,
-          int kN = kBwdFusedTilesSm90<kDQK, kDV>.block_n, int kW = kBwdFusedTilesSm90<kDQK, kDV>.warps>
-struct BwdFusedCpAsyncTraitsSm90 : BwdKVTraits<Elem, kDQK, kDV, kM, kN, kW> {
-    using Base = BwdKVTraits<Elem, kDQK, kDV, kM, kN, kW>;
-    static_assert(Base::kBlockN % 64 == 0 && Base::kBlockM == 64,
-                  "warpgroups of 64 keys; the dQ product is one wgmma's 64 query rows");
-    static constexpr int kKVBytes = Base::kBlockN * (kDQK + kDV) * 2;
-    static constexpr int kStageBytes = round_up_1k(Base::kBlockM * (kDQK + kDV) * 2 + 2 * Base::kBlockM * 4);
-    static constexpr int kDSOffset = kKVBytes + Base::kStages * kStageBytes;   // 1 KiB aligned
-    static constexpr int kDSBytes = Base::kBlockN * Base::kBlockM * 2;
-    static constexpr int kDQOffset = kDSOffset + kDSBytes;   // the float32 dQ staging tile
-    static constexpr int kDQBytes = Base::kBlockM * kDQK * 4;
-    static constexpr int kSmemBytes = kDQOffset + kDQBytes + 1024;
-    static_assert(kSmemBytes <= kSmemPerSm90 - 1024, "the block must fit an SM");
-};
-
 }  // namespace jfa

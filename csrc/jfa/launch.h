@@ -146,10 +146,19 @@ void launch_bwd_with(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t s
 // tiles, x Dqk), delta, the fused dK/dV/dQ kernel, then dq = scale * buffer.
 template <class Elem, int kDQK, int kDV>
 void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
-    using Tr = BwdFusedCpAsyncTraitsSm90<Elem, kDQK, kDV>;
+    using Tr = BwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDV>;
     check_tiles(p.k_tiles_block_m, p.k_tiles_block_n, Tr::kBlockM, Tr::kBlockN, "key");
     check_grid_y(p.batch * p.heads_q);
     if (p.seqlen_q == 0 || p.seqlen_k == 0) return;
+    BwdTensorMaps maps{};
+    if (!encode_bwd_maps<Tr>(p, maps)) {
+        if (encode_tiled_fn() == nullptr) {
+            throw std::runtime_error("jvp_flash_attn CUDA: the backward needs the driver's tensor-map encoder "
+                                     "(cuTensorMapEncodeTiled), which this driver does not provide");
+        }
+        throw std::invalid_argument("jvp_flash_attn CUDA: the TMA unit cannot describe an operand of the backward (its "
+                                    "pointer or strides); pass tensors with 16-byte aligned, non-zero strides");
+    }
     const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
     const int64_t padded = static_cast<int64_t>(p.batch) * p.heads_q * ((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM) * Tr::kBlockM;
     check_cuda(cudaMemsetAsync(p.dq_accum, 0, padded * kDQK * sizeof(float), stream), "zeroing the dQ buffer");
@@ -158,23 +167,13 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
                    "zeroing the dQ semaphores");
     }
     launch_bwd_delta<Elem>(p, stream);
-    const dim3 grid(p.num_k_tiles, p.batch * p.heads_k);
-    using TrWarpSpecialised = BwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDV>;
-    BwdTensorMaps maps{};
-    // the warp-specialised kernel where the TMA unit can load every operand
-    if (encode_bwd_maps<TrWarpSpecialised>(p, maps)) {
-        auto kernel = attention_bwd_kernel_sm90_warp_specialised<TrWarpSpecialised>;
-        set_smem(kernel, TrWarpSpecialised::kSmemBytes);
-        kernel<<<grid, TrWarpSpecialised::kThreads, TrWarpSpecialised::kSmemBytes, stream>>>(p, maps);
-    } else {
-        auto kernel = attention_bwd_kernel_sm90_cp_async<Tr>;
-        set_smem(kernel, Tr::kSmemBytes);
-        kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
-    }
+    auto kernel = attention_bwd_kernel_sm90_warp_specialised<Tr>;
+    set_smem(kernel, Tr::kSmemBytes);
+    kernel<<<dim3(p.num_k_tiles, p.batch * p.heads_k), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, maps);
     check_cuda(cudaGetLastError(), "launching the fused backward kernel");
     constexpr int kThreads = 256;
     const int64_t work = rows * (kDQK / kDQConvertCols);
-    attention_bwd_dq_convert_kernel<Elem, kDQK>
+    attention_bwd_dq_convert_kernel<Elem, kDQK, Tr::kBlockM>
         <<<static_cast<unsigned>((work + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the dQ conversion kernel");
 }

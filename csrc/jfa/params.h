@@ -89,8 +89,7 @@ struct AttnParams {
     // waits until dq_semaphore of the tile (one int32 per batch x query head x query tile, zeroed
     // by the launcher) equals its turn, the key tile's rank among those that visit the query tile
     // (dq_turns, one per entry of the k_tiles lists), adds, waits for the add to complete and
-    // counts the semaphore up. Where the TMA unit cannot load an operand, the launcher runs the
-    // fused kernel that loads with cp.async, in the same order.
+    // counts the semaphore up.
     DqOrder dq_order = DqOrder::kArrival;
     TileLists dq_turns;        // full_idx / part_idx: turns, laid out as the k_tiles lists' entries
     int32_t* dq_semaphore = nullptr;

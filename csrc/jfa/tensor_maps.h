@@ -34,8 +34,7 @@ inline EncodeTiledFn encode_tiled_fn() {
 }
 
 // False when the driver cannot describe the operand (no encoder, or a pointer / stride the TMA
-// unit does not accept); the forward then reports an error, the fused backward takes its form
-// that loads with cp.async.
+// unit does not accept); the launcher then reports an error.
 inline bool encode_panel_map(CUtensorMap* map, bool bf16, const void* base, const Strides& s, int batch, int rows,
                              int heads, int cols, int box_rows) {
     const EncodeTiledFn encode = encode_tiled_fn();

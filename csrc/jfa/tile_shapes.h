@@ -29,19 +29,22 @@ constexpr TileShape default_tile_shape(Walk walk, KernelFamily family, int head_
     if (family == KernelFamily::kSm90) {
         // Warpgroups (4 warps) of 64 rows: query rows in the forward and JVP. The widest key
         // tiles whose score accumulators fit the registers without a spill pay the per-tile
-        // hand-offs, row maxima and rescales once per more keys (bench/NOTES_cuda.md, items 22-23):
-        // the forward 176 keys at d = 128 (+4-8 % on W1-W8 over 128; 192 spills), 224 at d = 64
-        // (+8 % on W8 over 128; 256 spills); the JVP, with two accumulators per product, 64 keys
-        // at d = 128 and 128 at d = 64 (+8 % on W8). The backward is the
-        // fused one only: 64 query rows x 128 keys, two warpgroups of 64 keys, dQ's two 64-column
-        // halves one per warpgroup (64 keys in one warpgroup, two blocks per SM, sent twice the dQ
-        // bytes to the reduce-add per product: bench/NOTES_cuda.md, item 8).
+        // hand-offs, row maxima and rescales once per more keys (bench/NOTES_cuda.md, items 22 and
+        // 24): the forward 176 keys at d = 128 (+4-8 % on W1-W8 over 128; 192 spills), 224 at
+        // d = 64 (+8 % on W8 over 128; 256 spills); the JVP, with two accumulators per product,
+        // 64 keys at d = 128 and 128 at d = 64 (+8 % on W8). The backward is the fused one only:
+        // 128 keys, two warpgroups of 64 keys (64 keys in one warpgroup, two blocks per SM, sent
+        // twice the dQ bytes to the reduce-add per product: bench/NOTES_cuda.md, item 8). At
+        // d = 128, 64-query steps, dQ's two 64-column halves one per warpgroup (dK and dV take 128
+        // of the 240 registers); at d = 64, 128-query steps, which pay the per-step work
+        // (barriers, hand-offs, lse / delta rows, dQ staging) once per 128 queries, as
+        // FlashAttention-3 and -4 do there (+21 % on W8: bench/NOTES_cuda.md, item 23).
         switch (walk) {
             case Walk::kFwd: return head_dim <= 64 ? TileShape{128, 224, 8} : TileShape{128, 176, 8};
             case Walk::kJvp: return head_dim <= 64 ? TileShape{128, 128, 8} : TileShape{128, 64, 8};
             case Walk::kBwdQ: return kNoTileShape;
             case Walk::kBwdKV: return kNoTileShape;
-            case Walk::kBwdFused: return {64, 128, 8};
+            case Walk::kBwdFused: return head_dim <= 64 ? TileShape{128, 128, 8} : TileShape{64, 128, 8};
         }
     }
     // Every warp owns 16 rows: query rows in the forward, JVP and dQ, keys in dK/dV.

@@ -65,7 +65,8 @@ __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.a
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int kPending>
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory"); }
-// Shared memory written by cp.async (the generic proxy) and read next by wgmma (the async proxy).
+// Shared memory written by the generic proxy (plain stores, stmatrix, cp.async) and read next by
+// the async proxy (wgmma, the TMA unit).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // Hold registers that an asynchronous product reads or writes at this point of the program (called
