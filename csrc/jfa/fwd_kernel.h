@@ -86,14 +86,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_fwd_kernel(const At
                                               row_allowed);
 
         float alpha[2];
-        sm.update(s, scale_log2, alpha, row_allowed);
-        scale_rows(acc_o, alpha);
+        if (sm.update<kRescaleBound<Elem, kJvp>>(s, scale_log2, alpha, row_allowed)) {
+            scale_rows(acc_o, alpha);
+            if constexpr (kJvp) scale_rows(acc_t, alpha);
+        }
         uint32_t pf[kKPV][4];
         c_to_a<Elem, kKPV>(pf, s);
         mma_ab_regs<Elem, kNBO, kKPV>(acc_o, pf, sV, lane);
 
         if constexpr (kJvp) {
-            scale_rows(acc_t, alpha);
             tangent_probs(ts, s, mu, alpha, p.scale);
             mma_ab_regs<Elem, kNBO, kKPV>(acc_t, pf, stages.v(st, 1), lane);
             uint32_t ptf[kKPV][4];

@@ -171,14 +171,15 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const FwdWarpSp
         }
         pass_turn<Tr>(c.wg, i, n);
     };
-    // Once the scores are in: release the key stage, mask, and update the online softmax.
+    // Once the scores are in: release the key stage, mask, and update the online softmax; whether
+    // the warp's accumulator must be rescaled by alpha.
     auto update = [&](int i, float (&s)[kNBS][4], float (&alpha)[2]) {
         hold_across_wgmma(s);
         if (c.lane == 0) sm.k_empty(i % kS).arrive();
         const int k0 = walk.tile(i) * kBN;
         bool row_allowed[2];
         mask_scores<false>(s, p, walk, i, c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane, row_allowed);
-        softmax.update(s, c.scale_log2, alpha, row_allowed);
+        return softmax.update<kRescaleBound<Elem, false>>(s, c.scale_log2, alpha, row_allowed);
     };
 
     sm.q_full().wait(0);
@@ -195,12 +196,12 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const FwdWarpSp
         float s[kNBS][4], alpha[2];
         issue(i, s, true);
         wgmma_wait<1>();   // the scores; p_{i-1} v_{i-1} still runs
-        update(i, s, alpha);
+        const bool rescale = update(i, s, alpha);
         wgmma_wait<0>();
         hold_across_wgmma(acc_o);
         hold_across_wgmma(pf_prev);
         if (c.lane == 0) sm.v_empty((i - 1) % kS).arrive();
-        scale_rows(acc_o, alpha);
+        if (rescale) scale_rows(acc_o, alpha);
         c_to_a<Elem, kKPV>(pf_prev, s);
     }
     if (n > 0) {   // the last tile's p v
@@ -269,9 +270,10 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const FwdWarpSp
         mask_scores_and_tangents<false, true>(s, ts, p, walk, i, c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane,
                                               row_allowed);
         float alpha[2];
-        softmax.update(s, c.scale_log2, alpha, row_allowed);
-        scale_rows(acc_o, alpha);
-        scale_rows(acc_t, alpha);
+        if (softmax.update<kRescaleBound<Elem, true>>(s, c.scale_log2, alpha, row_allowed)) {
+            scale_rows(acc_o, alpha);
+            scale_rows(acc_t, alpha);
+        }
         tangent_probs(ts, s, mu, alpha, p.scale);
         uint32_t pf[kKPV][4], ptf[kKPV][4];
         c_to_a<Elem, kKPV>(pf, s);
