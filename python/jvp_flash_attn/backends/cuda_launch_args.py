@@ -8,7 +8,6 @@ aligned here (the kernels copy 16 bytes at a time) and outputs allocated here.
 """
 from __future__ import annotations
 
-
 import torch
 
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
