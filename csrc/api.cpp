@@ -283,6 +283,7 @@ void bind_params(py::module_& m) {
         .JFA_STRIDES(do_stride).JFA_STRIDES(dq_stride).JFA_STRIDES(dk_stride).JFA_STRIDES(dv_stride)
         .def_readwrite("q_tiles", &AttnParams::q_tiles).def_readwrite("k_tiles", &AttnParams::k_tiles)
         .def_readwrite("maps", &AttnParams::maps)
+        .def_readwrite("zero_tangent_hint", &AttnParams::zero_tangent_hint)
         .JFA_POINTER(AttnParams, q_zero_tangent).JFA_POINTER(AttnParams, k_zero_tangent)
         .def_readwrite("num_q_tiles", &AttnParams::num_q_tiles).def_readwrite("num_k_tiles", &AttnParams::num_k_tiles)
         .def_readwrite("q_tiles_block_m", &AttnParams::q_tiles_block_m)

@@ -127,7 +127,7 @@ def test_launch_arguments_fill_the_struct(family):
     shapes = {walk: shape and tuple(shape) for walk, shape in m.tile_shapes(family, 128, 128).items()}
     kernels = kc.DeviceKernels(family, shapes["fwd"], shapes["jvp"], shapes["bwd_q"], shapes["bwd_kv"],
                                shapes["bwd_fused"])
-    mask = masks.block_causal(masks.FramePattern(40, 5)).with_zero_tangents(q_ranges=[(0, 40)])
+    mask = masks.block_causal(masks.FramePattern(40, 5)).with_zero_tangents(q_ranges=[(0, 40)], k_ranges=[(0, 40)])
     q, k, v = (torch.zeros(2, mask.sq, 2, 128, dtype=torch.bfloat16) for _ in range(3))
     o, lse = torch.zeros_like(q), torch.zeros(2, 2, mask.sq)
     choice = kc.KernelChoice(family, kernels.fwd)
@@ -136,6 +136,11 @@ def test_launch_arguments_fill_the_struct(family):
     assert p.q == q.data_ptr() and p.q_stride == q.stride()[:3] and p.num_q_tiles == -(-mask.sq // kernels.fwd[0])
     p = la.jvp_params(m, kc.KernelChoice(family, kernels.jvp), mask, q, k, v, q, k, v, 0.1, o, o, lse)
     assert p.tq == q.data_ptr() and p.to == o.data_ptr() and p.q_zero_tangent != 0
+    assert p.zero_tangent_hint and p.k_zero_tangent == mask.tiles(*kernels.jvp).k_zero_tangent.data_ptr()
+    # the key side selects the hinted JVP; a query-side promise alone is served before the kernels
+    p = la.jvp_params(m, kc.KernelChoice(family, kernels.jvp), mask.with_zero_tangents(q_ranges=[(0, 40)]),
+                      q, k, v, q, k, v, 0.1, o, o, lse)
+    assert not p.zero_tangent_hint and p.k_zero_tangent == 0
     forms = ["fused", "fused-ordered"] if kernels.bwd_fused is not None else ["two-kernel"]
     for form in forms:
         fused, ordered = form != "two-kernel", form == "fused-ordered"

@@ -90,7 +90,10 @@ bool encode_bwd_maps(const AttnParams& p, BwdTensorMaps& maps) {
 
 template <class Elem, int kDQK, int kDV, bool kJvp>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
-    const bool hint = kJvp && p.k_zero_tangent != nullptr;   // the JVP's hinted instantiation
+    const bool hint = kJvp && p.zero_tangent_hint;   // the JVP's hinted instantiation
+    if (hint && p.k_zero_tangent == nullptr) {
+        throw std::invalid_argument("jvp_flash_attn CUDA: the zero-tangent hint needs k_zero_tangent");
+    }
     if (p.family == KernelFamily::kSm90) {
         using TrWarpSpecialised = FwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDV, kJvp>;
         FwdTensorMaps maps{};

@@ -80,9 +80,9 @@ struct AttnParams {
     void* dk = nullptr;
     void* dv = nullptr;
     float* delta = nullptr;
-    // Set: the sm_90a path runs the one-kernel backward, which adds dQ / scale into this float32
-    // (B, Hq, Sq, Dqk) buffer with bulk reduce-adds and then converts it into dq. nullptr: the
-    // two-kernel backward (the portable family's only form).
+    // The sm_90a family's backward (its only one, the fused kernel) adds dQ / scale into this
+    // float32 (B, Hq, Sq, Dqk) buffer with bulk reduce-adds and then converts it into dq; the
+    // launcher refuses an sm_90a backward without it. The portable family does not read it.
     float* dq_accum = nullptr;
     // The order of those adds. kArrival: as the blocks get there (the fast form). kKeyTile: every
     // dQ tile receives its adds in decreasing key-tile order, so dq is bitwise repeatable: a block
@@ -101,8 +101,10 @@ struct AttnParams {
     TileLists k_tiles;
     TokenMaps maps;
     // Zero-tangent hint of the JVP, per tile of the q_tiles description: 1 where every token's
-    // tangent is promised to be zero (nullptr: no hint). Read by the sm_90a JVP, which skips
-    // the products and loads of zero tangents; the other kernels ignore it.
+    // tangent is promised to be zero. zero_tangent_hint selects the sm_90a JVP's hinted
+    // instantiation, which skips the loads and products of key tiles flagged in k_zero_tangent
+    // (required then); the other kernels ignore the hint.
+    bool zero_tangent_hint = false;
     const int8_t* q_zero_tangent = nullptr;   // per query tile (block_m rows)
     const int8_t* k_zero_tangent = nullptr;   // per key tile (block_n keys)
     int num_q_tiles = 0;    // query tiles of the q_tiles description (grid of fwd/JVP/dQ)

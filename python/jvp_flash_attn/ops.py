@@ -14,6 +14,7 @@ from torch import Tensor
 
 from . import backends
 from .masks.segments import mask_by_uid
+from .tangent_rows import forward_jvp_by_rows
 
 
 def refuse_tangents(*tensors):
@@ -54,7 +55,8 @@ def _(q, k, v, mask_uid, scale, backend):
 def attention_jvp(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, tv: Tensor, mask_uid: int,
                   scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     refuse_tangents(q, k, v, tq, tk, tv)
-    return backends.get(backend).forward_jvp(q, k, v, tq, tk, tv, mask_by_uid(mask_uid), scale)
+    # rows the zero-tangent hint makes tangent-free run the plain forward (tangent_rows.py)
+    return forward_jvp_by_rows(backends.get(backend), q, k, v, tq, tk, tv, mask_by_uid(mask_uid), scale)
 
 
 @attention_jvp.register_fake

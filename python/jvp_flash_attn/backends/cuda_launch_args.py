@@ -8,15 +8,14 @@ aligned here (the kernels copy 16 bytes at a time) and outputs allocated here.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _ALIGN_ELEMS = 8  # 16-byte async copies: base pointers and strides in multiples of 8 elements
 
-# Tests set this to fill outputs with NaN before the kernels run, so an unwritten element shows.
-POISON_OUTPUTS = os.environ.get("JFA_POISON_OUTPUTS") == "1"
+# Tests set this to fill outputs with NaN before the kernels run, so an unwritten element shows
+# (an attribute rather than an environment switch: nothing on a call's path reads the environment).
+POISON_OUTPUTS = False
 
 
 def aligned(x: torch.Tensor) -> torch.Tensor:
@@ -81,14 +80,15 @@ def forward_params(module, choice, mask, q, k, v, scale, o, lse):
 def jvp_params(module, choice, mask, q, k, v, tq, tk, tv, scale, o, to, lse):
     p, desc = _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse)
     set_tensors(p, tq=tq, tk=tk, tv=tv, to=to)
-    if mask.zero_tangent_q or mask.zero_tangent_k:   # the sm_90a JVP skips zero tangents
+    if mask.zero_tangent_k:   # the sm_90a JVP skips the key tiles of zero tangents (the query side: tangent_rows.py)
+        p.zero_tangent_hint = True
         p.q_zero_tangent, p.k_zero_tangent = desc.q_zero_tangent.data_ptr(), desc.k_zero_tangent.data_ptr()
     return p
 
 
 def backward_params(module, choice, mask, q, k, v, o, lse, do, scale, dq, dk, dv, delta, dq_accum=None,
                     dq_semaphore=None):
-    """``dq_accum``: the fused forms' float32 dQ sum (its presence selects them in the module);
+    """``dq_accum``: the fused forms' float32 dQ sum (the sm_90a family's backward needs it);
     ``dq_semaphore``: the ordered form's turn counters, one int32 per dQ tile."""
     k_desc = mask.tiles(*choice.k_tiles, q.device)
     p, _ = _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse, k_desc=k_desc)

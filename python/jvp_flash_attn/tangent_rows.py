@@ -1,0 +1,85 @@
+"""The zero-tangent hint's query side: rows whose tangent output is zero by promise run the forward.
+
+A query row's tangent output is to = sum_j p_j (tv_j + ts_j (v_j - o)) with
+ts_j = scale (tq . k_j + q . tk_j). When the mask's hint promises tq = 0 for the row and
+tk = tv = 0 for every key the row may see, every term is zero: the row needs only o and lse, which
+the forward computes with two products per tile instead of the fused JVP's four to six (and, on
+Hopper, with wider tiles). In teacher forcing these are the clean half's rows, half of the pairs.
+
+``forward_jvp_by_rows`` cuts the query segments into runs of such rows and of the others, runs the
+backend's forward on the first and its fused JVP on the second, each over a mask of those query
+segments and every key, and joins the outputs. For the forward's rows to = 0 * o: exact zeros
+where o is finite, and NaN where o is not, as the oracle's 0 * (v - o) gives there.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from .masks.segments import NONE, SegmentMask
+
+
+def _covered(starts: np.ndarray, ranges) -> np.ndarray:
+    """Whether each segment [starts[i], starts[i + 1]) lies inside the union of ranges."""
+    covered = np.zeros(len(starts) - 1, bool)
+    if not ranges:
+        return covered
+    n = int(starts[-1])
+    inside = np.zeros(n + 1, np.int64)   # +1 at a range's start, -1 at its end: a running count
+    for a, b in ranges:
+        inside[a] += 1
+        inside[b] -= 1
+    outside_before = np.concatenate([[0], np.cumsum(np.cumsum(inside)[:n] == 0)])   # tokens not covered in [0, t)
+    return outside_before[starts[1:]] == outside_before[starts[:-1]]
+
+
+def tangent_free_segments(mask: SegmentMask) -> np.ndarray:
+    """Per query segment: the hint promises a zero tangent for its rows and for every key it may see."""
+    q_free = _covered(mask._q_starts, mask.zero_tangent_q)
+    k_free = _covered(mask._k_starts, mask.zero_tangent_k)
+    sees_tangent = ((mask._rule != NONE) & ~k_free[None, :]).any(axis=1)
+    return q_free & ~sees_tangent
+
+
+@functools.lru_cache(maxsize=64)
+def row_runs(mask: SegmentMask) -> tuple[tuple[int, int, bool, SegmentMask], ...] | None:
+    """(row_start, row_end, tangent_free, mask of those rows) per run of query segments alike, or
+    None when no row is tangent-free (the fused JVP runs on the whole mask). Cached per mask: the
+    runs' masks, and their tile descriptions, are built once."""
+    free = tangent_free_segments(mask)
+    if not free.any():
+        return None
+    runs, first = [], 0
+    for i in range(1, len(free) + 1):
+        if i == len(free) or free[i] != free[first]:
+            a, b = int(mask._q_starts[first]), int(mask._q_starts[i])
+            # zero-tangent query ranges in the run's own row numbers (key ranges are unchanged)
+            zq = [(max(s, a) - a, min(e, b) - a) for s, e in mask.zero_tangent_q if min(e, b) > max(s, a)]
+            sub = SegmentMask(mask.q_sizes[first:i], mask.k_sizes, mask.rule[first:i],
+                              f"{mask.name}[rows {a}:{b}]", zq, mask.zero_tangent_k)
+            runs.append((a, b, bool(free[first]), sub))
+            first = i
+    return tuple(runs)
+
+
+def forward_jvp_by_rows(backend, q, k, v, tq, tk, tv, mask: SegmentMask, scale: float):
+    """(o, to, lse) as ``backend.forward_jvp`` returns them, the hint's tangent-free rows by the
+    forward (see the module docstring)."""
+    runs = row_runs(mask) if mask.zero_tangent_q else None
+    if runs is None:
+        return backend.forward_jvp(q, k, v, tq, tk, tv, mask, scale)
+    outs, tos, lses = [], [], []
+    for a, b, tangent_free, sub in runs:
+        if tangent_free:
+            o, lse = backend.forward(q[:, a:b], k, v, sub, scale)
+            to = o * 0
+        else:
+            o, to, lse = backend.forward_jvp(q[:, a:b], k, v, tq[:, a:b], tk, tv, sub, scale)
+        outs.append(o)
+        tos.append(to)
+        lses.append(lse)
+    if len(runs) == 1:
+        return outs[0], tos[0], lses[0]
+    return torch.cat(outs, dim=1), torch.cat(tos, dim=1), torch.cat(lses, dim=2)
