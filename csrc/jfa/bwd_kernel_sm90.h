@@ -123,8 +123,8 @@ __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wa
 // warpgroup owns 64 keys (rows wg_row.. of the key tile), a step is one query tile.
 
 // The step's lse2 and delta values of this thread's columns (the tile's queries), read into
-// registers: kernels that exponentiate S^T while dP^T is still computed read them while the
-// products run, so the exp2 does not wait for them.
+// registers: kernels that exponentiate S^T while dP^T is still computed read them before the
+// products are issued where registers allow, so the exp2 does not wait for them.
 template <int kNB>
 __device__ __forceinline__ void query_row_pairs(float2 (&v)[kNB], const float* rows, int lane) {
     const int t2 = 2 * (lane & 3);

@@ -23,7 +23,7 @@
 //     they never wait for each other (and one dS^T buffer does, each warpgroup's rows its own).
 // Named barriers: kDsFull / kDsOwn (dS^T written), kDsFree (d = 64: dS^T rows free again),
 // kDqHalfFull / kDqHalfEmpty (a warpgroup's staged dQ tile and the dQ warp). bench/NOTES_cuda.md,
-// items 12-14 and 23.
+// items 12-14, 23 and 25.
 #pragma once
 
 #include "bwd_kernel_sm90.h"
@@ -146,16 +146,18 @@ struct BwdWalkCursor {
     }
 };
 
-// S^T and dP^T of the step in stage st (waits for the stage's q and dO first), as two groups,
-// the first k16 step of each writing its accumulator without reading it.
-template <class Tr, class Smem, int kM>
+// S^T and dP^T of the step in stage st, as two groups, the first k16 step of each writing its
+// accumulator without reading it. Waits for the stage's q_full first, then runs `before_products`
+// (reads of the stage's rows that should not queue behind the products' operand reads).
+template <class Tr, class Smem, int kM, class BeforeProducts>
 __device__ __forceinline__ void issue_scores(const Smem& sm, float (&pt)[kM][4], float (&dst)[kM][4], int st, int parity,
-                                             int wg_row) {
+                                             int wg_row, BeforeProducts&& before_products) {
     using Elem = typename Tr::Elem;
     constexpr int kBM = Tr::kBlockM;
     const auto sQ = sm.q(st);
     const auto sDO = sm.dO(st);
     sm.q_full(st).wait(parity);
+    before_products();
     wgmma_fence();
     Wgmma<Elem, kBM>::ss_first(pt, sm.k().desc_k_major(wg_row, 0), sQ.desc_k_major(0, 0));
 #pragma unroll
@@ -307,14 +309,23 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         const auto sQ = sm.q(st);
         const auto sDO = sm.dO(st);
         float pt[kBM / 8][4], dst[kBM / 8][4];
-        issue_scores<Tr>(sm, pt, dst, st, (j / kS) & 1, wg_row);
-        float2 lse2[kBM / 8];
-        if constexpr (!kWide) query_row_pairs(lse2, sm.lse2(st), lane);   // read while the products run
+        float2 lse2[kBM / 8], delta[kBM / 8];
+        // The stage's lse and delta rows are read into registers early: read right behind S^T
+        // and dP^T, the exp2's FFMA waited for lse (ncu: short_sb), and dS^T's FADD for delta
+        // read behind dV; a load issued behind the products seems to wait for their operand
+        // reads (two ss products of 64 x 64 x 16 take all of the shared memory's bandwidth).
+        // Every read still lies between the step's q_full wait and its q_empty arrive, so the
+        // lse / delta warp's protocol and the barriers' counts are unchanged.
+        // 64-query steps: lse once q_full has completed, before S^T and dP^T are issued.
+        issue_scores<Tr>(sm, pt, dst, st, (j / kS) & 1, wg_row, [&] {
+            if constexpr (!kWide) query_row_pairs(lse2, sm.lse2(st), lane);
+        });
         wgmma_wait<1>();   // S^T
         hold_across_wgmma(pt);
         mask_scores<true>(pt, p, walk, at.i, edge_k || m0 + kBM > p.seqlen_q, krow0, m0, lane);
         // 128-query steps: read after the mask, whose element tests need the registers that
-        // these 32 would hold (read before it, they cost 640 bytes of spill, all in the mask)
+        // these 32 would hold (read before it, they cost 640 bytes of spill, all in the mask;
+        // read before S^T on FULL tiles only, 740)
         if constexpr (kWide) query_row_pairs(lse2, sm.lse2(st), lane);
         key_side_exp(pt, lse2, scale_log2);
         uint32_t pf[kKS][4], dsf[kKS][4];
@@ -323,10 +334,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
         for (int ks = 0; ks < kKS; ++ks) Wgmma<Elem, kDV>::rs(acc_dv, pf[ks], sDO.desc_n_major(ks), 1);
         wgmma_commit();
+        // 64-query steps: delta once dV is issued, before the wait for dP^T (ptxas puts the loads
+        // among dV's products). Read with lse before S^T, it spilled 36 bytes in the step; read
+        // before dV is issued, ptxas mixed the loads into the exp2 and the conversion of P^T
+        // waited for them on a shared scoreboard. 128-query steps: after the wait for dP^T (read
+        // before dV is issued or here, 264 bytes of spill).
+        if constexpr (!kWide) query_row_pairs(delta, sm.delta(st), lane);
         wgmma_wait<1>();   // dP^T (dV runs on)
         hold_across_wgmma(dst);
-        float2 delta[kBM / 8];
-        query_row_pairs(delta, sm.delta(st), lane);
+        if constexpr (kWide) query_row_pairs(delta, sm.delta(st), lane);
         key_side_ds(pt, dst, delta);
         c_to_a<Elem, kKS>(dsf, dst);
         // One buffer (128-query steps): every warp of the warpgroup has waited for the last
