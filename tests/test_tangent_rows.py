@@ -1,12 +1,17 @@
 """The zero-tangent hint's query side (jvp_flash_attn/tangent_rows.py): which rows are
 tangent-free, and that running the forward on them gives the fused JVP's result on every backend
 (the float64 oracle's rule, exact zeros in `to` where the promise holds, NaN where the oracle's is)."""
+import gc
+
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
+from hypothesis import given
+from hypothesis import strategies as st
 
 import jvp_flash_attn as jfa
 from conftest import assert_within_rule
-from jvp_flash_attn import masks, reference
+from jvp_flash_attn import masks, ops, reference
 from jvp_flash_attn.backends import get
 from jvp_flash_attn.masks import FramePattern
 from jvp_flash_attn.tangent_rows import row_runs, tangent_free_segments
@@ -85,22 +90,25 @@ def test_forward_on_tangent_free_rows_gives_the_jvp(backend, case, monkeypatch):
     x, t = _hinted_inputs(mask, hint[1] + hint[0], dtype, seed)
     if get(backend).unsupported(*x):
         pytest.skip(get(backend).unsupported(*x))
-    be, forward_rows = get(backend), []
-    forward = be.forward
-    monkeypatch.setattr(be, "forward", lambda q, *a: forward_rows.append(q.shape[1]) or forward(q, *a))
-    o, to = jfa.attention_jvp(*x, *t, mask=hinted, backend=backend)
+    forward_rows = []
+    forward = type(get(backend)).forward   # patched on the class: an instance attribute would outlive the test
+    monkeypatch.setattr(type(get(backend)), "forward",
+                        lambda self, q, *a: forward_rows.append(q.shape[1]) or forward(self, q, *a))
+    o, to, lse = ops.attention_jvp(*x, *t, hinted.uid, x[0].shape[-1] ** -0.5, backend)
     assert forward_rows == [b - a for a, b in free_rows]
     x64, t64 = [a.double() for a in x], [u.double() for u in t]
-    o64, to64, _ = reference.forward_jvp(*x64, *t64, mask)
-    o_lp, to_lp, _ = reference.forward_jvp(*x, *t, mask)
+    o64, to64, lse64 = reference.forward_jvp(*x64, *t64, mask)
+    o_lp, to_lp, lse_lp = reference.forward_jvp(*x, *t, mask)
     assert_within_rule(f"o (seed {seed})", o, o64, o_lp)
     assert_within_rule(f"to (seed {seed})", to, to64, to_lp)
+    assert_within_rule(f"lse (seed {seed})", lse, lse64, lse_lp)
     for a, b in free_rows:
         assert torch.equal(to[:, a:b], torch.zeros_like(to[:, a:b]))
 
 
 def test_tangent_free_rows_follow_the_oracle_on_non_finite_values():
-    """0 * (v - o) is NaN where v is infinite: the forward's rows give NaN there too, not 0."""
+    """0 * (v - o) is NaN where v is infinite: the forward's rows give NaN there too, not 0. (The
+    one stated difference, an infinite key whose score is -inf, is not this case.)"""
     mask = masks.teacher_forcing(P)
     hinted = mask.with_zero_tangents([CLEAN], [CLEAN])
     x, t = _hinted_inputs(mask, [CLEAN], torch.float64, 7)
@@ -121,3 +129,64 @@ def test_under_forward_ad_and_func_jvp():
     o, to = torch.func.jvp(f(mask), tuple(x), tuple(t))
     torch.testing.assert_close(o_h, o, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(to_h, to, rtol=1e-12, atol=1e-12)
+
+
+def test_backward_after_a_hinted_forward_ad_call():
+    """Forward AD saves the joined o and lse for backward(): the gradients equal the unhinted ones."""
+    mask = masks.teacher_forcing(P)
+    hinted = mask.with_zero_tangents([CLEAN], [CLEAN])
+    x, t = _hinted_inputs(mask, [CLEAN], torch.float64, 13)
+    do = torch.randn(x[0].shape[:3] + (x[2].shape[-1],), dtype=torch.float64, device=DEVICE)
+    grads = []
+    for m in (hinted, mask):
+        leaves = [a.clone().requires_grad_() for a in x]
+        with fwAD.dual_level():
+            o = jfa.attention(*(fwAD.make_dual(a, u) for a, u in zip(leaves, t)), mask=m, backend="reference")
+            o = fwAD.unpack_dual(o).primal
+        torch.autograd.backward(o, do)
+        grads.append([a.grad for a in leaves])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_runs_are_cached_with_the_mask_and_freed_with_it():
+    hinted = masks.teacher_forcing(P).with_zero_tangents([CLEAN], [CLEAN])
+    sub_uid = row_runs(hinted)[0][3].uid
+    assert jfa.masks.segments.mask_by_uid(sub_uid) is row_runs(hinted)[0][3]
+    del hinted
+    gc.collect()
+    with pytest.raises(LookupError):
+        jfa.masks.segments.mask_by_uid(sub_uid)
+
+
+def test_a_mask_with_the_wrong_number_of_rows_is_refused():
+    hinted = masks.teacher_forcing(P).with_zero_tangents([CLEAN], [CLEAN])
+    x, t = _hinted_inputs(masks.teacher_forcing(P), [CLEAN], torch.float64, 3)
+    with pytest.raises(ValueError, match="rows"):
+        ops.attention_jvp(*(a[:, :-1] if i in (0, 3) else a for i, a in enumerate(x + t)), hinted.uid, 0.1,
+                          "reference")
+
+
+@given(sizes=st.lists(st.integers(1, 9), min_size=1, max_size=5), data=st.data())
+def test_split_equals_the_fused_jvp_on_random_grids_and_hints(sizes, data):
+    """Any segment grid and any hint (ranges need not follow the segments): the joined result
+    equals the unsplit fused JVP of the float64 reference, with GQA, B = 2 and Dv != Dqk."""
+    k_sizes = data.draw(st.lists(st.integers(1, 9), min_size=1, max_size=5))
+    rule = data.draw(st.lists(st.lists(st.sampled_from([0, 1, 2]), min_size=len(k_sizes), max_size=len(k_sizes)),
+                              min_size=len(sizes), max_size=len(sizes)))
+    mask = masks.from_segments(sizes, k_sizes, rule)
+    # every token promised half of the time, so that most draws have rows to split off
+    some = lambda n: st.lists(st.tuples(st.integers(0, n), st.integers(0, n)).map(sorted).map(tuple), max_size=3)
+    ranges = lambda n: data.draw(st.one_of(st.just([(0, n)]), some(n)))
+    hinted = mask.with_zero_tangents(ranges(mask.sq), ranges(mask.sk))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2 ** 31 - 1)))
+    mk = lambda s, h, d: torch.randn(2, s, h, d, generator=g, dtype=torch.float64)
+    x = [mk(mask.sq, 4, 8), mk(mask.sk, 2, 8), mk(mask.sk, 2, 4)]
+    t = [mk(*a.shape[1:]) for a in x]
+    for u, rs in zip(t, (hinted.zero_tangent_q, hinted.zero_tangent_k, hinted.zero_tangent_k)):
+        for a, b in rs:
+            u[:, a:b] = 0   # the promise holds
+    got = ops.attention_jvp(*x, *t, hinted.uid, 0.3, "reference")
+    want = reference.forward_jvp(*x, *t, mask, 0.3)
+    for name, a, b in zip(("o", "to", "lse"), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)

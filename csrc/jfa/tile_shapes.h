@@ -30,7 +30,7 @@ constexpr TileShape default_tile_shape(Walk walk, KernelFamily family, int head_
         // Warpgroups (4 warps) of 64 rows: query rows in the forward and JVP. The widest key
         // tiles whose score accumulators fit the registers without a spill pay the per-tile
         // hand-offs, row maxima and rescales once per more keys (bench/NOTES_cuda.md, items 22 and
-        // 24): the forward 176 keys at d = 128 (+4-8 % on W1-W8 over 128; 192 spills), 224 at
+        // 24): the forward 176 keys at d = 128 (+5-8 % on W1-W8 over 128; 192 spills), 224 at
         // d = 64 (+8 % on W8 over 128; 256 spills); the JVP, with two accumulators per product,
         // 64 keys at d = 128 and 128 at d = 64 (+8 % on W8). The backward is the fused one only:
         // 128 keys, two warpgroups of 64 keys (64 keys in one warpgroup, two blocks per SM, sent

@@ -5,7 +5,8 @@ Forward-mode AD is served by the backend's fused forward+JVP. ``attention`` unpa
 inputs' forward-AD tangents itself, runs the fused pass on the primals, and returns
 ``make_dual(o, to)``. The tangent is an ordinary output of the traced ops, so a torch.compile
 graph carries it like any other tensor (torch.compile drops an autograd.Function's ``jvp``
-rule). Each call runs exactly one kernel (fused under forward AD, plain forward otherwise) and
+rule). Each call runs one kernel (fused under forward AD, plain forward otherwise; with a
+zero-tangent hint the rows it makes tangent-free run the forward, tangent_rows.py) and
 the primal stays differentiable by ``backward()``, ``torch.func.grad`` and ``torch.func.vjp``.
 """
 from __future__ import annotations

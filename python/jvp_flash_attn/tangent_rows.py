@@ -9,11 +9,11 @@ Hopper, with wider tiles). In teacher forcing these are the clean half's rows, h
 ``forward_jvp_by_rows`` cuts the query segments into runs of such rows and of the others, runs the
 backend's forward on the first and its fused JVP on the second, each over a mask of those query
 segments and every key, and joins the outputs. For the forward's rows to = 0 * o: exact zeros
-where o is finite, and NaN where o is not, as the oracle's 0 * (v - o) gives there.
+where o is finite, and NaN where o is not, as the oracle's 0 * (v - o) gives there. One case
+differs from the oracle: an infinite key whose score is -inf leaves o finite, while the oracle's
+tq . k = 0 * inf is NaN; there to is 0.
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import torch
@@ -43,11 +43,16 @@ def tangent_free_segments(mask: SegmentMask) -> np.ndarray:
     return q_free & ~sees_tangent
 
 
-@functools.lru_cache(maxsize=64)
 def row_runs(mask: SegmentMask) -> tuple[tuple[int, int, bool, SegmentMask], ...] | None:
     """(row_start, row_end, tangent_free, mask of those rows) per run of query segments alike, or
-    None when no row is tangent-free (the fused JVP runs on the whole mask). Cached per mask: the
-    runs' masks, and their tile descriptions, are built once."""
+    None when no row is tangent-free (the fused JVP runs on the whole mask). Cached with the mask
+    (and gone with it): the runs' masks, and their tile descriptions, are built once."""
+    if "row_runs" not in mask._derived:
+        mask._derived["row_runs"] = _row_runs(mask)
+    return mask._derived["row_runs"]
+
+
+def _row_runs(mask: SegmentMask):
     free = tangent_free_segments(mask)
     if not free.any():
         return None
@@ -67,6 +72,8 @@ def row_runs(mask: SegmentMask) -> tuple[tuple[int, int, bool, SegmentMask], ...
 def forward_jvp_by_rows(backend, q, k, v, tq, tk, tv, mask: SegmentMask, scale: float):
     """(o, to, lse) as ``backend.forward_jvp`` returns them, the hint's tangent-free rows by the
     forward (see the module docstring)."""
+    if q.shape[1] != mask.sq:
+        raise ValueError(f"q has {q.shape[1]} rows but the mask {mask.sq}")
     runs = row_runs(mask) if mask.zero_tangent_q else None
     if runs is None:
         return backend.forward_jvp(q, k, v, tq, tk, tv, mask, scale)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import numbers
+import operator
 import threading
 import weakref
 
@@ -69,6 +70,20 @@ def check_grid(q_sizes, k_sizes, rule):
     return q_sizes, k_sizes, tuple(tuple(map(int, row)) for row in rule)
 
 
+def _token_ranges(name, ranges, n):
+    """Zero-tangent ranges as ((start, end), ...) of ints, or an error naming the bad entry."""
+    out = []
+    for r in ranges:
+        try:
+            a, b = (operator.index(x) for x in r)   # ints (numpy's and torch's too), not 1.7 or "2"
+        except (TypeError, ValueError):
+            a, b = -1, -1
+        if not (0 <= a <= b <= n):
+            raise ValueError(f"{name} entries must be (start, end) with 0 <= start <= end <= {n}, got {r}")
+        out.append((a, b))
+    return tuple(out)
+
+
 def _integral(t: type) -> bool:
     return issubclass(t, numbers.Integral) and not issubclass(t, bool)
 
@@ -87,15 +102,16 @@ class SegmentMask:
         self.name = name
         # Speed hint for the JVP: token ranges [start, end) whose tangents the caller
         # promises are zero (e.g. the clean half of teacher forcing). Never changes results.
-        self.zero_tangent_q = tuple((int(a), int(b)) for a, b in zero_tangent_q)
-        self.zero_tangent_k = tuple((int(a), int(b)) for a, b in zero_tangent_k)
         # plain ints, so that torch.compile sees constants rather than numpy results
         self.sq, self.sk = sum(self.q_sizes), sum(self.k_sizes)
+        self.zero_tangent_q = _token_ranges("q_ranges", zero_tangent_q, self.sq)
+        self.zero_tangent_k = _token_ranges("k_ranges", zero_tangent_k, self.sk)
         self._q_starts = np.concatenate([[0], np.cumsum(self.q_sizes)]).astype(np.int64)
         self._k_starts = np.concatenate([[0], np.cumsum(self.k_sizes)]).astype(np.int64)
         self._rule = np.asarray(self.rule, dtype=np.int8).reshape(len(self.q_sizes), len(self.k_sizes))
         self._tiles = {}
         self._token_maps = {}
+        self._derived = {}   # other values derived from the mask, by name (tangent_rows.row_runs)
         self.uid = self._digest()
         with _REGISTER:
             first = _LIVE.setdefault(self.uid, self)
@@ -105,7 +121,7 @@ class SegmentMask:
         if self._first is not None:
             if first.key() != self.key():
                 raise RuntimeError(f"mask uid {self.uid} digests two different masks: {first!r} and {self!r}")
-            self._tiles, self._token_maps = first._tiles, first._token_maps
+            self._tiles, self._token_maps, self._derived = first._tiles, first._token_maps, first._derived
 
     def _digest(self) -> int:
         """63 bits of a hash of key(): a plain int (a constant to torch.compile) that fits
@@ -139,10 +155,6 @@ class SegmentMask:
 
     def with_zero_tangents(self, q_ranges=(), k_ranges=()):
         """The same mask with a promise that tangents in these token ranges are zero."""
-        for name, ranges, n in (("q_ranges", q_ranges, self.sq), ("k_ranges", k_ranges, self.sk)):
-            for r in ranges:
-                if len(r) != 2 or not (0 <= r[0] <= r[1] <= n):
-                    raise ValueError(f"{name} entries must be (start, end) with 0 <= start <= end <= {n}, got {r}")
         return SegmentMask(self.q_sizes, self.k_sizes, self.rule, self.name, q_ranges, k_ranges)
 
     # ---- sizes and counts -----------------------------------------------------------
