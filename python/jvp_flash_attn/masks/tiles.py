@@ -226,7 +226,8 @@ class TileDescription:
         return {}
 
     def dq_group_turns(self, groups: int, run: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """dq_turns with the key tiles in `groups` groups, key tile u in group dq_group_of(u): per
+        """dq_turns with the key tiles in `groups` groups, key tile u in group (u // run) % groups
+        (dq_group_of; the kernel takes run 1, u mod G, with G a power of two): per
         entry, the key tile's rank among the key tiles of its group that visit the entry's query
         tile (0 for the group's highest). Each group has its own dQ buffer and semaphores
         (csrc/jfa/params.h, dq_groups), so the turns of one group count 0.. per query tile."""
