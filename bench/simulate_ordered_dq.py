@@ -3,6 +3,7 @@
 
     python bench/simulate_ordered_dq.py                  # W1-W8, every arrangement
     python bench/simulate_ordered_dq.py W3 W5 --add-us 1.5
+    python bench/simulate_ordered_dq.py --groups 2,4     # today's form with the key tiles in dQ groups
 
 The ordered form adds each dQ tile in a fixed key-tile order: a block waits for its turn, adds,
 and the next block may add once that add is complete. Three things decide what the waits cost:
@@ -16,7 +17,8 @@ The model:
     takes `add_us` (at d = 64 the two warpgroups' adds, one after the other: taken as one; each
     is 32 KB there, 128 query rows x 64 columns, against 16 KB per add at d = 128, so `add_us`
     fitted at d = 128 understates W8's);
-  - the fast form adds without waiting.
+  - the fast form adds without waiting;
+  - with dQ groups each group of key tiles has its own turns per query tile (its own buffer).
 Because every wait is on an earlier-launched block, the blocks can be simulated one by one in
 launch order. `step_us` comes from the fast form's measured time; `add_us` is the one free
 parameter (bench/NOTES_cuda.md item 19 compares the arrangements measured so far).
@@ -64,6 +66,8 @@ class Arrangement:
     launch: str
     walk: str
     release: str | None = "at_once"
+    groups: int = 1          # dQ buffers, each with its own turns (key_tile_groups)
+    group_layout: str = "interleaved"   # key_tile_groups: 'interleaved' (u mod G, the kernel's), 'contiguous', 'cyclic'
 
 
 ARRANGEMENTS = (
@@ -74,6 +78,17 @@ ARRANGEMENTS = (
     Arrangement("highest-first, ascending walk, release at the next step", "descending", "ascending", "next_step"),
     Arrangement("highest-first, ascending walk, two dQ warps", "descending", "ascending", "two_warps"),
 )
+
+
+def key_tile_groups(num_k_tiles: int, groups: int, layout: str, longest: int) -> np.ndarray:
+    """The dQ group (buffer and turns) of each key tile. 'contiguous': G runs of ceil(K / G) key
+    tiles; 'cyclic': runs of ceil(longest chain / G) key tiles dealt to the groups in turn (a
+    banded mask's chain then spans every group); 'interleaved': key tile u to group u mod G (what
+    the kernel does, csrc/jfa/params.h dq_groups)."""
+    if groups <= 1:
+        return np.zeros(num_k_tiles, np.int64)
+    run = {"contiguous": -(-num_k_tiles // groups), "cyclic": max(1, -(-longest // groups)), "interleaved": 1}[layout]
+    return (np.arange(num_k_tiles) // run) % groups
 
 
 def key_tile_walks(mask, walk: str, bm: int) -> list[list[tuple[int, bool]]]:
@@ -94,15 +109,18 @@ def key_tile_walks(mask, walk: str, bm: int) -> list[list[tuple[int, bool]]]:
 
 
 def simulate(walks, heads: int, arrangement: Arrangement, step_us: float, add_us: float, partial_extra: float,
-             sms: int) -> float:
+             sms: int, group_of=None) -> float:
     """The modelled time (µs) of one backward: every (head, key tile) block in launch order."""
     order = range(len(walks)) if arrangement.launch == "ascending" else range(len(walks) - 1, -1, -1)
     free = [0.0] * sms
-    done: dict[tuple[int, int], float] = {}   # (head, query tile) -> when its last add completed
+    done: dict[tuple[int, int, int], float] = {}   # (group, head, query tile) -> when its last add completed
+    if group_of is None:
+        group_of = np.zeros(len(walks), np.int64)
     end_all = 0.0
     for h in range(heads):
         for u in order:
             start = heapq.heappop(free)
+            g = int(group_of[u])
             staged = issued = start
             warp_free = [start, start]   # when each dQ warp may take a step (two_warps uses both)
             held = None   # next_step: the tile whose add was issued last and is not yet counted up
@@ -117,17 +135,20 @@ def simulate(walks, heads: int, arrangement: Arrangement, step_us: float, add_us
                 if arrangement.release == "next_step" and held is not None:
                     ready = max(ready, issued + add_us)   # the previous add completes, then its turn passes
                     done[held] = ready
-                issued = max(ready, done.get((h, m), 0.0))
+                issued = max(ready, done.get((g, h, m), 0.0))
                 if arrangement.release == "next_step":
-                    held = (h, m)
+                    held = (g, h, m)
                 else:
-                    done[(h, m)] = warp_free[warp] = issued + add_us
+                    done[(g, h, m)] = warp_free[warp] = issued + add_us
             if held is not None:
                 done[held] = max(staged, issued + add_us)
             end = max(staged, issued + add_us)
             end_all = max(end_all, end)
             heapq.heappush(free, end)
     return end_all
+
+
+NOW = Arrangement("highest-first, ascending walk, two dQ warps", "descending", "ascending", "two_warps")
 
 
 def main(argv=None):
@@ -137,21 +158,35 @@ def main(argv=None):
                     help="one dQ tile's add, issue to completion (µs); 3 reproduces the measured W6")
     ap.add_argument("--partial-extra", type=float, default=0.1, help="extra time of a PARTIAL step (fraction)")
     ap.add_argument("--sms", type=int, default=132)
+    ap.add_argument("--groups", default=None,
+                    help="e.g. 1,2,3,4: instead of the arrangements, today's (two dQ warps) with the key tiles "
+                         "split into that many dQ buffers, contiguous and cyclic")
     args = ap.parse_args(argv)
-    names = [a.name for a in ARRANGEMENTS]
+    if args.groups:
+        arrangements = [NOW]
+        arrangements += [Arrangement(f"G = {g} {lay}", NOW.launch, NOW.walk, NOW.release, g, lay)
+                         for g in (int(x) for x in args.groups.split(",")) if g > 1 for lay in ("contiguous", "interleaved")]
+    else:
+        arrangements = list(ARRANGEMENTS)
+    names = ["fast"] + [a.name for a in arrangements if a.release is not None]
+    if arrangements[0].release is not None:
+        arrangements.insert(0, ARRANGEMENTS[0])
     print(f"modelled time relative to the fast form (add {args.add_us} µs, partial step +{args.partial_extra:.0%})")
     print("| workload | " + " | ".join(names[1:]) + " |")
     print("|---|" + "---|" * (len(names) - 1))
     for w in select(",".join(args.workloads)):
         mask = w.mask()
         bm = block_m(max(w.d_qk, w.d_v))
-        walks = {a.walk: key_tile_walks(mask, a.walk, bm) for a in ARRANGEMENTS}
+        walks = {a.walk: key_tile_walks(mask, a.walk, bm) for a in arrangements}
+        t = mask.tiles(bm, BLOCK_N)
+        longest = int((t.state != 0).sum(axis=1).max())
         steps = sum(len(s) for s in walks["full_first"]) * w.heads
         partial = sum(p for s in walks["full_first"] for _, p in s) * w.heads
         # the fast form's measured time spread over the SMs' steps
         step_us = FAST_MS[w.id] * 1e3 * args.sms / (steps + args.partial_extra * partial)
-        times = [simulate(walks[a.walk], w.heads, a, step_us, args.add_us, args.partial_extra, args.sms)
-                 for a in ARRANGEMENTS]
+        times = [simulate(walks[a.walk], w.heads, a, step_us, args.add_us, args.partial_extra, args.sms,
+                          key_tile_groups(t.num_k_tiles, a.groups, a.group_layout, longest))
+                 for a in arrangements]
         print(f"| {w.id} | " + " | ".join(f"{times[0] / t:.2f}" for t in times[1:]) + " |")
     return 0
 

@@ -137,6 +137,12 @@ void backward(const AttnParams& p, const std::string& dtype, int device, uint64_
     if (p.dq_order == DqOrder::kKeyTile) {
         require({{p.dq_accum, "dq_accum"}, {p.dq_semaphore, "dq_semaphore"}, {p.dq_turns.full_ptr, "dq_turns"}});
     }
+    // dq_groups buffers (and semaphores) only in the ordered form; the fast form adds into one
+    const bool pow2 = p.dq_groups >= 1 && (p.dq_groups & (p.dq_groups - 1)) == 0;
+    if (!pow2 || (p.dq_groups > 1 && p.dq_order != DqOrder::kKeyTile)) {
+        throw std::invalid_argument("jvp_flash_attn CUDA: dq_groups must be 1, or a power of two in the ordered "
+                                    "(key_tile) backward; got " + std::to_string(p.dq_groups));
+    }
     run(Direction::kBwd, p, dtype, device, stream,
         {{p.do_, "do_"}, {p.dq, "dq"}, {p.dk, "dk"}, {p.dv, "dv"}, {p.delta, "delta"}, {p.k_tiles.full_ptr, "k_tiles"}});
 }
@@ -280,6 +286,7 @@ void bind_params(py::module_& m) {
         .JFA_POINTER(AttnParams, dv).JFA_POINTER(AttnParams, delta).JFA_POINTER(AttnParams, dq_accum)
         .def_readwrite("dq_order", &AttnParams::dq_order).def_readwrite("dq_turns", &AttnParams::dq_turns)
         .JFA_POINTER(AttnParams, dq_semaphore)
+        .def_readwrite("dq_groups", &AttnParams::dq_groups).def_readwrite("dq_group_tiles", &AttnParams::dq_group_tiles)
         .JFA_STRIDES(do_stride).JFA_STRIDES(dq_stride).JFA_STRIDES(dk_stride).JFA_STRIDES(dv_stride)
         .def_readwrite("q_tiles", &AttnParams::q_tiles).def_readwrite("k_tiles", &AttnParams::k_tiles)
         .def_readwrite("maps", &AttnParams::maps)

@@ -147,11 +147,13 @@ def test_launch_arguments_fill_the_struct(family):
         # the fused backward: one description, its own shape, serves both sides
         choice = (kc.KernelChoice(family, kernels.bwd_fused, kernels.bwd_fused, form) if fused
                   else kc.KernelChoice(family, kernels.bwd_q, kernels.bwd_kv, form))
-        semaphore = torch.zeros(2, 2, 3, dtype=torch.int32) if ordered else None
-        p = la.backward_params(m, choice, mask, q, k, v, o, lse, o, 0.1, q, k, v, lse, lse if fused else None, semaphore)
+        q_tiles = -(-mask.sq // choice.k_tiles[0])   # one group: one buffer, one counter per dQ tile
+        semaphore = torch.zeros(2, 2, q_tiles, dtype=torch.int32) if ordered else None
+        accum = torch.zeros(1, 2, 2, q_tiles * choice.k_tiles[0], 128) if fused else None
+        p = la.backward_params(m, choice, mask, q, k, v, o, lse, o, 0.1, q, k, v, lse, accum, semaphore)
         assert p.do_ == o.data_ptr() and p.do_stride == o.stride()[:3] and p.delta == lse.data_ptr()
         assert (p.k_tiles_block_m, p.k_tiles_block_n) == choice.k_tiles and (p.dq_accum != 0) == fused
-        assert p.dq_order == (m.DqOrder.key_tile if ordered else m.DqOrder.arrival)
+        assert p.dq_order == (m.DqOrder.key_tile if ordered else m.DqOrder.arrival) and p.dq_groups == 1
         if ordered:   # the turns walk the key-side lists: same pointers, their own entries
             desc = mask.tiles(*choice.k_tiles)
             assert p.dq_semaphore == semaphore.data_ptr() and p.dq_turns.full_ptr == p.k_tiles.full_ptr
@@ -161,6 +163,50 @@ def test_launch_arguments_fill_the_struct(family):
         assert p.k_tiles.order == (k_desc.k_walk_order.data_ptr() if ordered else 0)
         assert p.k_tiles.part_runs == k_desc.k_part_runs.data_ptr()
         assert p.q_tiles.part_runs == mask.tiles(*choice.q_tiles).q_part_runs.data_ptr() and p.q_tiles.order == 0
+
+
+def test_ordered_backward_dq_groups():
+    """The ordered backward's dQ groups as the cuda backend picks and passes them (CPU tensors stand
+    in for the GPU's): two for a KV-cache step whose every query tile is visited by 256 key tiles,
+    one for a short mask or past the byte budget; the struct carries G, the buffers' tiles and the
+    turns ranked within each group, and sizes that do not match G are refused."""
+    m = _module_or_skip()
+    from jvp_flash_attn import masks
+    from jvp_flash_attn.backends import cuda_kernel_choice as kc, cuda_launch_args as la
+    shapes = {walk: shape and tuple(shape) for walk, shape in m.tile_shapes("sm90a", 128, 128).items()}
+    bm, bn = shapes["bwd_fused"]
+    kv = masks.kv_cache(masks.FramePattern(1560, 21, 3), query_chunk=6)   # W7: 4,680 queries, 32,760 keys
+    desc = kv.tiles(bm, bn)
+    assert desc.longest_dq_chain() == desc.num_k_tiles == 256
+    b, hq, dqk = 1, 2, 128
+    q_tiles = -(-kv.sq // bm)
+    buffer = b * hq * q_tiles * bm * dqk * 4
+    assert la.dq_groups(desc, buffer) == 2
+    assert la.dq_groups(desc, la.DQ_GROUP_BYTES // 2 + 4) == 1   # two buffers would pass the budget
+    short = masks.block_causal(masks.FramePattern(40, 5))
+    assert la.dq_groups(short.tiles(bm, bn), 1) == 1
+    q = torch.zeros(b, kv.sq, hq, dqk, dtype=torch.bfloat16)
+    k = v = torch.zeros(b, kv.sk, hq, dqk, dtype=torch.bfloat16)
+    lse = torch.zeros(b, hq, kv.sq)
+    ordered = kc.KernelChoice("sm90a", (bm, bn), (bm, bn), "fused-ordered")
+    accum = torch.zeros(2, b, hq, q_tiles * bm, dqk)
+    semaphore = torch.zeros(2, b, hq, q_tiles, dtype=torch.int32)
+    p = la.backward_params(m, ordered, kv, q, k, v, q, lse, q, 0.1, q, k, v, lse, accum, semaphore, 2)
+    assert p.dq_groups == 2 and p.dq_group_tiles == b * hq * q_tiles and p.dq_order == m.DqOrder.key_tile
+    full, part = desc.dq_group_turns(2, 1)
+    assert p.dq_turns.full_idx == full.data_ptr() and p.dq_turns.part_idx == part.data_ptr()
+    assert p.dq_turns.full_ptr == p.k_tiles.full_ptr
+    assert int(full.max()) == 127   # each group: 128 key tiles visit every query tile
+    with pytest.raises(ValueError, match="2 groups"):
+        la.backward_params(m, ordered, kv, q, k, v, q, lse, q, 0.1, q, k, v, lse, accum[:1], semaphore, 2)
+    with pytest.raises(ValueError, match="the ordered backward's"):
+        la.backward_params(m, kc.KernelChoice("sm90a", (bm, bn), (bm, bn), "fused"), kv, q, k, v, q, lse, q, 0.1,
+                           q, k, v, lse, accum, None, 2)
+    # the module refuses groups that are not a power of two, and groups in the fast form
+    for groups, order in ((3, m.DqOrder.key_tile), (2, m.DqOrder.arrival)):
+        p.dq_groups, p.dq_order = groups, order
+        with pytest.raises(ValueError, match="dq_groups must be 1"):
+            m.backward(p, "bf16", 0, 0)
 
 
 def test_inputs_the_tma_unit_cannot_describe_are_copied():

@@ -262,3 +262,31 @@ def test_deterministic_backward_is_bitwise_repeatable_on_long_walks(d):
         for name, got, r, lp in zip(("dq", "dk", "dv"), grads, ref, ref_lp):
             assert_within_rule(name, got, r, lp)
     assert all(torch.equal(a, b) for other in runs[1:3] for a, b in zip(runs[0], other))
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_deterministic_backward_with_dq_groups(d, monkeypatch):
+    """A KV-cache step whose every query tile is visited by 171 key tiles (390 queries against
+    21,840 keys, GQA): the ordered backward splits the key tiles into two dQ groups (each its own
+    buffer, semaphores and turns; the conversion pass sums them in order). Within the rule, and
+    the same bits in three runs."""
+    mask = masks.kv_cache(FramePattern(130, 168, 3), query_chunk=55)
+    chosen = []
+    original = cuda_backend.dq_groups
+    monkeypatch.setattr(cuda_backend, "dq_groups", lambda *a: chosen.append(original(*a)) or chosen[-1])
+    g = torch.Generator(device="cuda").manual_seed(11)
+    mk = lambda s, h: torch.randn(1, s, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    q, k, v, do = mk(mask.sq, 4), mk(mask.sk, 2), mk(mask.sk, 2), mk(mask.sq, 4)
+    be, scale = get("cuda"), d ** -0.5
+    o, lse = be.forward(q, k, v, mask, scale)
+    o64, lse64 = reference.forward(q.double(), k.double(), v.double(), mask, scale)
+    o_lp, lse_lp = reference.forward(q, k, v, mask, scale)
+    ref = reference.backward(q.double(), k.double(), v.double(), o64, lse64, do.double(), mask, scale)
+    ref_lp = reference.backward(q, k, v, o_lp, lse_lp.float(), do, mask, scale)
+    runs = [be.backward(q, k, v, o, lse, do, mask, scale, deterministic=det) for det in (True, True, True, False)]
+    if cuda_kernel_choice.choose_backward(0, True, d, d).backward_form == "fused-ordered":
+        assert chosen == [2, 2, 2]
+    for grads in runs:
+        for name, got, r, lp in zip(("dq", "dk", "dv"), grads, ref, ref_lp):
+            assert_within_rule(name, got, r, lp)
+    assert all(torch.equal(a, b) for other in runs[1:3] for a, b in zip(runs[0], other))

@@ -42,6 +42,33 @@ def test_dq_turns_rank_key_tiles_per_query_tile(frames, tokens, chunk, teacher, 
         assert got == list(range(int(visited[m].sum())))
 
 
+@given(q_sizes=st.lists(st.integers(1, 70), min_size=1, max_size=5),
+       k_sizes=st.lists(st.integers(1, 90), min_size=1, max_size=6),
+       data=st.data(), bm=st.sampled_from([8, 16, 64]), bn=st.sampled_from([8, 32]),
+       groups=st.integers(1, 5), run=st.integers(1, 4))
+def test_dq_group_turns_rank_key_tiles_per_query_tile_and_group(q_sizes, k_sizes, data, bm, bn, groups, run):
+    """With the key tiles in groups (key tile u in group (u // run) % groups), per query tile and
+    group the turns of the group's visitors are 0, 1, ... once each, and a higher key tile takes an
+    earlier turn; one group gives dq_turns whatever the run."""
+    rule = [[data.draw(st.integers(0, 2)) for _ in k_sizes] for _ in q_sizes]
+    t = masks.from_segments(q_sizes, k_sizes, rule).tiles(bm, bn)
+    turns = t.dq_group_turns(groups, run)
+    if groups == 1:
+        assert all(torch.equal(a, b) for a, b in zip(turns, t.dq_turns))
+    seen = {}   # (query tile, group) -> [(key tile, turn)]
+    for (ptr, idx), tt in zip(((t.k_full_ptr, t.k_full_idx), (t.k_part_ptr, t.k_part_idx)), turns):
+        assert tt.dtype == torch.int32 and tt.shape == idx.shape
+        key_tile = np.repeat(np.arange(t.num_k_tiles), np.diff(ptr.numpy()))
+        for m, u, turn in zip(idx.tolist(), key_tile.tolist(), tt.tolist()):
+            seen.setdefault((m, (u // run) % groups), []).append((u, turn))
+    visited = t.state != 0
+    for (m, g), entries in seen.items():
+        members = [u for u in range(t.num_k_tiles) if (u // run) % groups == g and visited[m, u]]
+        assert sorted(u for u, _ in entries) == members
+        by_key = sorted(entries, reverse=True)   # decreasing key tiles take turns 0, 1, ...
+        assert [turn for _, turn in by_key] == list(range(len(members)))
+
+
 def _allowed_from_runs(run, qi, kj):
     """The kernels' test of a pair in a simple PARTIAL tile, from its runs row (partial_tile_runs)."""
     q_cut, k_cut, b00, b01, b10, b11 = (int(x) for x in run[:6])

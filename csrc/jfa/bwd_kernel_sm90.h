@@ -61,6 +61,15 @@ __device__ __forceinline__ float* dq_tile(const AttnParams& p, int bh, int qt) {
     return p.dq_accum + dq_tile_index<kBlockM>(p, bh, qt) * kBlockM * kDQK;
 }
 
+// The ordered form's group of key tile k_tile (params.h, dq_groups), as the offset in dQ tiles
+// of its buffer and semaphores: 0 with one group. (An int: a dQ tile is 16-32 KB.)
+// Called by a whole warp, computed where it is used, step by step: taking k_tile through a
+// shuffle keeps the compiler from hoisting it out of the dQ warp's loop, where one more value
+// held across the loop spilled (the producer warps have 24 registers).
+__device__ __forceinline__ int dq_group_offset(const AttnParams& p, int k_tile) {
+    return (__shfl_sync(0xffffffffu, k_tile, 0) & (p.dq_groups - 1)) * p.dq_group_tiles;
+}
+
 // The ordered form (DqOrder::kKeyTile): a dQ tile takes its adds in decreasing key-tile order.
 // Its blocks take the key tiles highest first, and walk each key tile's query tiles in increasing
 // order: in the frame and chunk masks a higher key tile then also reaches a query tile sooner,
@@ -149,9 +158,10 @@ __device__ __forceinline__ void key_side_ds(const float (&pt)[kNB][4], float (&d
 
 // dq = scale dq_accum in the element type: 16 columns of one row per thread, read as the four
 // chunks that hold them in the buffer's (query tile of kBlockM rows, 64-row piece, half, 64 x 64
-// in fragment order) layout.
+// in fragment order) layout; with dq_groups > 1 (kGroups), the groups' buffers summed first,
+// g = 0, 1, ... in that order (so dq stays bitwise repeatable), then scaled.
 constexpr int kDQConvertCols = 16;   // columns of dq per thread of the conversion
-template <class Elem, int kDQK, int kBlockM>
+template <class Elem, int kDQK, int kBlockM, bool kGroups>
 __global__ void attention_bwd_dq_convert_kernel(const AttnParams p) {
     constexpr int kVec = kDQConvertCols, kPerRow = kDQK / kVec;
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -165,10 +175,19 @@ __global__ void attention_bwd_dq_convert_kernel(const AttnParams p) {
                         (piece * (kDQK / kDQHalf) + c / kDQHalf) * (kDQTileRows * kDQHalf);
     const int r = s % kDQTileRows, m = (c % kDQHalf) / 16;
     const float f = p.scale;
+    // the ordered form's groups (params.h, dq_groups): their buffers summed in the order 0, 1, ...
+    const int64_t group_floats = static_cast<int64_t>(p.dq_group_tiles) * kBlockM * kDQK;
     uint32_t out[8];
 #pragma unroll
     for (int t = 0; t < 4; ++t) {   // chunk 4 m + t: columns 2 t, 2 t + 1 and 8 + 2 t, 8 + 2 t + 1
-        const float4 v = *reinterpret_cast<const float4*>(half + dq_chunk_offset(r, 4 * m + t));
+        float4 v = *reinterpret_cast<const float4*>(half + dq_chunk_offset(r, 4 * m + t));
+        for (int g = 1; kGroups && g < p.dq_groups; ++g) {
+            const float4 w = *reinterpret_cast<const float4*>(half + g * group_floats + dq_chunk_offset(r, 4 * m + t));
+            v.x += w.x;
+            v.y += w.y;
+            v.z += w.z;
+            v.w += w.w;
+        }
         out[t] = ElemOps<Elem>::pack(f * v.x, f * v.y);
         out[4 + t] = ElemOps<Elem>::pack(f * v.z, f * v.w);
     }

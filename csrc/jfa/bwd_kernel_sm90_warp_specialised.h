@@ -238,22 +238,25 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             for (int j = first; j < total; j += stride) {
                 const int bh = b * p.heads_q + at.h, qt = walk.tile(at.i);
                 float* tile = dq_tile<kBM, kDQK>(p, bh, qt);
-                // warpgroup w's staged tile into the buffer: the same place for both at d = 64
-                auto add_half = [&](int w) {
-                    bulk_reduce_add_f32(kDQSplitKeys ? tile : tile + w * kDQTileRows * kDQHalf,
+                // warpgroup w's staged tile into the buffer's tile at dst: the same place for both at d = 64
+                auto add_half = [&](float* dst, int w) {
+                    bulk_reduce_add_f32(kDQSplitKeys ? dst : dst + w * kDQTileRows * kDQHalf,
                                         sm.dq_staging() + w * Tr::kDQWgBytes, Tr::kDQWgBytes);
                 };
                 const int shift = dq_barrier_shift(in_order, j);
                 if (in_order) {
                     named_sync(kDqHalfFull + shift, 128 + 32);
                     named_sync(kDqHalfFull + 1 + shift, 128 + 32);
-                    int32_t* sem = p.dq_semaphore + dq_tile_index<kBM>(p, bh, qt);
+                    // this key tile's group: its own buffer and semaphores (params.h, dq_groups)
+                    // (an int: B x Hq x query tiles x dq_groups is far below 2^31 for any buffer that fits)
+                    const int at_tile = static_cast<int>(dq_tile_index<kBM>(p, bh, qt)) + dq_group_offset(p, k_tile);
+                    int32_t* sem = p.dq_semaphore + at_tile;
                     if (lane == 0) {
                         wait_dq_turn(sem, TileWalk(p.dq_turns, k_tile).tile(at.i));
 #pragma unroll
                         for (int w = 0; w < 2; ++w) {
                             if (kDQSplitKeys && w == 1) bulk_wait_all();
-                            add_half(w);
+                            add_half(p.dq_accum + (sem - p.dq_semaphore) * (kBM * kDQK), w);
                         }
                         bulk_wait_read();
                     }
@@ -271,7 +274,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                     for (int w = 0; w < 2; ++w) {
                         named_sync(kDqHalfFull + w, 128 + 32);
                         if (lane == 0) {
-                            add_half(w);
+                            add_half(tile, w);
                             bulk_wait_read();
                         }
                         __syncwarp();

@@ -146,7 +146,8 @@ void launch_bwd_with(KVKernel kv, QKernel q, const AttnParams& p, cudaStream_t s
 }
 
 // The one-kernel backward (sm_90a): zero the float32 dQ buffer (B x Hq x Sq rounded up to whole query
-// tiles, x Dqk), delta, the fused dK/dV/dQ kernel, then dq = scale * buffer.
+// tiles, x Dqk; dq_groups of them in the ordered form), delta, the fused dK/dV/dQ kernel, then
+// dq = scale * buffer (the groups' buffers summed in order first).
 template <class Elem, int kDQK, int kDV>
 void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
     using Tr = BwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDV>;
@@ -164,9 +165,15 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
     }
     const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
     const int64_t padded = static_cast<int64_t>(p.batch) * p.heads_q * ((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM) * Tr::kBlockM;
-    check_cuda(cudaMemsetAsync(p.dq_accum, 0, padded * kDQK * sizeof(float), stream), "zeroing the dQ buffer");
+    // the ordered form's groups (params.h, dq_groups): one buffer and one set of semaphores each
+    const int64_t groups = p.dq_groups;
+    if (groups < 1 || (groups > 1 && p.dq_group_tiles != padded / Tr::kBlockM)) {
+        throw std::invalid_argument("jvp_flash_attn CUDA: dq_group_tiles must be the dQ tiles of one group's buffer (" +
+                                    std::to_string(padded / Tr::kBlockM) + "), got " + std::to_string(p.dq_group_tiles));
+    }
+    check_cuda(cudaMemsetAsync(p.dq_accum, 0, groups * padded * kDQK * sizeof(float), stream), "zeroing the dQ buffer");
     if (p.dq_order == DqOrder::kKeyTile) {
-        check_cuda(cudaMemsetAsync(p.dq_semaphore, 0, padded / Tr::kBlockM * sizeof(int32_t), stream),
+        check_cuda(cudaMemsetAsync(p.dq_semaphore, 0, groups * (padded / Tr::kBlockM) * sizeof(int32_t), stream),
                    "zeroing the dQ semaphores");
     }
     launch_bwd_delta<Elem>(p, stream);
@@ -176,8 +183,9 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
     check_cuda(cudaGetLastError(), "launching the fused backward kernel");
     constexpr int kThreads = 256;
     const int64_t work = rows * (kDQK / kDQConvertCols);
-    attention_bwd_dq_convert_kernel<Elem, kDQK, Tr::kBlockM>
-        <<<static_cast<unsigned>((work + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p);
+    const auto convert = groups > 1 ? attention_bwd_dq_convert_kernel<Elem, kDQK, Tr::kBlockM, true>
+                                    : attention_bwd_dq_convert_kernel<Elem, kDQK, Tr::kBlockM, false>;
+    convert<<<static_cast<unsigned>((work + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p);
     check_cuda(cudaGetLastError(), "launching the dQ conversion kernel");
 }
 

@@ -89,7 +89,8 @@ struct AttnParams {
     // waits until dq_semaphore of the tile (one int32 per batch x query head x query tile, zeroed
     // by the launcher) equals its turn, the key tile's rank among those that visit the query tile
     // (dq_turns, one per entry of the k_tiles lists), adds, waits for the add to complete and
-    // counts the semaphore up.
+    // counts the semaphore up. With dq_groups > 1 (below) each group of key tiles has its own
+    // buffer, semaphores and turns.
     DqOrder dq_order = DqOrder::kArrival;
     TileLists dq_turns;        // full_idx / part_idx: turns, laid out as the k_tiles lists' entries
     int32_t* dq_semaphore = nullptr;
@@ -115,6 +116,18 @@ struct AttnParams {
     int q_tiles_block_n = 0;
     int k_tiles_block_m = 0;
     int k_tiles_block_n = 0;
+
+    // The ordered form's dQ groups (DqOrder::kKeyTile; the fast form takes 1): key tile u adds
+    // into group u mod dq_groups (a power of two: 1, 2, 4, ...), so the key tiles that run side
+    // by side (launched one after the other) fall in different groups. Each group has its own
+    // float32 buffer and its own semaphores, group-major: group g's buffer at dq_accum + g x
+    // dq_group_tiles dQ tiles, its semaphores at dq_semaphore + g x dq_group_tiles; its adds come
+    // in decreasing key-tile order among its own key tiles (dq_turns are ranks within the group);
+    // the conversion pass sums the groups' buffers in the order g = 0, 1, ... Splitting a dQ
+    // tile's chain of turns into dq_groups shorter ones lets them run side by side. Placed last
+    // so that the fields before keep their offsets.
+    int dq_groups = 1;
+    int dq_group_tiles = 0;   // dQ tiles per group: B x Hq x query tiles of k_tiles_block_m rows
 };
 
 }  // namespace jfa

@@ -8,7 +8,7 @@ import torch
 
 from .base import Backend, BackendUnavailableError
 from .cuda_kernel_choice import choose_backward, choose_forward
-from .cuda_launch_args import DTYPES, aligned, backward_params, empty, forward_params, jvp_params, launch
+from .cuda_launch_args import DTYPES, aligned, backward_params, dq_groups, empty, forward_params, jvp_params, launch
 from .cuda_module import built_variants, device_reasons, load_module, module_error
 
 
@@ -91,11 +91,15 @@ class CudaBackend(Backend):
             dq, dk, dv = empty(q.shape, q), empty(k.shape, k), empty(v.shape, v)
             delta = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
             dq_accum = dq_semaphore = None
+            groups = 1
             if choice.backward_form != "two-kernel":   # its float32 dQ sum, in whole query tiles (zeroed by the module)
                 q_tiles = -(-sq // choice.k_tiles[0])
-                dq_accum = torch.empty((b, hq, q_tiles * choice.k_tiles[0], dqk), dtype=torch.float32, device=q.device)
-                if choice.backward_form == "fused-ordered":   # one turn counter per dQ tile (zeroed by the module)
-                    dq_semaphore = torch.empty((b, hq, q_tiles), dtype=torch.int32, device=q.device)
+                if choice.backward_form == "fused-ordered":   # G buffers, from the mask's longest chain of turns
+                    groups = dq_groups(mask.tiles(*choice.k_tiles, q.device), b * hq * q_tiles * choice.k_tiles[0] * dqk * 4)
+                dq_accum = torch.empty((groups, b, hq, q_tiles * choice.k_tiles[0], dqk), dtype=torch.float32,
+                                       device=q.device)
+                if choice.backward_form == "fused-ordered":   # one turn counter per group and dQ tile (zeroed by the module)
+                    dq_semaphore = torch.empty((groups, b, hq, q_tiles), dtype=torch.int32, device=q.device)
             launch(m.backward, backward_params(m, choice, mask, q, k, v, o, lse, do, scale, dq, dk, dv, delta,
-                                               dq_accum, dq_semaphore), q)
+                                               dq_accum, dq_semaphore, groups), q)
         return dq, dk, dv

@@ -86,18 +86,55 @@ def jvp_params(module, choice, mask, q, k, v, tq, tk, tv, scale, o, to, lse):
     return p
 
 
+# The ordered backward's dQ groups (csrc/jfa/params.h, dq_groups): key tile u adds into buffer
+# u mod G, each buffer with its own semaphores and turns, so a dQ tile's chain of turns (one per key
+# tile visiting it, each waiting for the previous add to complete) becomes G chains that run side by
+# side; the key tiles launched one after the other fall in different groups.
+# bench/simulate_ordered_dq.py: two groups take a KV-cache step (W7: 74 query tiles, every one
+# visited by all 256 key tiles) from 0.66 to 0.99 of the fast form; four gain nothing more anywhere.
+DQ_GROUP_CHAIN = 160      # group once the longest chain is longer (W1-W8's are 185-294 key tiles)
+DQ_MAX_GROUPS = 2
+# A fixed byte budget for the groups' float32 buffers, not a share of the free memory: G changes the
+# order of the float32 adds, so it must depend on the call's shapes and mask alone for dq to be
+# bitwise repeatable from one call to the next. 2 GiB holds two buffers of the largest benchmark
+# (W5: 98,280 queries x 12 heads x 128 x 4 bytes = 604 MB each); one buffer always goes.
+DQ_GROUP_BYTES = 2 << 30
+
+
+def dq_groups(k_desc, buffer_bytes: int) -> int:
+    """The ordered backward's dQ groups for a key-side tile description and one group's float32
+    buffer size: a power of two (the kernel takes key tile u mod G), 2 where the longest chain of
+    turns (the most key tiles visiting one query tile) exceeds DQ_GROUP_CHAIN, at most
+    DQ_MAX_GROUPS and within DQ_GROUP_BYTES; else 1."""
+    chain, groups = k_desc.longest_dq_chain(), 1
+    while (groups < DQ_MAX_GROUPS and -(-chain // groups) > DQ_GROUP_CHAIN
+           and 2 * groups * buffer_bytes <= DQ_GROUP_BYTES):
+        groups *= 2
+    return groups
+
+
 def backward_params(module, choice, mask, q, k, v, o, lse, do, scale, dq, dk, dv, delta, dq_accum=None,
-                    dq_semaphore=None):
+                    dq_semaphore=None, groups: int = 1):
     """``dq_accum``: the fused forms' float32 dQ sum (the sm_90a family's backward needs it);
-    ``dq_semaphore``: the ordered form's turn counters, one int32 per dQ tile."""
+    ``dq_semaphore``: the ordered form's turn counters, one int32 per dQ tile; ``groups``: the
+    ordered form's dQ groups (dq_groups), dq_accum and dq_semaphore holding that many buffers and
+    sets of counters, group-major."""
     k_desc = mask.tiles(*choice.k_tiles, q.device)
     p, _ = _params_every_direction_needs(module, choice, mask, q, k, v, scale, o, lse, k_desc=k_desc)
     set_tensors(p, do_=do, dq=dq, dk=dk, dv=dv)
     p.delta = delta.data_ptr()
     if dq_accum is not None:
         p.dq_accum = dq_accum.data_ptr()
+    if groups != 1 and choice.backward_form != "fused-ordered":
+        raise ValueError(f"dQ groups are the ordered backward's; the {choice.backward_form} form takes 1, got {groups}")
     if choice.backward_form == "fused-ordered":
-        full_turns, part_turns = k_desc.dq_turns   # laid out as the key-side lists' entries
+        # laid out as the key-side lists' entries; ranks within each group
+        full_turns, part_turns = k_desc.dq_group_turns(groups, 1)
+        p.dq_groups = groups
+        p.dq_group_tiles = -(-q.shape[1] // k_desc.block_m) * q.shape[0] * q.shape[2]
+        if dq_accum.numel() != groups * p.dq_group_tiles * k_desc.block_m * q.shape[3] or \
+                dq_semaphore.numel() != groups * p.dq_group_tiles:
+            raise ValueError(f"dq_accum / dq_semaphore must hold {groups} groups' buffers and counters")
         p.dq_turns.full_ptr, p.dq_turns.part_ptr = k_desc.k_full_ptr.data_ptr(), k_desc.k_part_ptr.data_ptr()
         p.dq_turns.full_idx, p.dq_turns.part_idx = full_turns.data_ptr(), part_turns.data_ptr()
         p.dq_order = module.DqOrder.key_tile

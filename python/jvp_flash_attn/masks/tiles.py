@@ -81,6 +81,12 @@ def partial_tile_runs(q_starts, k_starts, rule, q_tile, k_tile, block_m: int, bl
     return out
 
 
+def dq_group_of(key_tile, groups: int, run: int):
+    """The ordered backward's dQ group of key tile(s) `key_tile` (csrc/jfa/params.h, dq_groups):
+    runs of `run` key tiles dealt to the groups in turn, (u // run) % groups."""
+    return (key_tile // run) % groups
+
+
 def _csr_by_state(state: np.ndarray):
     """CSR (row pointers, column indices, int32) of the FULL and of the PARTIAL entries.
 
@@ -211,13 +217,41 @@ class TileDescription:
         """Per entry of the key-side lists (k_full_idx, k_part_idx): the key tile's rank among the
         key tiles that visit that entry's query tile (0 for the highest). The ordered backward adds
         each dQ tile in this order, so its sums are bitwise repeatable; its blocks take the key
-        tiles highest first, so a block only waits for blocks launched before it."""
-        visited = self.state != EMPTY
-        rank = np.cumsum(visited[:, ::-1], axis=1, dtype=np.int32)[:, ::-1] - 1   # (q tiles, k tiles)
-        dev = self.k_full_idx.device
-        full, part = (torch.from_numpy(np.ascontiguousarray(rank[query_tile, key_tile], dtype=np.int32)).to(dev)
-                      for _, key_tile, query_tile in self._key_side_entries)
-        return full, part
+        tiles highest first, so a block only waits for blocks launched before it. One group:
+        dq_group_turns(1, 1)."""
+        return self.dq_group_turns(1, 1)
+
+    @functools.cached_property
+    def _dq_group_turns(self) -> dict:
+        return {}
+
+    def dq_group_turns(self, groups: int, run: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """dq_turns with the key tiles in `groups` groups, key tile u in group (u // run) % groups
+        (dq_group_of; the kernel takes run 1, u mod G, with G a power of two): per
+        entry, the key tile's rank among the key tiles of its group that visit the entry's query
+        tile (0 for the group's highest). Each group has its own dQ buffer and semaphores
+        (csrc/jfa/params.h, dq_groups), so the turns of one group count 0.. per query tile."""
+        for name, x in (("groups", groups), ("run", run)):
+            if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+                raise ValueError(f"{name} must be a positive int, got {x!r}")
+        key = (groups, run) if groups > 1 else (1, 1)   # one group: run changes nothing
+        if key not in self._dq_group_turns:
+            visited = self.state != EMPTY
+            group = dq_group_of(np.arange(self.num_k_tiles), *key)
+            rank = np.zeros(visited.shape, np.int32)   # (q tiles, k tiles)
+            for g in range(key[0]):
+                cols = np.flatnonzero(group == g)
+                rank[:, cols] = np.cumsum(visited[:, cols[::-1]], axis=1, dtype=np.int32)[:, ::-1] - 1
+            dev = self.k_full_idx.device
+            self._dq_group_turns[key] = tuple(
+                torch.from_numpy(np.ascontiguousarray(rank[query_tile, key_tile], dtype=np.int32)).to(dev)
+                for _, key_tile, query_tile in self._key_side_entries)
+        return self._dq_group_turns[key]
+
+    def longest_dq_chain(self) -> int:
+        """The most key tiles that visit one query tile: the ordered backward's longest chain of
+        turns (one group)."""
+        return self.max_tiles_per_q_tile()
 
     def max_tiles_per_q_tile(self) -> int:
         counts = (self.state != EMPTY).sum(axis=1)
