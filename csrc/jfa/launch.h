@@ -88,6 +88,18 @@ bool encode_bwd_maps(const AttnParams& p, BwdTensorMaps& maps) {
            encode_key_operand<E>(&maps.v, p, p.v, p.v_stride, Tr::kDV, Tr::kBlockN);
 }
 
+// A direction whose tensor maps could not be encoded: the driver lacks the encoder, or an operand
+// is one the TMA unit cannot describe (the Python side passes none such).
+[[noreturn]] inline void refuse_unencodable(const std::string& what) {
+    if (encode_tiled_fn() == nullptr) {
+        throw std::runtime_error("jvp_flash_attn CUDA: the " + what +
+                                 " needs the driver's tensor-map encoder (cuTensorMapEncodeTiled), which this "
+                                 "driver does not provide");
+    }
+    throw std::invalid_argument("jvp_flash_attn CUDA: the TMA unit cannot describe an operand of the " + what +
+                                " (its pointer or strides); pass tensors with 16-byte aligned, non-zero strides");
+}
+
 template <class Elem, int kDQK, int kDV, bool kJvp>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     const bool hint = kJvp && p.zero_tangent_hint;   // the JVP's hinted instantiation
@@ -97,16 +109,7 @@ void launch_fwd(const AttnParams& p, cudaStream_t stream) {
     if (p.family == KernelFamily::kSm90) {
         using TrWarpSpecialised = FwdWarpSpecialisedTraitsSm90<Elem, kDQK, kDV, kJvp>;
         FwdTensorMaps maps{};
-        if (!encode_fwd_maps<TrWarpSpecialised, kJvp>(p, maps)) {
-            const std::string what = kJvp ? "forward+JVP" : "forward";
-            if (encode_tiled_fn() == nullptr) {
-                throw std::runtime_error("jvp_flash_attn CUDA: the " + what +
-                                         " needs the driver's tensor-map encoder (cuTensorMapEncodeTiled), which this "
-                                         "driver does not provide");
-            }
-            throw std::invalid_argument("jvp_flash_attn CUDA: the TMA unit cannot describe an operand of the " + what +
-                                        " (its pointer or strides); pass tensors with 16-byte aligned, non-zero strides");
-        }
+        if (!encode_fwd_maps<TrWarpSpecialised, kJvp>(p, maps)) refuse_unencodable(kJvp ? "forward+JVP" : "forward");
         if (hint) {
             launch_fwd_with<TrWarpSpecialised>(attention_fwd_kernel_sm90_warp_specialised<TrWarpSpecialised, kJvp>, kJvp,
                                                p, stream, maps);
@@ -155,14 +158,7 @@ void launch_bwd_fused(const AttnParams& p, cudaStream_t stream) {
     check_grid_y(p.batch * p.heads_q);
     if (p.seqlen_q == 0 || p.seqlen_k == 0) return;
     BwdTensorMaps maps{};
-    if (!encode_bwd_maps<Tr>(p, maps)) {
-        if (encode_tiled_fn() == nullptr) {
-            throw std::runtime_error("jvp_flash_attn CUDA: the backward needs the driver's tensor-map encoder "
-                                     "(cuTensorMapEncodeTiled), which this driver does not provide");
-        }
-        throw std::invalid_argument("jvp_flash_attn CUDA: the TMA unit cannot describe an operand of the backward (its "
-                                    "pointer or strides); pass tensors with 16-byte aligned, non-zero strides");
-    }
+    if (!encode_bwd_maps<Tr>(p, maps)) refuse_unencodable("backward");
     const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
     const int64_t padded = static_cast<int64_t>(p.batch) * p.heads_q * ((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM) * Tr::kBlockM;
     // the ordered form's groups (params.h, dq_groups): one buffer and one set of semaphores each

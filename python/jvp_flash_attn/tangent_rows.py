@@ -19,26 +19,13 @@ import numpy as np
 import torch
 
 from .masks.segments import NONE, SegmentMask
-
-
-def _covered(starts: np.ndarray, ranges) -> np.ndarray:
-    """Whether each segment [starts[i], starts[i + 1]) lies inside the union of ranges."""
-    covered = np.zeros(len(starts) - 1, bool)
-    if not ranges:
-        return covered
-    n = int(starts[-1])
-    inside = np.zeros(n + 1, np.int64)   # +1 at a range's start, -1 at its end: a running count
-    for a, b in ranges:
-        inside[a] += 1
-        inside[b] -= 1
-    outside_before = np.concatenate([[0], np.cumsum(np.cumsum(inside)[:n] == 0)])   # tokens not covered in [0, t)
-    return outside_before[starts[1:]] == outside_before[starts[:-1]]
+from .masks.tiles import covered_intervals
 
 
 def tangent_free_segments(mask: SegmentMask) -> np.ndarray:
     """Per query segment: the hint promises a zero tangent for its rows and for every key it may see."""
-    q_free = _covered(mask._q_starts, mask.zero_tangent_q)
-    k_free = _covered(mask._k_starts, mask.zero_tangent_k)
+    q_free = covered_intervals(mask._q_starts[:-1], mask._q_starts[1:], mask.zero_tangent_q)
+    k_free = covered_intervals(mask._k_starts[:-1], mask._k_starts[1:], mask.zero_tangent_k)
     sees_tangent = ((mask._rule != NONE) & ~k_free[None, :]).any(axis=1)
     return q_free & ~sees_tangent
 

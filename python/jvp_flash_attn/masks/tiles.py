@@ -17,23 +17,27 @@ import torch
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
 
-def zero_tangent_tiles(ranges, n: int, block: int) -> np.ndarray:
-    """int8 flag per tile of `block` tokens over [0, n): 1 where every token of the tile lies in
-    the union of the (start, end) ranges that the mask promises have zero tangents. Tokens
-    past n are zero-filled, so they count as zero. O(tiles + ranges), no per-token work."""
-    num_tiles = -(-n // block)
-    flags = np.zeros(num_tiles, np.int8)
+def covered_intervals(starts: np.ndarray, ends: np.ndarray, ranges) -> np.ndarray:
+    """bool per interval [starts[i], ends[i]): whether it lies in the union of the (start, end)
+    ranges. O(intervals x disjoint ranges), no per-token work."""
+    covered = np.zeros(len(starts), bool)
     merged = []  # the union of the ranges as disjoint sorted [a, b)
     for a, b in sorted((int(a), int(b)) for a, b in ranges if b > a):
         if merged and a <= merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
-    starts = np.arange(num_tiles, dtype=np.int64) * block
-    ends = np.minimum(starts + block, n)
-    for a, b in merged:  # a tile is covered iff one merged range holds all its real tokens
-        flags[(starts >= a) & (ends <= b)] = 1
-    return flags
+    for a, b in merged:  # an interval is covered iff one merged range holds all of it
+        covered |= (starts >= a) & (ends <= b)
+    return covered
+
+
+def zero_tangent_tiles(ranges, n: int, block: int) -> np.ndarray:
+    """int8 flag per tile of `block` tokens over [0, n): 1 where every token of the tile lies in
+    the union of the (start, end) ranges that the mask promises have zero tangents. Tokens
+    past n are zero-filled, so they count as zero."""
+    starts = np.arange(-(-n // block), dtype=np.int64) * block
+    return covered_intervals(starts, np.minimum(starts + block, n), ranges).astype(np.int8)
 
 
 RUN_FIELDS = 8   # int32 per PARTIAL tile in the runs arrays (see partial_tile_runs)
