@@ -241,14 +241,11 @@ def test_backward_form_follows_deterministic():
     assert cuda_kernel_choice.choose_backward(0, True, 128, 128).backward_form == ("fused-ordered" if built else "two-kernel")
 
 
-@pytest.mark.parametrize("d", [64, 128])
-def test_deterministic_backward_is_bitwise_repeatable_on_long_walks(d):
-    """Where the fast form's sums do come out in different orders: many key tiles per query tile
-    (a block-causal mask of 8,190 tokens: up to 64 key tiles add into a dQ tile), GQA (two query
-    heads per kv head) and both head dims. The deterministic form gives the same bits in three
-    runs, within the rule; the fast form is within the rule too (its bits may differ)."""
-    mask = masks.block_causal(FramePattern(390, 21, 3))
-    g = torch.Generator(device="cuda").manual_seed(7)
+def check_backward_forms(mask, d, seed):
+    """Three deterministic backwards and one fast one of the same random inputs (GQA: four query
+    heads on two kv heads): all within the rule against the float64 reference, and the three
+    deterministic ones the same bits."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
     mk = lambda s, h: torch.randn(1, s, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
     q, k, v, do = mk(mask.sq, 4), mk(mask.sk, 2), mk(mask.sk, 2), mk(mask.sq, 4)
     be, scale = get("cuda"), d ** -0.5
@@ -262,6 +259,15 @@ def test_deterministic_backward_is_bitwise_repeatable_on_long_walks(d):
         for name, got, r, lp in zip(("dq", "dk", "dv"), grads, ref, ref_lp):
             assert_within_rule(name, got, r, lp)
     assert all(torch.equal(a, b) for other in runs[1:3] for a, b in zip(runs[0], other))
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_deterministic_backward_is_bitwise_repeatable_on_long_walks(d):
+    """Where the fast form's sums do come out in different orders: many key tiles per query tile
+    (a block-causal mask of 8,190 tokens: up to 64 key tiles add into a dQ tile), GQA (two query
+    heads per kv head) and both head dims. The deterministic form gives the same bits in three
+    runs, within the rule; the fast form is within the rule too (its bits may differ)."""
+    check_backward_forms(masks.block_causal(FramePattern(390, 21, 3)), d, seed=7)
 
 
 @pytest.mark.parametrize("d", [64, 128])
@@ -274,19 +280,6 @@ def test_deterministic_backward_with_dq_groups(d, monkeypatch):
     chosen = []
     original = cuda_backend.dq_groups
     monkeypatch.setattr(cuda_backend, "dq_groups", lambda *a: chosen.append(original(*a)) or chosen[-1])
-    g = torch.Generator(device="cuda").manual_seed(11)
-    mk = lambda s, h: torch.randn(1, s, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
-    q, k, v, do = mk(mask.sq, 4), mk(mask.sk, 2), mk(mask.sk, 2), mk(mask.sq, 4)
-    be, scale = get("cuda"), d ** -0.5
-    o, lse = be.forward(q, k, v, mask, scale)
-    o64, lse64 = reference.forward(q.double(), k.double(), v.double(), mask, scale)
-    o_lp, lse_lp = reference.forward(q, k, v, mask, scale)
-    ref = reference.backward(q.double(), k.double(), v.double(), o64, lse64, do.double(), mask, scale)
-    ref_lp = reference.backward(q, k, v, o_lp, lse_lp.float(), do, mask, scale)
-    runs = [be.backward(q, k, v, o, lse, do, mask, scale, deterministic=det) for det in (True, True, True, False)]
+    check_backward_forms(mask, d, seed=11)
     if cuda_kernel_choice.choose_backward(0, True, d, d).backward_form == "fused-ordered":
         assert chosen == [2, 2, 2]
-    for grads in runs:
-        for name, got, r, lp in zip(("dq", "dk", "dv"), grads, ref, ref_lp):
-            assert_within_rule(name, got, r, lp)
-    assert all(torch.equal(a, b) for other in runs[1:3] for a, b in zip(runs[0], other))
