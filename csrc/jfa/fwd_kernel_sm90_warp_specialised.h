@@ -88,8 +88,8 @@ __device__ __forceinline__ void load_panels(const Tile& t, const CUtensorMap* ma
 }
 
 // The producer thread: the query tile(s), then key tile i into stage i % kS once every consumer
-// warp released tile i - kS, values likewise. tangents(i) says whether tile i's tk / tv are loaded
-// (JVP; false where the zero-tangent hint promises zeros).
+// warp released tile i - kS, values likewise. tangents(tile) says whether key tile `tile`'s tk / tv
+// are loaded (JVP; false where the zero-tangent hint promises zeros).
 template <class Tr, class Tangents>
 __device__ __forceinline__ void produce(const FwdWarpSpecialisedSmem<Tr>& sm, const FwdTensorMaps& maps,
                                         const TileWalk& walk, const FwdWarpSpecialisedBlock& blk, Tangents&& tangents) {
@@ -98,8 +98,8 @@ __device__ __forceinline__ void produce(const FwdWarpSpecialisedSmem<Tr>& sm, co
 #pragma unroll
     for (int w = 0; w < Tr::kOperands; ++w) load_panels(sm.q(w), w ? &maps.tq : &maps.q, sm.q_full(), blk.q0, blk.h, blk.b);
     for (int i = 0; i < walk.num_total; ++i) {
-        const int st = i % kS, parity = (i / kS) & 1, k0 = walk.tile(i) * Tr::kBlockN;
-        const int ops = tangents(i) ? 2 : 1;
+        const int st = i % kS, parity = (i / kS) & 1, tile = walk.tile(i), k0 = tile * Tr::kBlockN;
+        const int ops = tangents(tile) ? 2 : 1;
         sm.k_empty(st).wait(parity ^ 1);
         sm.k_full(st).arrive_expect_tx(ops * Tr::kKBytes);
         for (int w = 0; w < ops; ++w) load_panels(sm.k(st, w), w ? &maps.tk : &maps.k, sm.k_full(st), k0, blk.hk, blk.b);
@@ -133,6 +133,26 @@ struct FwdWarpSpecialisedConsumer {
                                                           int lane_, int block_m)
         : wg((warp >> 2) - 1), wg_row(wg * 64), row0(blk.q0 + (warp - 4) * 16), lane(lane_),
           edge_q(blk.q0 + block_m > p.seqlen_q), scale_log2(p.scale * kLog2e) {}
+};
+
+// The walk's key tiles as the consumers take them: step i + 1's key tile, and whether its tangents
+// are multiplied, are read while step i's products run (read(i + 1) right after they are issued).
+// Read in its own step, after the wait for the scores that the mask step needs it for, the index's
+// load latency was exposed on every tile (ncu: the R2UR of the index waiting on long_sb); read at
+// the top of the step, ptxas moved it into a uniform register at once and waited there.
+template <class Tangents>
+struct KeyTilesAhead {
+    const TileWalk& walk;
+    const Tangents& tangents;
+    int tile = 0;       // the next step's key tile
+    bool tan = false;   // and tangents(tile)
+    __device__ __forceinline__ KeyTilesAhead(const TileWalk& w, const Tangents& t) : walk(w), tangents(t) { read(0); }
+    __device__ __forceinline__ void read(int i) {
+        if (i < walk.num_total) {
+            tile = walk.tile(i);
+            tan = tangents(tile);
+        }
+    }
 };
 
 // The forward's consumer: per key tile, in its turn, q k_i^T and (from the second tile on)
@@ -173,30 +193,36 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const FwdWarpSp
     };
     // Once the scores are in: release the key stage, mask, and update the online softmax; whether
     // the warp's accumulator must be rescaled by alpha.
-    auto update = [&](int i, float (&s)[kNBS][4], float (&alpha)[2]) {
+    auto update = [&](int i, int tile, float (&s)[kNBS][4], float (&alpha)[2]) {
         hold_across_wgmma(s);
         if (c.lane == 0) sm.k_empty(i % kS).arrive();
-        const int k0 = walk.tile(i) * kBN;
+        const int k0 = tile * kBN;
         bool row_allowed[2];
         mask_scores<false>(s, p, walk, i, c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane, row_allowed);
         return softmax.update<kRescaleBound<Elem, false>>(s, c.scale_log2, alpha, row_allowed);
     };
 
+    const auto no_tangents = [](int) { return false; };
+    KeyTilesAhead ahead(walk, no_tangents);
     sm.q_full().wait(0);
     first_pass<Tr>(c.wg, n);
     if (n > 0) {   // the first tile: scores only (a branch around the p v issue inside the loop
                    // made ptxas serialise every product of the kernel)
         float s[kNBS][4], alpha[2];
+        const int tile = ahead.tile;
         issue(0, s, false);
+        ahead.read(1);
         wgmma_wait<0>();
-        update(0, s, alpha);
+        update(0, tile, s, alpha);
         c_to_a<Elem, kKPV>(pf_prev, s);
     }
     for (int i = 1; i < n; ++i) {
         float s[kNBS][4], alpha[2];
+        const int tile = ahead.tile;
         issue(i, s, true);
+        ahead.read(i + 1);
         wgmma_wait<1>();   // the scores; p_{i-1} v_{i-1} still runs
-        const bool rescale = update(i, s, alpha);
+        const bool rescale = update(i, tile, s, alpha);
         wgmma_wait<0>();
         hold_across_wgmma(acc_o);
         hold_across_wgmma(pf_prev);
@@ -219,8 +245,8 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const FwdWarpSp
 }
 
 // The JVP's consumer: per key tile, in its turn, s = q k^T and ts = tq k^T (+ q tk^T where
-// tangents(i)); then, off turn, mask, softmax, the tangent probabilities, and o += p v,
-// to += p tv (where tangents(i)) + (p o ts) v.
+// tangents(tile i)); then, off turn, mask, softmax, the tangent probabilities, and o += p v,
+// to += p tv (where tangents(tile i)) + (p o ts) v.
 template <class Tr, class Tangents>
 __device__ __forceinline__ void consume_jvp(const AttnParams& p, const FwdWarpSpecialisedSmem<Tr>& sm,
                                             const TileWalk& walk, const FwdWarpSpecialisedBlock& blk,
@@ -240,7 +266,8 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const FwdWarpSp
     // One key tile; kTan: with its tk / tv products. The hinted kernel branches on the hint around
     // whole steps: a branch around single products inside a step made ptxas serialise every
     // product (warning C7520).
-    auto step = [&](int i, auto tan) {
+    KeyTilesAhead ahead(walk, tangents);
+    auto step = [&](int i, int tile, auto tan) {
         constexpr bool kTan = decltype(tan)::value;
         const int st = i % kS, parity = (i / kS) & 1;
         float s[kNBS][4], ts[kNBS][4];
@@ -265,7 +292,7 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const FwdWarpSp
         hold_across_wgmma(ts);
         if (c.lane == 0) sm.k_empty(st).arrive();
 
-        const int k0 = walk.tile(i) * kBN;
+        const int k0 = tile * kBN;
         bool row_allowed[2];
         mask_scores_and_tangents<false, true>(s, ts, p, walk, i, c.edge_q || k0 + kBN > p.seqlen_k, c.row0, k0, c.lane,
                                               row_allowed);
@@ -301,10 +328,13 @@ __device__ __forceinline__ void consume_jvp(const AttnParams& p, const FwdWarpSp
     sm.q_full().wait(0);
     first_pass<Tr>(c.wg, n);
     for (int i = 0; i < n; ++i) {
-        if (tangents(i)) {
-            step(i, std::true_type{});
+        const int tile = ahead.tile;
+        const bool tan = ahead.tan;
+        ahead.read(i + 1);
+        if (tan) {
+            step(i, tile, std::true_type{});
         } else {
-            step(i, std::false_type{});
+            step(i, tile, std::false_type{});
         }
     }
     fwd_epilogue<Elem, true, kNBO>(p, blk.b, blk.h, c.row0, c.lane, softmax, mu, acc_o, acc_t);
@@ -324,10 +354,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     __syncthreads();
 
     const TileWalk walk(p.q_tiles, blk.q_tile);
-    // Whether key tile i's tangents are loaded and multiplied (JVP; the hint promises zeros).
-    auto tangents = [&](int i) {
-        return Tr::kTangents && !(kSkipsZeroTangents && p.k_zero_tangent[walk.tile(i)]);
-    };
+    // Whether key tile `tile`'s tangents are loaded and multiplied (JVP; the hint promises zeros).
+    auto tangents = [&](int tile) { return Tr::kTangents && !(kSkipsZeroTangents && p.k_zero_tangent[tile]); };
     if (warp < 4) {
         setmaxnreg_dec<kProducerRegs>();
         if (tid == 0) produce(sm, maps, walk, blk, tangents);
