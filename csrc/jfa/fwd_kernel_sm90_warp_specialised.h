@@ -156,11 +156,12 @@ struct KeyTilesAhead {
 };
 
 // The forward's consumer: per key tile, in its turn, q k_i^T and (from the second tile on)
-// p_{i-1} v_{i-1}; then mask and softmax of tile i while p_{i-1} v_{i-1} still runs.
-template <class Tr>
+// p_{i-1} v_{i-1}; then mask and softmax of tile i while p_{i-1} v_{i-1} still runs. tangents:
+// the kernel's (false for every tile in the forward), for KeyTilesAhead.
+template <class Tr, class Tangents>
 __device__ __forceinline__ void consume_fwd(const AttnParams& p, const FwdWarpSpecialisedSmem<Tr>& sm,
                                             const TileWalk& walk, const FwdWarpSpecialisedBlock& blk,
-                                            const FwdWarpSpecialisedConsumer& c) {
+                                            const FwdWarpSpecialisedConsumer& c, Tangents&& tangents) {
     using Elem = typename Tr::Elem;
     constexpr int kBN = Tr::kBlockN, kDQK = Tr::kDQK, kDV = Tr::kDV, kS = Tr::kStages;
     constexpr int kNBS = kBN / 8, kNBO = kDV / 8, kKQK = kDQK / 16, kKPV = kBN / 16;
@@ -202,8 +203,7 @@ __device__ __forceinline__ void consume_fwd(const AttnParams& p, const FwdWarpSp
         return softmax.update<kRescaleBound<Elem, false>>(s, c.scale_log2, alpha, row_allowed);
     };
 
-    const auto no_tangents = [](int) { return false; };
-    KeyTilesAhead ahead(walk, no_tangents);
+    KeyTilesAhead ahead(walk, tangents);
     sm.q_full().wait(0);
     first_pass<Tr>(c.wg, n);
     if (n > 0) {   // the first tile: scores only (a branch around the p v issue inside the loop
@@ -365,7 +365,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         if constexpr (Tr::kTangents) {
             consume_jvp(p, sm, walk, blk, c, tangents);
         } else {
-            consume_fwd(p, sm, walk, blk, c);
+            consume_fwd(p, sm, walk, blk, c, tangents);
         }
     }
 #endif
