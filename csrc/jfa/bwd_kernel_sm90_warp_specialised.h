@@ -256,6 +256,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
                         for (int w = 0; w < 2; ++w) {
                             if (kDQSplitKeys && w == 1) bulk_wait_all();
+                            // the buffer's tile from the semaphore's index (at_tile itself kept
+                            // live here spilled 8 bytes more at d = 64)
                             add_half(p.dq_accum + (sem - p.dq_semaphore) * (kBM * kDQK), w);
                         }
                         bulk_wait_read();
